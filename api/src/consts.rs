@@ -1,0 +1,86 @@
+//! Names and numbers that the parts of weft agree on (DESIGN.md, "Ports, names, uid").
+//!
+//! Nothing here may be written a second time elsewhere: import it.
+
+/// Proxy outbound listener: iptables target for the pod's outgoing TCP.
+pub const PROXY_OUTBOUND_PORT: u16 = 15140;
+/// Proxy inbound listener: iptables target for incoming TCP.
+pub const PROXY_INBOUND_PORT: u16 = 15143;
+/// Proxy admin server: `/live`, `/ready`, `/metrics`, ...
+pub const PROXY_ADMIN_PORT: u16 = 15191;
+/// The proxy runs as this uid and gid; its own traffic is not redirected.
+pub const PROXY_UID: u32 = 2510;
+/// Controller gRPC (identity, discovery, inbound policy), TLS.
+pub const CONTROLLER_GRPC_PORT: u16 = 8090;
+/// Injector webhook, HTTPS.
+pub const INJECTOR_WEBHOOK_PORT: u16 = 9443;
+/// Controller and injector admin and metrics.
+pub const CONTROL_PLANE_ADMIN_PORT: u16 = 9990;
+
+/// Namespace label (and pod annotation) that opts into injection.
+pub const INJECT_KEY: &str = "weft.io/inject";
+pub const INJECT_ENABLED: &str = "enabled";
+pub const INJECT_DISABLED: &str = "disabled";
+/// Annotation set on injected pods, valued with the injector's version.
+pub const INJECTED_BY_ANNOTATION: &str = "weft.io/injected-by";
+/// Prefix of the per-pod configuration annotations.
+pub const CONFIG_ANNOTATION_PREFIX: &str = "config.weft.io/";
+/// CRD group and version of weft's own policy resources.
+pub const CRD_GROUP: &str = "policy.weft.io";
+pub const CRD_VERSION: &str = "v1alpha1";
+/// Namespace the mesh's own components run in by default.
+pub const MESH_NAMESPACE: &str = "weft-system";
+/// Audience of the projected ServiceAccount token a proxy presents to Certify.
+pub const IDENTITY_TOKEN_AUDIENCE: &str = "identity.weft.io";
+
+/// Request header set by the inbound proxy: the SPIFFE identity of the caller,
+/// proven by mTLS. Any value sent by a client is removed first.
+pub const CLIENT_ID_HEADER: &str = "weft-client-id";
+/// Response header on responses the proxy generated itself, naming the cause.
+/// Its presence tells an app owner "the mesh refused", not "the server failed".
+pub const PROXY_ERROR_HEADER: &str = "weft-proxy-error";
+/// Hop header between proxies: the protocol the app spoke before the request was
+/// carried over the proxies' HTTP/2 connection (for example `HTTP/1.1`).
+pub const ORIG_PROTO_HEADER: &str = "weft-orig-proto";
+
+/// ALPN protocols spoken on mesh mTLS connections between proxies.
+pub mod alpn {
+    /// HTTP multiplexed over HTTP/2 (the default for HTTP between proxies).
+    pub const H2: &[u8] = b"h2";
+    /// HTTP/1.1 between proxies, used for requests that upgrade the connection.
+    pub const HTTP1: &[u8] = b"http/1.1";
+    /// Opaque TCP: the bytes are relayed unchanged to the app.
+    pub const OPAQUE: &[u8] = b"weft.opaque/1";
+}
+
+/// Environment variables the proxy reads (set by the injector in a pod, by the
+/// local controller in local mode, or by hand). Defaults are documented on each.
+pub mod env {
+    /// Inbound listener address. Default `0.0.0.0:15143`.
+    pub const INBOUND_ADDR: &str = "WEFT_PROXY_INBOUND_ADDR";
+    /// Transparent outbound listener address. Default `127.0.0.1:15140`.
+    pub const OUTBOUND_ADDR: &str = "WEFT_PROXY_OUTBOUND_ADDR";
+    /// Admin server address. Default `0.0.0.0:15191`.
+    pub const ADMIN_ADDR: &str = "WEFT_PROXY_ADMIN_ADDR";
+    /// Where the inbound proxy sends traffic for the app, as `host:port`. When
+    /// unset, the app is reached on 127.0.0.1 at the connection's original port.
+    pub const APP_ADDR: &str = "WEFT_PROXY_APP_ADDR";
+    /// Upstream listeners (local mode, and explicit upstreams in a pod): entries
+    /// separated by whitespace, each `name,listen-addr,target-addr,identity[,opaque]`,
+    /// for example `checkout,127.0.0.1:4140,127.0.0.1:5143,spiffe://cluster.local/ns/shop/sa/checkout`.
+    pub const UPSTREAMS: &str = "WEFT_PROXY_UPSTREAMS";
+    /// PEM file with the workload certificate chain, leaf first.
+    pub const CERT_FILE: &str = "WEFT_PROXY_CERT_FILE";
+    /// PEM file with the workload private key.
+    pub const KEY_FILE: &str = "WEFT_PROXY_KEY_FILE";
+    /// PEM bundle of trust anchors (may hold several roots during a rotation).
+    pub const TRUST_ANCHORS_FILE: &str = "WEFT_PROXY_TRUST_ANCHORS_FILE";
+    /// Seconds to wait for the first bytes when detecting a protocol. Default 10.
+    pub const DETECT_TIMEOUT: &str = "WEFT_PROXY_DETECT_TIMEOUT";
+    /// Seconds in-flight work may take to drain at shutdown. Default 30.
+    pub const SHUTDOWN_GRACE: &str = "WEFT_PROXY_SHUTDOWN_GRACE";
+    /// Log filter, in `tracing_subscriber::EnvFilter` syntax. Default `info`.
+    pub const LOG: &str = "WEFT_PROXY_LOG";
+    /// Log format: `plain` or `json`. Default `plain`.
+    pub const LOG_FORMAT: &str = "WEFT_PROXY_LOG_FORMAT";
+}

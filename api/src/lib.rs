@@ -1,0 +1,16 @@
+//! The shared contract of weft.
+//!
+//! Every other crate depends on this one and nothing here depends on them.
+//!
+//! - [`identity`]: the SPIFFE [`Identity`] of a workload, parsed and validated.
+//! - [`consts`]: ports, uid, labels, annotations, headers and environment names
+//!   that the injector, the proxy and the controller must agree on.
+//! - [`tls`]: the one place where mesh TLS is configured (TLS 1.3 only, aws-lc-rs,
+//!   X25519MLKEM768 preferred), where peer identities are read from certificates,
+//!   and where credentials are swapped in without rebuilding configurations.
+
+pub mod consts;
+pub mod identity;
+pub mod tls;
+
+pub use identity::{Identity, IdentityError};

@@ -1,0 +1,1 @@
+//! weft-injector: the mutating admission webhook. Built out by the injection issue.

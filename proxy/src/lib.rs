@@ -1,0 +1,1 @@
+//! weft-proxy: the data plane.
