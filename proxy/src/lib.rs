@@ -14,6 +14,8 @@
 //!   generates itself (with a `weft-proxy-error` header).
 //! - [`transport`]: TCP and mesh TLS connection set-up, with typed failures.
 //! - [`metrics`] and [`admin`]: Prometheus metrics and the admin server.
+//! - [`run`]: the program (environment, PEM files, signals), shared by the
+//!   `weft-proxy` binary and `weft`.
 
 pub mod admin;
 pub mod config;
@@ -23,6 +25,7 @@ pub mod inbound;
 pub mod metrics;
 pub mod outbound;
 pub mod proxy;
+pub mod run;
 pub mod transport;
 
 pub use config::{
