@@ -83,6 +83,15 @@ pub mod env {
     pub const LOG: &str = "WEFT_PROXY_LOG";
     /// Log format: `plain` or `json`. Default `plain`.
     pub const LOG_FORMAT: &str = "WEFT_PROXY_LOG_FORMAT";
+    /// Meshed destinations for the transparent outbound listener, until
+    /// discovery replaces them: entries separated by whitespace, each
+    /// `IP=IDENTITY` or `IP:PORT=IDENTITY`. Others are passed through. Default none.
+    pub const DESTINATIONS: &str = "WEFT_PROXY_DESTINATIONS";
+    /// A file with more destination entries, one per line (`#` comments).
+    pub const DESTINATIONS_FILE: &str = "WEFT_PROXY_DESTINATIONS_FILE";
+    /// Destination ports relayed as opaque TCP without protocol detection
+    /// (server-speaks-first protocols), comma separated. Default none.
+    pub const OPAQUE_PORTS: &str = "WEFT_PROXY_OPAQUE_PORTS";
 }
 
 /// Environment variables `weft-init` reads when the matching flag is not given
