@@ -195,7 +195,7 @@ fn dry_run_matches_what_is_installed() {
         let out = pod.run(pod.command(save).args(["-t", "nat"])).unwrap();
         let installed = owned_lines(&String::from_utf8_lossy(&out.stdout));
         assert_eq!(planned(plan), installed, "{save}");
-        assert!(installed.len() >= 9, "{installed:#?}");
+        assert!(installed.len() >= 10, "{installed:#?}");
     }
 }
 
@@ -274,8 +274,8 @@ fn traffic_of_the_proxy_uid_is_not_redirected() {
 }
 
 #[test]
-fn loopback_skip_ports_and_skip_subnets_are_not_redirected() {
-    if skip_unless_root("loopback_skip_ports_and_skip_subnets_are_not_redirected") {
+fn loopback_admin_port_skip_ports_and_skip_subnets_are_not_redirected() {
+    if skip_unless_root("loopback_admin_port_skip_ports_and_skip_subnets_are_not_redirected") {
         return;
     }
     let net = Net::new("skip").unwrap();
@@ -292,6 +292,7 @@ fn loopback_skip_ports_and_skip_subnets_are_not_redirected() {
     let local = Server::start(&a, "127.0.0.1:9999", "local");
     let b8081 = Server::start(&b, "0.0.0.0:8081", "b");
     let c8080 = Server::start(&c, "0.0.0.0:8080", "c");
+    let b_admin = Server::start(&b, &format!("0.0.0.0:{PROXY_ADMIN_PORT}"), "admin");
 
     let answer = probe(&a, None, "127.0.0.1:9999", "lo");
     assert_eq!(answer, "local got lo for 127.0.0.1:9999");
@@ -306,7 +307,15 @@ fn loopback_skip_ports_and_skip_subnets_are_not_redirected() {
         format!("c got net for {target}")
     );
 
+    // Another pod's admin server is reached directly, never over mesh TLS.
+    let target = format!("{}:{PROXY_ADMIN_PORT}", b.addr());
+    assert_eq!(
+        probe(&a, None, &target, "scrape"),
+        format!("admin got scrape for {target}")
+    );
+
     assert!(proxy.stop().is_empty());
+    assert_eq!(b_admin.stop().len(), 1);
     assert_eq!(local.stop().len(), 1);
     assert_eq!(b8081.stop().len(), 1);
     assert_eq!(c8080.stop().len(), 1);

@@ -11,8 +11,9 @@
 //! - incoming TCP (`PREROUTING`) goes to the proxy's inbound port 15143, except
 //!   the admin port 15191 and the configured inbound skip ports;
 //! - outgoing TCP (`OUTPUT`) goes to the proxy's outbound port 15140, except
-//!   traffic of the proxy's uid 2510, traffic on loopback, the configured
-//!   outbound skip ports and skip subnets.
+//!   traffic of the proxy's uid 2510, traffic on loopback,
+//!   the admin port of other pods, the configured outbound skip ports and
+//!   skip subnets.
 //!
 //! Every rule is written in the exact form `iptables-save` prints it, so that
 //! `--dry-run` output can be compared with what is installed.
@@ -236,6 +237,13 @@ impl FamilyPlan {
             matches: vec![Match::OutInterface("lo")],
             target: Target::Return,
         });
+        // Other pods' admin servers speak plain HTTP (probes, scrapes): a
+        // connection to one must not be sent over mesh TLS.
+        rules.push(Rule {
+            chain: Chain::WeftOutput,
+            matches: vec![Match::Tcp, Match::DestinationPort(PROXY_ADMIN_PORT)],
+            target: Target::Return,
+        });
         for net in config
             .skip_subnets
             .iter()
@@ -350,6 +358,7 @@ mod tests {
 -A WEFT_INBOUND -p tcp -j REDIRECT --to-ports 15143
 -A WEFT_OUTPUT -m owner --uid-owner 2510 -j RETURN
 -A WEFT_OUTPUT -o lo -j RETURN
+-A WEFT_OUTPUT -p tcp -m tcp --dport 15191 -j RETURN
 -A WEFT_OUTPUT -p tcp -j REDIRECT --to-ports 15140
 COMMIT
 ";
