@@ -16,16 +16,25 @@
 //! - [`metrics`] and [`admin`]: Prometheus metrics and the admin server.
 //! - [`run`]: the program (environment, PEM files, signals), shared by the
 //!   `weft-proxy` binary and `weft`.
+//! - [`destinations`]: the static map of meshed destinations (address ->
+//!   expected identity) for the transparent outbound listener.
+//! - [`iptables`]: the pod's interception rules (`weft-init`): a plan as data,
+//!   rendered for `iptables-nft-restore`, installed and verified.
+//! - [`sockopt`]: the original destination of a redirected connection
+//!   (`SO_ORIGINAL_DST`); the only module that may hold `unsafe` (it has none).
 
 pub mod admin;
 pub mod config;
+pub mod destinations;
 pub mod detect;
 pub mod http;
 pub mod inbound;
+pub mod iptables;
 pub mod metrics;
 pub mod outbound;
 pub mod proxy;
 pub mod run;
+pub mod sockopt;
 pub mod transport;
 
 pub use config::{
