@@ -84,3 +84,7 @@ pub mod env {
     /// Log format: `plain` or `json`. Default `plain`.
     pub const LOG_FORMAT: &str = "WEFT_PROXY_LOG_FORMAT";
 }
+
+/// Service account of the controller: its gRPC endpoint presents the identity
+/// `spiffe://<trust-domain>/ns/weft-system/sa/weft-controller`.
+pub const CONTROLLER_SERVICE_ACCOUNT: &str = "weft-controller";
