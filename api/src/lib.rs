@@ -7,6 +7,8 @@
 //!   that the injector, the proxy and the controller must agree on.
 //! - [`certify`]: `Identity.Certify` as domain types (request, certificate,
 //!   typed refusal), converted from the wire types at the edge.
+//! - [`control`]: the client side of the control protocol: a gRPC channel to the
+//!   controller over TLS that checks the controller's identity.
 //! - [`proto`]: the generated wire types of package `weft.v1` (checked in; see
 //!   `tests/proto_generated.rs`).
 //! - [`tls`]: the one place where mesh TLS is configured (TLS 1.3 only, aws-lc-rs,
@@ -15,6 +17,7 @@
 
 pub mod certify;
 pub mod consts;
+pub mod control;
 pub mod identity;
 pub mod proto;
 pub mod tls;
