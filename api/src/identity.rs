@@ -244,7 +244,8 @@ mod tests {
 
     #[test]
     fn each_part_is_named_when_wrong() {
-        let cases: &[(&str, fn(&IdentityError) -> bool)] = &[
+        type Check = fn(&IdentityError) -> bool;
+        let cases: &[(&str, Check)] = &[
             ("https://cluster.local/ns/a/sa/b", |e| {
                 matches!(e, IdentityError::Scheme { .. })
             }),

@@ -80,8 +80,8 @@ pub enum PeerIdentityError {
     Invalid(#[from] IdentityError),
     #[error("server identity mismatch: expected {expected}, the server presented {presented}")]
     Mismatch {
-        expected: Identity,
-        presented: Identity,
+        expected: Box<Identity>,
+        presented: Box<Identity>,
     },
 }
 
@@ -294,8 +294,11 @@ impl fmt::Debug for Credentials {
 pub struct MeshTls {
     state: Arc<State>,
     server: Arc<ServerConfig>,
-    clients: Mutex<HashMap<(Identity, &'static [u8]), Arc<ClientConfig>>>,
+    clients: Mutex<ClientConfigs>,
 }
+
+/// Client configurations by expected server identity and ALPN protocol.
+type ClientConfigs = HashMap<(Identity, &'static [u8]), Arc<ClientConfig>>;
 
 struct State {
     anchors: ArcSwap<TrustAnchors>,
@@ -476,8 +479,8 @@ impl ServerCertVerifier for MeshServerVerifier {
         let presented = peer_identity(end_entity).map_err(identity_error)?;
         if presented != self.expected {
             return Err(identity_error(PeerIdentityError::Mismatch {
-                expected: self.expected.clone(),
-                presented,
+                expected: Box::new(self.expected.clone()),
+                presented: Box::new(presented),
             }));
         }
         Ok(ServerCertVerified::assertion())
