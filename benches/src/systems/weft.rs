@@ -107,8 +107,11 @@ pub(super) fn start(env: &StartEnv, dir: &Path) -> anyhow::Result<Running> {
 
     let mut client = Command::new(&proxy.path);
     common(&mut client, &pki.client)?;
+    // The client proxy's own inbound side is unused here, but every proxy
+    // needs an app address while transparent interception is not built.
     client
         .env(var::INBOUND_ADDR, free_addr()?.to_string())
+        .env(var::APP_ADDR, env.backend.to_string())
         .env(var::UPSTREAMS, upstreams(listen, inbound));
 
     let server = spawn("weft-server", server, dir)?;
