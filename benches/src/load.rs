@@ -11,7 +11,8 @@
 //! from the *intended* time, so queueing caused by the system is never hidden.
 //! When the connection was idle, latency counts from the actual send, so the
 //! generator's own timer granularity (about 1 ms in tokio) is not charged to the
-//! system.
+//! system. Every run is bounded: requests still unsent [`DRAIN`] after the end
+//! count as errors, recorded with the wait they had so far.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -101,13 +102,28 @@ pub struct LoadResult {
     pub latency_us: Latency,
 }
 
+impl LoadResult {
+    fn unsent_error(n: u64) -> String {
+        format!(
+            "{n} requests not sent before the run's time limit (the system is slower than the rate)"
+        )
+    }
+}
+
 /// Longest a single request may take before it counts as an error.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long past the end of the recorded part a constant-rate run may go on
+/// sending requests that were due before the end. Requests still unsent then
+/// count as errors and are recorded with their wait so far (a lower bound),
+/// so a slow system neither stretches the run nor hides its queue.
+const DRAIN: Duration = Duration::from_secs(2);
 /// Highest latency the histograms record (µs); larger values are clamped.
 const HIGHEST_US: u64 = 60_000_000;
 
 struct ConnStats {
     histogram: Histogram<u64>,
+    /// Answered in the recorded part.
+    answered: u64,
     completed: u64,
     errors: u64,
     first_error: Option<String>,
@@ -118,6 +134,7 @@ impl ConnStats {
         Self {
             histogram: Histogram::new_with_bounds(1, HIGHEST_US, 3)
                 .expect("static histogram bounds are valid"),
+            answered: 0,
             completed: 0,
             errors: 0,
             first_error: None,
@@ -187,6 +204,7 @@ pub async fn run(spec: &LoadSpec) -> LoadResult {
                     .expect("histograms share their bounds");
                 total.errors += stats.errors;
                 total.completed += stats.completed;
+                total.answered += stats.answered;
                 if total.first_error.is_none() {
                     total.first_error = stats.first_error;
                 }
@@ -195,7 +213,7 @@ pub async fn run(spec: &LoadSpec) -> LoadResult {
         }
     }
     let seconds = Duration::from_millis(spec.duration_ms).as_secs_f64();
-    let requests = total.histogram.len();
+    let requests = total.answered;
     LoadResult {
         requests,
         completed: total.completed,
@@ -235,6 +253,25 @@ async fn drive(mut conn: Option<Connection>, spec: &LoadSpec, s: Schedule) -> Co
                 if intended >= s.end {
                     break;
                 }
+                let now = Instant::now();
+                if now >= s.end + DRAIN {
+                    // Give up on the rest of the schedule, charging its wait.
+                    let mut unsent = 0;
+                    let mut late = intended;
+                    while late < s.end {
+                        if late >= s.record_from {
+                            stats.record(now - late);
+                        }
+                        unsent += 1;
+                        late = s.intended(rate, k);
+                        k += 1;
+                    }
+                    stats.errors += unsent;
+                    stats
+                        .first_error
+                        .get_or_insert_with(|| LoadResult::unsent_error(unsent));
+                    break;
+                }
                 if Instant::now() < intended {
                     tokio::time::sleep_until(intended.into()).await;
                     (Instant::now(), intended >= s.record_from)
@@ -271,6 +308,7 @@ async fn drive(mut conn: Option<Connection>, spec: &LoadSpec, s: Schedule) -> Co
             Ok(Ok(())) => {
                 stats.completed += 1;
                 if recorded {
+                    stats.answered += 1;
                     stats.record(measure_from.elapsed());
                 }
             }
