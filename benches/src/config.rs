@@ -59,7 +59,7 @@ pub struct AllArgs {
     #[arg(long)]
     pub quick: bool,
     /// Times each system goes through every scenario (interleaved); figures are
-    /// medians. Default 2, quick 1.
+    /// medians. Default 3, quick 1.
     #[arg(long)]
     pub repeats: Option<usize>,
     /// Recorded seconds of each load run. Default 5, quick 1.
@@ -122,7 +122,7 @@ impl Settings {
                 ))
             }
         };
-        let repeats = args.repeats.unwrap_or(if q { 1 } else { 2 });
+        let repeats = args.repeats.unwrap_or(if q { 1 } else { 3 });
         if !(1..=20).contains(&repeats) {
             return Err(format!("--repeats must be 1 to 20, got {repeats}"));
         }

@@ -51,10 +51,10 @@ pub(super) fn draw(report: &Report, png: &Path) -> anyhow::Result<()> {
     }
     let cols = 3usize;
     let rows = ids.len().div_ceil(cols).max(1);
-    let (w, h) = (1500u32, 80 + 380 * rows as u32);
+    let (w, h) = (1500u32, 100 + 380 * rows as u32);
     let root = BitMapBackend::new(png, (w, h)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow!("draw: {e}"))?;
-    let (head, body) = root.split_vertically(80);
+    let (head, body) = root.split_vertically(100);
     let title = if report.quick {
         "weft benchmark: latency percentiles per system (quick mode)"
     } else {
@@ -68,7 +68,7 @@ pub(super) fn draw(report: &Report, png: &Path) -> anyhow::Result<()> {
                 report.host.cpus, report.repeats, report.duration_s, report.started_at
             ),
             &("sans-serif", 16).into_text_style(&head),
-            (10, 50),
+            (10, 60),
         )
         .map_err(|e| anyhow!("draw: {e}"))?;
     let panels = body.split_evenly((rows, cols));
