@@ -1,0 +1,294 @@
+//! The Markdown report: the run's settings, a summary table, weft against the
+//! targets, and one table per scenario with ratios to the direct call and to
+//! the best peer.
+
+use std::fmt::Write;
+
+use super::targets::{self, MB, Outcome};
+use crate::figures::{ControlPlaneFigure, Report, Status, SystemFigures};
+use crate::systems::SystemKind;
+
+pub fn render(r: &Report) -> String {
+    let mut md = String::new();
+    let command = if r.quick {
+        "cargo run -p weft-benches --release -- all --quick"
+    } else {
+        "cargo run -p weft-benches --release -- all"
+    };
+    let _ = writeln!(md, "# weft benchmark report\n");
+    let _ = writeln!(
+        md,
+        "Run {} on {} CPUs (Linux {}), `{command}`: {} repeat(s), each load {:.1} s recorded after {:.1} s warm-up; \
+         figures are medians over repeats. {}; {}.\n",
+        r.started_at,
+        r.host.cpus,
+        r.host.kernel,
+        r.repeats,
+        r.duration_s,
+        r.warmup_s,
+        r.host.haproxy,
+        r.host.nginx,
+    );
+    if r.quick {
+        let _ = writeln!(
+            md,
+            "**Quick mode**: proves every system runs and produces figures; its speeds mean little.\n"
+        );
+    }
+    let _ = writeln!(
+        md,
+        "Latency in µs, measured from each request's intended send time (coordinated omission corrected). \
+         CPU is utime+stime of both proxies of a pair per answered request. Memory in MB (10^6 bytes): \
+         pair = both proxies, largest = the larger one.\n"
+    );
+
+    systems_table(&mut md, r);
+    summary_table(&mut md, r);
+    targets_section(&mut md, r);
+    for (id, title) in scenario_ids(r) {
+        scenario_table(&mut md, r, &id, &title);
+    }
+    let _ = writeln!(md, "## Control plane\n");
+    match &r.certificates_per_second {
+        ControlPlaneFigure::Measured { per_second } => {
+            let _ = writeln!(
+                md,
+                "Certificates signed per second (Certify): {per_second:.0}\n"
+            );
+        }
+        ControlPlaneFigure::NotMeasured { reason } => {
+            let _ = writeln!(
+                md,
+                "Certificates signed per second (Certify): not measured ({reason}).\n"
+            );
+        }
+    }
+    md
+}
+
+fn systems_table(md: &mut String, r: &Report) {
+    let _ = writeln!(
+        md,
+        "## Systems\n\n| system | what it is | status |\n|---|---|---|"
+    );
+    for s in &r.systems {
+        let status = match &s.status {
+            Status::Ran => "ran".to_string(),
+            Status::Skipped { reason } => format!("skipped: {reason}"),
+            Status::Failed { errors } => format!("FAILED: {}", errors.join("; ")),
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} |",
+            s.system,
+            s.description,
+            status.replace('|', "/").replace('\n', " ")
+        );
+    }
+    md.push('\n');
+}
+
+fn summary_table(md: &mut String, r: &Report) {
+    let ref_ids: Vec<(String, String)> = ["http1-c16-rate1000", "http1-c16-rate10000"]
+        .iter()
+        .filter(|id| r.systems.iter().any(|s| s.scenario(id).is_some()))
+        .map(|id| {
+            let label = if id.ends_with("rate1000") {
+                "1k"
+            } else {
+                "10k"
+            };
+            (id.to_string(), label.to_string())
+        })
+        .collect();
+    let _ = write!(md, "## Summary\n\n| system |");
+    for (_, label) in &ref_ids {
+        let _ = write!(md, " +p50 @{label} | +p99 @{label} |");
+    }
+    let _ = writeln!(
+        md,
+        " max req/s | CPU µs/req ({}) | RSS idle | RSS @1k/s | RSS peak | RSS {} idle conns | mTLS handshakes/s |",
+        r.cpu_reference, r.idle_connections
+    );
+    let _ = write!(md, "|---|");
+    for _ in &ref_ids {
+        md.push_str("---:|---:|");
+    }
+    let _ = writeln!(md, "---:|---:|---:|---:|---:|---:|---:|");
+    let best_rps = best_peer_value(r, |s| s.max_rps, false);
+    let best_cpu = best_peer_value(r, |s| s.proxy_cpu_us_per_request, true);
+    for s in r.systems.iter().filter(|s| matches!(s.status, Status::Ran)) {
+        let _ = write!(md, "| {} |", s.system);
+        for (id, _) in &ref_ids {
+            for p99 in [false, true] {
+                let cell = match (s.system, targets::added(r, s, id, p99)) {
+                    (SystemKind::Direct, _) => "0".to_string(),
+                    (_, Some(v)) => format!("{v:.0}"),
+                    (_, None) => "-".to_string(),
+                };
+                let _ = write!(md, " {cell} |");
+            }
+        }
+        let rps = s
+            .max_rps
+            .map(|v| format!("{v:.0}{}", ratio(v, best_rps, s.system)))
+            .unwrap_or_else(|| "-".into());
+        let cpu = s
+            .proxy_cpu_us_per_request
+            .map(|v| format!("{v:.1}{}", ratio(v, best_cpu, s.system)))
+            .unwrap_or_else(|| "-".into());
+        let mem = |m: Option<crate::figures::Mem>| {
+            m.map(|m| {
+                format!(
+                    "{:.1} ({:.1})",
+                    m.pair_kb as f64 * 1024.0 / MB,
+                    m.largest_kb as f64 * 1024.0 / MB
+                )
+            })
+            .unwrap_or_else(|| "-".into())
+        };
+        let hs = s
+            .handshakes_per_second
+            .map(|v| format!("{v:.0}"))
+            .unwrap_or_else(|| "-".into());
+        let _ = writeln!(
+            md,
+            " {rps} | {cpu} | {} | {} | {} | {} | {hs} |",
+            mem(s.rss_idle),
+            mem(s.rss_load_1k),
+            mem(s.rss_peak),
+            mem(s.rss_idle_connections),
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\n+p50/+p99: latency added over direct (µs), HTTP/1.1, 16 connections. RSS: pair (largest proxy), MB. \
+         `(0.80x)` after weft's figure: its ratio to the best peer.\n"
+    );
+}
+
+/// ` (1.23x)` after weft's figure when a best peer exists.
+fn ratio(own: f64, best: Option<f64>, system: SystemKind) -> String {
+    match best {
+        Some(b) if system == SystemKind::Weft && b > 0.0 => format!(" ({:.2}x)", own / b),
+        _ => String::new(),
+    }
+}
+
+fn best_peer_value(
+    r: &Report,
+    f: impl Fn(&SystemFigures) -> Option<f64>,
+    lower_is_better: bool,
+) -> Option<f64> {
+    let values = r
+        .systems
+        .iter()
+        .filter(|s| s.system.is_peer() && matches!(s.status, Status::Ran))
+        .filter_map(f);
+    if lower_is_better {
+        values.min_by(f64::total_cmp)
+    } else {
+        values.max_by(f64::total_cmp)
+    }
+}
+
+fn targets_section(md: &mut String, r: &Report) {
+    let verdicts = targets::evaluate(r);
+    let short: Vec<&targets::Verdict> = verdicts
+        .iter()
+        .filter(|v| v.outcome == Outcome::NotMet)
+        .collect();
+    let _ = writeln!(md, "## weft against the targets\n");
+    if r.quick {
+        let _ = writeln!(md, "(Quick mode: these verdicts are not meaningful.)\n");
+    }
+    if short.is_empty() {
+        let _ = writeln!(md, "weft falls short of no measured target in this run.\n");
+    } else {
+        let _ = writeln!(
+            md,
+            "weft falls short of {} target(s) in this run:\n",
+            short.len()
+        );
+        for v in &short {
+            let _ = writeln!(md, "- **Not met**: {}: {}.", v.target, v.detail);
+        }
+        md.push('\n');
+    }
+    let _ = writeln!(md, "| target | verdict | figures |\n|---|---|---|");
+    for v in &verdicts {
+        let outcome = match v.outcome {
+            Outcome::Met => "met",
+            Outcome::NotMet => "**NOT MET**",
+            Outcome::NotMeasured => "not measured",
+        };
+        let _ = writeln!(md, "| {} | {outcome} | {} |", v.target, v.detail);
+    }
+    md.push('\n');
+}
+
+fn scenario_ids(r: &Report) -> Vec<(String, String)> {
+    let mut ids: Vec<(String, String)> = Vec::new();
+    for s in &r.systems {
+        for sc in &s.scenarios {
+            if !ids.iter().any(|(id, _)| *id == sc.id) {
+                ids.push((sc.id.clone(), sc.title.clone()));
+            }
+        }
+    }
+    ids
+}
+
+fn scenario_table(md: &mut String, r: &Report, id: &str, title: &str) {
+    let _ = writeln!(
+        md,
+        "### {title}\n\n| system | p50 | p90 | p99 | p99.9 | max | +p50 | +p99 | p99 vs direct | p99 vs best peer | req/s | CPU µs/req | RSS max | errors |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    let direct = r
+        .system(SystemKind::Direct)
+        .and_then(|d| d.scenario(id))
+        .map(|d| d.latency_us);
+    let best_peer_p99 = r
+        .systems
+        .iter()
+        .filter(|s| s.system.is_peer() && matches!(s.status, Status::Ran))
+        .filter_map(|s| s.scenario(id).map(|sc| sc.latency_us.p99))
+        .min_by(f64::total_cmp);
+    for s in &r.systems {
+        let Some(sc) = s.scenario(id) else {
+            continue;
+        };
+        let l = sc.latency_us;
+        let (add50, add99, vs_direct) = match direct {
+            Some(d) => (
+                format!("{:.0}", l.p50 - d.p50),
+                format!("{:.0}", l.p99 - d.p99),
+                format!("{:.2}x", l.p99 / d.p99.max(1.0)),
+            ),
+            None => ("-".into(), "-".into(), "-".into()),
+        };
+        let vs_peer = best_peer_p99
+            .map(|b| format!("{:.2}x", l.p99 / b.max(1.0)))
+            .unwrap_or_else(|| "-".into());
+        let _ = writeln!(
+            md,
+            "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {add50} | {add99} | {vs_direct} | {vs_peer} | {:.0} | {} | {} | {} |",
+            s.system,
+            l.p50,
+            l.p90,
+            l.p99,
+            l.p999,
+            l.max,
+            sc.rps,
+            sc.proxy_cpu_us_per_request
+                .map(|c| format!("{c:.1}"))
+                .unwrap_or_else(|| "-".into()),
+            sc.proxy_rss_max
+                .map(|m| format!("{:.1}", m.pair_kb as f64 * 1024.0 / MB))
+                .unwrap_or_else(|| "-".into()),
+            sc.errors,
+        );
+    }
+    md.push('\n');
+}
