@@ -11,8 +11,11 @@ use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
 use prost::Message;
-use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer};
+use rustls_pki_types::{
+    CertificateDer, CertificateSigningRequestDer, PrivateKeyDer, PrivatePkcs8KeyDer,
+};
 
+use crate::identity::Identity;
 use crate::proto::weft_v1 as wire;
 
 /// The proof of identity a workload presents: a projected ServiceAccount token
@@ -318,6 +321,26 @@ impl From<Certified> for wire::CertifyResponse {
             }),
         }
     }
+}
+
+/// Generates an ECDSA P-256 key in memory and a CSR for `identity` signed with
+/// it: exactly one URI SAN, no subject. What a workload sends to `Certify`.
+pub fn new_key_and_csr(
+    identity: &Identity,
+) -> Result<
+    (
+        PrivateKeyDer<'static>,
+        CertificateSigningRequestDer<'static>,
+    ),
+    rcgen::Error,
+> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.subject_alt_names = vec![rcgen::SanType::URI(identity.to_string().try_into()?)];
+    let csr = params.serialize_request(&key)?;
+    let key_der = PrivatePkcs8KeyDer::from(key.serialize_der());
+    Ok((key_der.into(), csr.der().clone()))
 }
 
 #[cfg(test)]

@@ -70,6 +70,20 @@ pub mod env {
     /// for example `checkout,127.0.0.1:4140,127.0.0.1:5143,spiffe://cluster.local/ns/shop/sa/checkout`.
     /// Several replicas: join their addresses with `+` (`127.0.0.1:5143+127.0.0.1:5144`).
     pub const UPSTREAMS: &str = "WEFT_PROXY_UPSTREAMS";
+    /// The controller's gRPC address (`host:port`). When set, the proxy
+    /// generates its key in memory and gets its certificate from
+    /// `Identity.Certify`; otherwise it reads `CERT_FILE` and `KEY_FILE`.
+    pub const CONTROLLER_ADDR: &str = "WEFT_PROXY_CONTROLLER_ADDR";
+    /// The identity the controller must prove. Default: the controller identity
+    /// in the workload's trust domain.
+    pub const CONTROLLER_IDENTITY: &str = "WEFT_PROXY_CONTROLLER_IDENTITY";
+    /// The workload's identity (`spiffe://...`), which its token proves.
+    pub const IDENTITY: &str = "WEFT_PROXY_IDENTITY";
+    /// File holding the token presented to `Certify` (projected ServiceAccount
+    /// token in Kubernetes, bootstrap token in local mode).
+    pub const IDENTITY_TOKEN_FILE: &str = "WEFT_PROXY_IDENTITY_TOKEN_FILE";
+    /// Seconds between checks of the trust anchor file for changes. Default 5.
+    pub const TRUST_ANCHORS_RELOAD: &str = "WEFT_PROXY_TRUST_ANCHORS_RELOAD";
     /// PEM file with the workload certificate chain, leaf first.
     pub const CERT_FILE: &str = "WEFT_PROXY_CERT_FILE";
     /// PEM file with the workload private key.

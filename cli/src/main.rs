@@ -1,13 +1,49 @@
 //! `weft`: the command line of the mesh.
+//!
+//! One binary: the user-facing commands, plus hidden ones (`__proxy`,
+//! `__demo-app`) with which `weft demo` runs the mesh's programs from this
+//! same executable, so that a newcomer builds one thing.
 
-use clap::Parser;
+// A binary: `pub` inside it marks what a module offers to its siblings.
+#![allow(unreachable_pub)]
+
+mod demo;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
 
 /// weft: a sidecar service mesh for Kubernetes.
 #[derive(Debug, Parser)]
 #[command(name = "weft", version, about)]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() -> anyhow::Result<()> {
-    let _cli = Cli::parse();
-    Ok(())
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs a whole mesh on this machine (no Kubernetes, no root): a local
+    /// controller, demo services with their sidecars, live traffic, and a live
+    /// view of identities, mTLS, success rates and latency.
+    Demo(demo::DemoArgs),
+    /// Runs the weft proxy, configured by environment (WEFT_PROXY_*).
+    #[command(name = "__proxy", hide = true)]
+    Proxy,
+    /// Runs one service of the demo application.
+    #[command(name = "__demo-app", hide = true)]
+    DemoApp(demo::AppArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Demo(args) => demo::demo(args),
+        Command::Proxy => {
+            demo::procs::exit_with_parent();
+            weft_proxy::run::main()
+        }
+        Command::DemoApp(args) => demo::run_app(args),
+    }
 }

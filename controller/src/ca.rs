@@ -732,22 +732,6 @@ pub fn rfc3339(t: SystemTime) -> String {
         .unwrap_or_else(|_| format!("{t:?}"))
 }
 
-/// Generates an ECDSA P-256 key in memory and a CSR for `identity` signed with
-/// it: exactly one URI SAN, no subject. What a workload sends to `Certify`.
-pub fn new_key_and_csr(
-    identity: &Identity,
-) -> Result<
-    (
-        rustls_pki_types::PrivateKeyDer<'static>,
-        CertificateSigningRequestDer<'static>,
-    ),
-    rcgen::Error,
-> {
-    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-    let mut params = CertificateParams::default();
-    params.distinguished_name = DistinguishedName::new();
-    params.subject_alt_names = vec![SanType::URI(identity.to_string().try_into()?)];
-    let csr = params.serialize_request(&key)?;
-    let key_der = rustls_pki_types::PrivatePkcs8KeyDer::from(key.serialize_der());
-    Ok((key_der.into(), csr.der().clone()))
-}
+/// A key in memory and a CSR for an identity: defined in `weft-api`, which the
+/// proxy shares.
+pub use weft_api::certify::new_key_and_csr;

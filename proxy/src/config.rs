@@ -15,16 +15,28 @@ use weft_api::consts::{self, env};
 #[derive(Clone, Debug)]
 pub struct Config {
     pub proxy: ProxyConfig,
-    /// PEM chain of the workload certificate, leaf first.
-    pub cert_file: PathBuf,
-    /// PEM private key of the workload certificate.
-    pub key_file: PathBuf,
-    /// PEM bundle of trust anchors.
+    /// Where the workload certificate comes from.
+    pub identity: IdentitySource,
+    /// PEM bundle of trust anchors, reloaded when it changes.
     pub trust_anchors_file: PathBuf,
+    /// How often the trust anchor file is checked (default 5 s).
+    pub trust_anchors_reload: Duration,
     /// Log filter (`WEFT_PROXY_LOG`, default `info`).
     pub log: String,
     /// Log format (`WEFT_PROXY_LOG_FORMAT`, default plain).
     pub log_json: bool,
+}
+
+/// Where the workload certificate comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IdentitySource {
+    /// The controller's `Certify`, with a key generated in memory.
+    Controller(crate::identity::CertifyConfig),
+    /// PEM files written by someone else (tests, benchmarks, manual runs).
+    Files {
+        cert_file: PathBuf,
+        key_file: PathBuf,
+    },
 }
 
 /// What the running proxy needs, independent of where credentials come from.
@@ -181,9 +193,11 @@ impl Config {
             proxy.shutdown_grace = d;
         }
         proxy.upstreams = p.upstreams(env::UPSTREAMS);
-        let cert_file = p.required_path(env::CERT_FILE);
-        let key_file = p.required_path(env::KEY_FILE);
+        let identity = p.identity_source();
         let trust_anchors_file = p.required_path(env::TRUST_ANCHORS_FILE);
+        let trust_anchors_reload = p
+            .seconds(env::TRUST_ANCHORS_RELOAD)
+            .unwrap_or(Duration::from_secs(5));
         let log = p.get(env::LOG).unwrap_or("info").to_owned();
         let log_json = match p.get(env::LOG_FORMAT) {
             None | Some("plain") => false,
@@ -199,11 +213,15 @@ impl Config {
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
+        let (Some(identity), Some(trust_anchors_file)) = (identity, trust_anchors_file) else {
+            // Reported above: a missing value always adds an error.
+            return Err(ConfigErrors(errors));
+        };
         Ok(Self {
             proxy,
-            cert_file: cert_file.unwrap_or_default(),
-            key_file: key_file.unwrap_or_default(),
-            trust_anchors_file: trust_anchors_file.unwrap_or_default(),
+            identity,
+            trust_anchors_file,
+            trust_anchors_reload,
             log,
             log_json,
         })
@@ -263,6 +281,72 @@ impl Parser<'_> {
                 None
             }
         }
+    }
+
+    fn identity(&mut self, var: &'static str) -> Option<Identity> {
+        let v = self.get(var)?.to_owned();
+        match v.parse() {
+            Ok(id) => Some(id),
+            Err(e) => {
+                self.error(var, format!("{e}"));
+                None
+            }
+        }
+    }
+
+    /// The controller when its address is set, otherwise PEM files.
+    fn identity_source(&mut self) -> Option<IdentitySource> {
+        let Some(addr) = self.get(env::CONTROLLER_ADDR).map(str::to_owned) else {
+            let cert_file = self.required_path(env::CERT_FILE);
+            let key_file = self.required_path(env::KEY_FILE);
+            return Some(IdentitySource::Files {
+                cert_file: cert_file?,
+                key_file: key_file?,
+            });
+        };
+        if !addr.contains(':') {
+            self.error(
+                env::CONTROLLER_ADDR,
+                format!("{addr:?} has no port; expected host:port, e.g. weft-controller.weft-system:8090"),
+            );
+        }
+        let identity = match self.identity(env::IDENTITY) {
+            Some(id) => Some(id),
+            None if self.get(env::IDENTITY).is_none() => {
+                self.error(
+                    env::IDENTITY,
+                    format!("is not set; with {} the proxy must know the identity to ask for (spiffe://<trust-domain>/ns/<ns>/sa/<sa>)", env::CONTROLLER_ADDR),
+                );
+                None
+            }
+            None => None,
+        };
+        let token_file = match self.get(env::IDENTITY_TOKEN_FILE) {
+            Some(p) => Some(PathBuf::from(p)),
+            None => {
+                self.error(
+                    env::IDENTITY_TOKEN_FILE,
+                    format!(
+                        "is not set; with {} it must name the token file that proves the identity",
+                        env::CONTROLLER_ADDR
+                    ),
+                );
+                None
+            }
+        };
+        let controller_identity = match self.identity(env::CONTROLLER_IDENTITY) {
+            Some(id) => Some(id),
+            None if self.get(env::CONTROLLER_IDENTITY).is_some() => None,
+            None => identity
+                .as_ref()
+                .and_then(|id| weft_api::control::controller_identity(id.trust_domain()).ok()),
+        };
+        Some(IdentitySource::Controller(crate::identity::CertifyConfig {
+            controller_addr: addr,
+            controller_identity: controller_identity?,
+            identity: identity?,
+            token_file: token_file?,
+        }))
     }
 
     fn upstreams(&mut self, var: &'static str) -> Vec<Upstream> {

@@ -13,6 +13,8 @@
 //! - [`http`]: body types, hop-by-hop headers, upgrades, and responses the proxy
 //!   generates itself (with a `weft-proxy-error` header).
 //! - [`transport`]: TCP and mesh TLS connection set-up, with typed failures.
+//! - [`identity`]: the workload certificate from the controller (key in
+//!   memory, renewal at 70 %), and trust anchors reloaded when they change.
 //! - [`metrics`] and [`admin`]: Prometheus metrics and the admin server.
 //! - [`run`]: the program (environment, PEM files, signals), shared by the
 //!   `weft-proxy` binary and `weft`.
@@ -28,6 +30,7 @@ pub mod config;
 pub mod destinations;
 pub mod detect;
 pub mod http;
+pub mod identity;
 pub mod inbound;
 pub mod iptables;
 pub mod metrics;

@@ -106,6 +106,12 @@ pub struct Metrics {
     refused: Family<ReasonLabels, Counter>,
     detect: Family<DetectLabels, Counter>,
     cert_expiry: Family<IdentityLabels, Gauge>,
+    certify: Family<ResultLabels, Counter>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
 }
 
 impl Default for Metrics {
@@ -130,6 +136,12 @@ impl Metrics {
         let refused = Family::default();
         let detect = Family::default();
         let cert_expiry = Family::default();
+        let certify = Family::default();
+        registry.register(
+            "identity_certify",
+            "Certificate requests to the controller, by result (ok or error)",
+            certify.clone(),
+        );
         registry.register(
             "requests",
             "HTTP requests by direction, status code, mTLS and peer identity",
@@ -196,7 +208,17 @@ impl Metrics {
             refused,
             detect,
             cert_expiry,
+            certify,
         }
+    }
+
+    /// Counts a certificate request to the controller.
+    pub fn certified(&self, ok: bool) {
+        self.certify
+            .get_or_create(&ResultLabels {
+                result: if ok { "ok" } else { "error" },
+            })
+            .inc();
     }
 
     /// Records the identity and expiry of the certificate in use.

@@ -4,7 +4,10 @@
 
 use std::process::ExitCode;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::Config;
+use crate::config::IdentitySource;
 use anyhow::Context;
 use tokio::signal::unix::{SignalKind, signal};
 use weft_api::tls::{Credentials, MeshTls, TrustAnchors};
@@ -46,23 +49,48 @@ async fn run(config: Config) -> anyhow::Result<()> {
     };
     let anchors = TrustAnchors::from_pem(&read(&config.trust_anchors_file, "trust anchors")?)
         .with_context(|| format!("in {}", config.trust_anchors_file.display()))?;
-    let credentials = Credentials::from_pem(
-        &read(&config.cert_file, "certificate chain")?,
-        &read(&config.key_file, "private key")?,
-    )
-    .with_context(|| {
-        format!(
-            "in {} and {}",
-            config.cert_file.display(),
-            config.key_file.display()
-        )
-    })?;
-    tracing::info!(identity = %credentials.identity(), "loaded workload certificate");
     let tls = MeshTls::new(anchors);
-    tls.set_credentials(credentials);
+    match &config.identity {
+        IdentitySource::Files {
+            cert_file,
+            key_file,
+        } => {
+            let credentials = Credentials::from_pem(
+                &read(cert_file, "certificate chain")?,
+                &read(key_file, "private key")?,
+            )
+            .with_context(|| format!("in {} and {}", cert_file.display(), key_file.display()))?;
+            tracing::info!(identity = %credentials.identity(), "loaded workload certificate from files");
+            tls.set_credentials(credentials);
+        }
+        IdentitySource::Controller(certify) => {
+            tracing::info!(
+                identity = %certify.identity,
+                controller = %certify.controller_addr,
+                "asking the controller for a workload certificate; not ready until it arrives"
+            );
+        }
+    }
 
+    let background = CancellationToken::new();
+    let anchors_path = config.trust_anchors_file.clone();
+    let anchors_every = config.trust_anchors_reload;
     let grace = config.proxy.shutdown_grace;
-    let proxy = crate::start(config.proxy, tls).await?;
+    let proxy = crate::start(config.proxy, tls.clone()).await?;
+    if let IdentitySource::Controller(certify) = config.identity {
+        tokio::spawn(crate::identity::run(
+            certify,
+            tls.clone(),
+            proxy.metrics.clone(),
+            background.clone(),
+        ));
+    }
+    tokio::spawn(crate::identity::watch_trust_anchors(
+        anchors_path,
+        tls,
+        anchors_every,
+        background.clone(),
+    ));
     let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
     tokio::select! {
@@ -70,6 +98,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         _ = int.recv() => tracing::info!("SIGINT received; draining"),
         _ = proxy.shutdown_requested() => tracing::info!("draining"),
     }
+    background.cancel();
     let drained = proxy.shutdown(grace).await;
     if drained {
         tracing::info!("drained; exiting");

@@ -1,0 +1,146 @@
+//! The demo application: small HTTP/1.1 services that know nothing of the
+//! mesh. `web` answers `GET /` by calling `checkout` and `inventory` through
+//! the upstream listeners of its sidecar; the others answer directly.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+/// What one demo service process is.
+#[derive(Clone, Debug)]
+pub struct AppSpec {
+    pub service: String,
+    pub replica: String,
+    pub listen: SocketAddr,
+    /// Upstream name -> local address of the sidecar's upstream listener.
+    pub upstreams: BTreeMap<String, SocketAddr>,
+}
+
+struct App {
+    spec: AppSpec,
+    client: Client<HttpConnector, Empty<Bytes>>,
+}
+
+/// Serves the demo service until the process is stopped.
+pub async fn serve(spec: AppSpec) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(spec.listen).await.map_err(|e| {
+        anyhow::anyhow!(
+            "demo app {} cannot listen on {}: {e}",
+            spec.replica,
+            spec.listen
+        )
+    })?;
+    let app = Arc::new(App {
+        spec,
+        client: Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build_http(),
+    });
+    loop {
+        let (tcp, _) = match listener.accept().await {
+            Ok(pair) => pair,
+            Err(error) => {
+                tracing::warn!(%error, "demo app failed to accept");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let app = app.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let app = app.clone();
+                async move { Ok::<_, Infallible>(handle(&app, req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), svc)
+                .await;
+        });
+    }
+}
+
+fn json(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut rsp = Response::new(Full::new(Bytes::from(body)));
+    *rsp.status_mut() = status;
+    rsp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    rsp
+}
+
+async fn handle(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let caller = req
+        .headers()
+        .get(weft_api::consts::CLIENT_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    if app.spec.upstreams.is_empty() {
+        // A leaf service: a little work, then an answer naming who asked.
+        tokio::time::sleep(Duration::from_micros(300)).await;
+        return json(
+            StatusCode::OK,
+            format!(
+                r#"{{"service":"{}","replica":"{}","caller":"{caller}"}}"#,
+                app.spec.service, app.spec.replica
+            ),
+        );
+    }
+    // An aggregating service: call every upstream concurrently.
+    let calls = app.spec.upstreams.iter().map(|(name, addr)| async move {
+        let uri = format!("http://{addr}/{name}");
+        let result = async {
+            let uri: http::Uri = uri.parse().ok()?;
+            let rsp = app.client.get(uri).await.ok()?;
+            let status = rsp.status();
+            let body = rsp.into_body().collect().await.ok()?.to_bytes();
+            Some((status, body))
+        }
+        .await;
+        (name.clone(), result)
+    });
+    let results = futures::future::join_all(calls).await;
+    let mut parts = Vec::new();
+    let mut failed = Vec::new();
+    for (name, result) in results {
+        match result {
+            Some((status, body)) if status.is_success() => {
+                parts.push(format!(r#""{name}":{}"#, String::from_utf8_lossy(&body)));
+            }
+            Some((status, _)) => failed.push(format!("{name}: {status}")),
+            None => failed.push(format!("{name}: unreachable")),
+        }
+    }
+    if failed.is_empty() {
+        json(
+            StatusCode::OK,
+            format!(
+                r#"{{"service":"{}","calls":{{{}}}}}"#,
+                app.spec.service,
+                parts.join(",")
+            ),
+        )
+    } else {
+        json(
+            StatusCode::BAD_GATEWAY,
+            format!(
+                r#"{{"service":"{}","failed":"{}"}}"#,
+                app.spec.service,
+                failed.join("; ")
+            ),
+        )
+    }
+}

@@ -1,0 +1,409 @@
+//! Running the demo: lock the state directory, start the local controller,
+//! the apps and their sidecars, send load, show the live view, and stop
+//! everything cleanly.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use super::loadgen::{self, LoadCounts};
+use super::procs::Children;
+use super::scrape::Scraper;
+use super::stats::{Stats, Tick, Watched};
+use super::topology::{self, Workload};
+use super::view::{self, Mode};
+use super::{DemoArgs, identity};
+use crate::output::OutputFormat;
+
+/// How long the sidecars may take to get their first certificate.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let mode = match args.output {
+        OutputFormat::Json => Mode::Json,
+        OutputFormat::Table if std::io::stdout().is_terminal() => Mode::Terminal,
+        OutputFormat::Table => Mode::Plain,
+    };
+    let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("cannot create the state directory {}", state_dir.display()))?;
+    let _lock = super::lock::DemoLock::acquire(&state_dir)?;
+    let run_dir = state_dir.join("run");
+    let _ = std::fs::remove_dir_all(&run_dir);
+    std::fs::create_dir_all(&run_dir)
+        .with_context(|| format!("cannot create {}", run_dir.display()))?;
+
+    let exe = std::env::current_exe().context("cannot find the weft executable")?;
+    let mut children = Children::default();
+    // Ctrl-C or SIGTERM, at any moment, stops the demo cleanly.
+    let interrupt = CancellationToken::new();
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot listen for SIGTERM")?;
+    let on_signal = interrupt.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = sigterm.recv() => {}
+        }
+        on_signal.cancel();
+    });
+    let result = run_mesh(
+        &args,
+        mode,
+        &state_dir,
+        &run_dir,
+        &exe,
+        &mut children,
+        &interrupt,
+    )
+    .await;
+    children.stop_all(Duration::from_secs(5)).await;
+    if mode != Mode::Json {
+        view::out(&format!(
+            "stopped every demo process; logs are in {}\n",
+            run_dir.display()
+        ));
+    }
+    result
+}
+
+async fn run_mesh(
+    args: &DemoArgs,
+    mode: Mode,
+    state_dir: &Path,
+    run_dir: &Path,
+    exe: &Path,
+    children: &mut Children,
+    interrupt: &CancellationToken,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let workloads = topology::workloads(identity::TRUST_DOMAIN)?;
+    if mode != Mode::Json {
+        view::out(&format!(
+            "weft demo: starting a local controller and {} workloads (state in {})\n",
+            workloads.len(),
+            state_dir.display()
+        ));
+    }
+
+    // The local controller, and credentials to prove each workload's identity.
+    let mesh = identity::start_controller(args, state_dir).await?;
+    let proof = identity::bootstrap(&mesh, &workloads, run_dir)?;
+
+    // The apps, then their sidecars.
+    for w in &workloads {
+        if let Some(app) = w.app {
+            let mut app_args = vec![
+                "__demo-app".to_owned(),
+                "--service".to_owned(),
+                w.service.to_owned(),
+                "--replica".to_owned(),
+                w.replica.clone(),
+                "--listen".to_owned(),
+                app.to_string(),
+            ];
+            for (name, listen) in &w.upstreams {
+                app_args.push("--upstream".to_owned());
+                app_args.push(format!("{name}={listen}"));
+            }
+            children.spawn(&format!("{}-app", w.replica), exe, &app_args, &[], run_dir)?;
+        }
+    }
+    for w in &workloads {
+        let env = sidecar_env(w, &workloads, &proof);
+        children.spawn(
+            &format!("{}-proxy", w.replica),
+            exe,
+            &["__proxy".to_owned()],
+            &env,
+            run_dir,
+        )?;
+    }
+    if !wait_ready(&workloads, children, run_dir, interrupt).await? {
+        if mode != Mode::Json {
+            view::out("interrupted while the mesh was starting\n");
+        }
+        return Ok(());
+    }
+
+    let watched: Vec<Watched> = workloads
+        .iter()
+        .map(|w| Watched {
+            service: w.service.to_owned(),
+            replica: w.replica.clone(),
+            identity: w.identity.to_string(),
+            admin: w.admin,
+        })
+        .collect();
+    intro(mode, &mesh, &workloads, started.elapsed(), state_dir);
+
+    // Load, through the load generator's sidecar.
+    let entry = workloads
+        .iter()
+        .find(|w| w.service == "loadgen")
+        .and_then(|w| w.upstreams.first())
+        .map(|(_, addr)| *addr)
+        .context("the demo topology has no load generator")?;
+    let counts = Arc::new(LoadCounts::default());
+    let stop = CancellationToken::new();
+    let load = tokio::spawn(loadgen::run(entry, args.rate, counts.clone(), stop.clone()));
+
+    let outcome = live_view(args, mode, watched, children, started, interrupt).await;
+    stop.cancel();
+    let _ = load.await;
+    let (last, reason) = outcome?;
+    summary(mode, &last, &counts, reason, started.elapsed());
+    Ok(())
+}
+
+/// The environment of one sidecar.
+fn sidecar_env(w: &Workload, all: &[Workload], proof: &identity::Proof) -> Vec<(String, String)> {
+    use weft_api::consts::env;
+    let mut vars = vec![
+        (env::INBOUND_ADDR.to_owned(), w.inbound.to_string()),
+        (env::ADMIN_ADDR.to_owned(), w.admin.to_string()),
+        (
+            env::APP_ADDR.to_owned(),
+            // The load generator has no app: its inbound side is never called.
+            w.app.unwrap_or(([127, 0, 0, 1], 9).into()).to_string(),
+        ),
+        (env::UPSTREAMS.to_owned(), topology::upstreams_env(w, all)),
+        (env::SHUTDOWN_GRACE.to_owned(), "2".to_owned()),
+        (env::LOG.to_owned(), "info".to_owned()),
+    ];
+    vars.extend(proof.env(w));
+    vars
+}
+
+/// Waits until every sidecar is ready; `false` when interrupted first.
+async fn wait_ready(
+    workloads: &[Workload],
+    children: &mut Children,
+    run_dir: &Path,
+    interrupt: &CancellationToken,
+) -> anyhow::Result<bool> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    for w in workloads {
+        let uri: http::Uri = format!("http://{}/ready", w.admin).parse()?;
+        loop {
+            if interrupt.is_cancelled() {
+                return Ok(false);
+            }
+            if let Some((name, status)) = children.exited() {
+                anyhow::bail!(
+                    "{name} exited ({status}) while the mesh was starting; see {}",
+                    run_dir.join(format!("{name}.log")).display()
+                );
+            }
+            let ready = tokio::time::timeout(Duration::from_secs(1), client.get(uri.clone()))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .is_some_and(|rsp| rsp.status().is_success());
+            if ready {
+                break;
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!(
+                    "the sidecar of {} was not ready after {}s (no certificate from the controller?); see {}",
+                    w.replica,
+                    READY_TIMEOUT.as_secs(),
+                    run_dir.join(format!("{}-proxy.log", w.replica)).display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(true)
+}
+
+fn intro(
+    mode: Mode,
+    mesh: &identity::LocalMesh,
+    workloads: &[Workload],
+    took: Duration,
+    state_dir: &Path,
+) {
+    if mode == Mode::Json {
+        let list: Vec<_> = workloads
+            .iter()
+            .map(|w| {
+                json!({
+                    "replica": w.replica,
+                    "service": w.service,
+                    "identity": w.identity.to_string(),
+                    "admin": format!("http://{}", w.admin),
+                })
+            })
+            .collect();
+        view::out(&format!(
+            "{}\n",
+            json!({
+                "type": "start",
+                "state_dir": state_dir.display().to_string(),
+                "controller": mesh.grpc_addr.to_string(),
+                "controller_identity": mesh.identity.to_string(),
+                "workloads": list,
+            })
+        ));
+        return;
+    }
+    let mut s = format!(
+        "mesh ready in {:.1}s: controller {} ({}), every sidecar holds a certificate\n\nadmin endpoints (try /metrics and /ready):\n",
+        took.as_secs_f64(),
+        mesh.grpc_addr,
+        mesh.identity
+    );
+    for w in workloads {
+        s.push_str(&format!("  {:<12} http://{}/metrics\n", w.replica, w.admin));
+    }
+    s.push('\n');
+    view::out(&s);
+    if mode == Mode::Terminal {
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+/// Why the live view stopped.
+#[derive(Clone, Copy, Debug)]
+enum StopReason {
+    Duration,
+    Interrupted,
+}
+
+async fn live_view(
+    args: &DemoArgs,
+    mode: Mode,
+    watched: Vec<Watched>,
+    children: &mut Children,
+    started: Instant,
+    interrupt: &CancellationToken,
+) -> anyhow::Result<(Tick, StopReason)> {
+    let scraper = Scraper::default();
+    let mut stats = Stats::new(watched);
+    let mut interval = tokio::time::interval(Duration::from_secs(1));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
+    let header = match args.duration {
+        Some(d) => format!(
+            "(stops after {}; Ctrl-C to stop now)",
+            humantime::format_duration(d)
+        ),
+        None => "(Ctrl-C to stop)".to_owned(),
+    };
+    let mut last_at = Instant::now();
+    loop {
+        let reason = tokio::select! {
+            _ = interval.tick() => None,
+            _ = interrupt.cancelled() => Some(StopReason::Interrupted),
+            _ = sleep_until(deadline) => Some(StopReason::Duration),
+        };
+        if let Some((name, status)) = children.exited() {
+            anyhow::bail!("{name} exited unexpectedly ({status}); the demo stops");
+        }
+        let scrapes =
+            futures::future::join_all(stats.watched().iter().map(|w| scraper.scrape(w.admin)))
+                .await;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let tick = stats.tick(
+            scrapes,
+            last_at.elapsed().as_secs_f64(),
+            now,
+            started.elapsed().as_secs_f64(),
+        );
+        last_at = Instant::now();
+        match mode {
+            Mode::Json => view::out(&format!("{}\n", json!({"type": "tick", "tick": &tick}))),
+            _ => view::out(&view::render(&tick, mode, &header)),
+        }
+        if let Some(reason) = reason {
+            return Ok((tick, reason));
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn summary(mode: Mode, last: &Tick, counts: &LoadCounts, reason: StopReason, took: Duration) {
+    let sent = counts.sent.load(Ordering::Relaxed);
+    let ok = counts.ok.load(Ordering::Relaxed);
+    let failed = counts.failed.load(Ordering::Relaxed);
+    let done = ok + failed;
+    let success_rate = if done > 0 {
+        ok as f64 / done as f64
+    } else {
+        0.0
+    };
+    let renewals: serde_json::Map<String, serde_json::Value> = last
+        .services
+        .iter()
+        .map(|s| (s.service.clone(), json!(s.renewals)))
+        .collect();
+    let reason = match reason {
+        StopReason::Duration => "duration",
+        StopReason::Interrupted => "interrupted",
+    };
+    if mode == Mode::Json {
+        view::out(&format!(
+            "{}\n",
+            json!({
+                "type": "summary",
+                "stopped_by": reason,
+                "elapsed_s": took.as_secs_f64(),
+                "requests": {"sent": sent, "ok": ok, "failed": failed},
+                "success_rate": success_rate,
+                "edges": &last.edges,
+                "services": &last.services,
+                "renewals": renewals,
+            })
+        ));
+        return;
+    }
+    let all_mtls = last.edges.iter().all(|e| e.mtls);
+    let mut s = format!(
+        "\nsummary after {:.0}s ({reason}): {ok} of {done} requests succeeded ({:.2}%), {} edges, {}\n",
+        took.as_secs_f64(),
+        success_rate * 100.0,
+        last.edges.len(),
+        if all_mtls {
+            "all mTLS"
+        } else {
+            "SOME NOT mTLS"
+        }
+    );
+    for svc in &last.services {
+        s.push_str(&format!(
+            "  {:<10} certificate renewals seen: {}\n",
+            svc.service, svc.renewals
+        ));
+    }
+    view::out(&s);
+}
+
+/// `$XDG_STATE_HOME/weft/demo`, `~/.local/state/weft/demo`, or a folder in
+/// the temporary directory.
+pub fn default_state_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("weft").join("demo");
+    }
+    if let Some(home) = std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(home).join(".local/state/weft/demo");
+    }
+    std::env::temp_dir().join(format!("weft-demo-{}", nix::unistd::getuid()))
+}

@@ -1,0 +1,376 @@
+//! Turning successive scrapes of every proxy into what the live view shows:
+//! per service, requests per second, success rate and latency percentiles
+//! (from histogram deltas); per edge, whether it is mTLS and which identities
+//! are on both ends; per workload, certificate expiry and renewals seen.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::scrape::Sample;
+
+/// One proxy the view watches.
+#[derive(Clone, Debug, Serialize)]
+pub struct Watched {
+    pub service: String,
+    pub replica: String,
+    pub identity: String,
+    pub admin: std::net::SocketAddr,
+}
+
+/// Per-proxy memory between ticks.
+#[derive(Debug, Default)]
+struct ProxyState {
+    last: Vec<Sample>,
+    cert_expiry: Option<f64>,
+    renewals: u64,
+}
+
+/// One service's row.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ServiceRow {
+    pub service: String,
+    pub identity: String,
+    pub replicas: usize,
+    /// Seconds until the soonest certificate of the service's replicas expires.
+    pub cert_expires_in_s: Option<f64>,
+    /// Certificate renewals seen since the demo started, all replicas.
+    pub renewals: u64,
+    pub rps: f64,
+    /// Share of inbound requests answered with a status below 500; `None`
+    /// when there were none this tick.
+    pub success_rate: Option<f64>,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+}
+
+/// Traffic from one service to another, as the client's proxy saw it.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct EdgeRow {
+    pub from: String,
+    pub to: String,
+    pub from_identity: String,
+    pub to_identity: String,
+    pub mtls: bool,
+    pub rps: f64,
+    pub success_rate: Option<f64>,
+    /// Requests since the demo started.
+    pub total: u64,
+}
+
+/// What one tick shows.
+#[derive(Clone, Debug, Serialize)]
+pub struct Tick {
+    pub elapsed_s: f64,
+    pub services: Vec<ServiceRow>,
+    pub edges: Vec<EdgeRow>,
+    /// Proxies that did not answer this tick.
+    pub unreachable: Vec<String>,
+}
+
+/// Accumulates scrapes into ticks.
+#[derive(Debug)]
+pub struct Stats {
+    watched: Vec<Watched>,
+    state: Vec<ProxyState>,
+    edge_totals: BTreeMap<(String, String, bool), u64>,
+}
+
+impl Stats {
+    pub fn new(watched: Vec<Watched>) -> Self {
+        let state = watched.iter().map(|_| ProxyState::default()).collect();
+        Self {
+            watched,
+            state,
+            edge_totals: BTreeMap::new(),
+        }
+    }
+
+    pub fn watched(&self) -> &[Watched] {
+        &self.watched
+    }
+
+    /// Folds in one scrape per watched proxy (`None` = did not answer), with
+    /// `dt` seconds since the previous tick and `now` as Unix seconds.
+    pub fn tick(
+        &mut self,
+        scrapes: Vec<Option<Vec<Sample>>>,
+        dt: f64,
+        now: f64,
+        elapsed_s: f64,
+    ) -> Tick {
+        let dt = dt.max(1e-3);
+        let mut unreachable = Vec::new();
+        // Deltas per proxy.
+        let mut deltas: Vec<Vec<Sample>> = Vec::with_capacity(scrapes.len());
+        for (i, scrape) in scrapes.into_iter().enumerate() {
+            let state = &mut self.state[i];
+            match scrape {
+                Some(samples) => {
+                    deltas.push(delta(&state.last, &samples));
+                    if let Some(expiry) = samples
+                        .iter()
+                        .find(|s| s.name == "weft_identity_cert_expiration_timestamp_seconds")
+                        .map(|s| s.value)
+                    {
+                        if state.cert_expiry.is_some_and(|old| expiry > old) {
+                            state.renewals += 1;
+                        }
+                        state.cert_expiry = Some(expiry);
+                    }
+                    state.last = samples;
+                }
+                None => {
+                    unreachable.push(self.watched[i].replica.clone());
+                    deltas.push(Vec::new());
+                }
+            }
+        }
+
+        let mut services: Vec<ServiceRow> = Vec::new();
+        let mut order: Vec<&str> = Vec::new();
+        for w in &self.watched {
+            if !order.contains(&w.service.as_str()) {
+                order.push(&w.service);
+            }
+        }
+        for service in order {
+            let members: Vec<usize> = (0..self.watched.len())
+                .filter(|&i| self.watched[i].service == service)
+                .collect();
+            let inbound = |s: &&Sample| s.label("direction") == "inbound";
+            let mut total = 0.0;
+            let mut ok = 0.0;
+            let mut buckets: BTreeMap<OrderedF64, f64> = BTreeMap::new();
+            for &i in &members {
+                for s in deltas[i].iter().filter(inbound) {
+                    match s.name.as_str() {
+                        "weft_requests_total" => {
+                            total += s.value;
+                            if s.label("status_code").parse::<u16>().is_ok_and(|c| c < 500) {
+                                ok += s.value;
+                            }
+                        }
+                        "weft_response_latency_seconds_bucket" => {
+                            let le = match s.label("le") {
+                                "+Inf" => f64::INFINITY,
+                                v => v.parse().unwrap_or(f64::INFINITY),
+                            };
+                            *buckets.entry(OrderedF64(le)).or_default() += s.value;
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            let buckets: Vec<(f64, f64)> = buckets.into_iter().map(|(k, v)| (k.0, v)).collect();
+            let expiry = members
+                .iter()
+                .filter_map(|&i| self.state[i].cert_expiry)
+                .fold(None, |acc: Option<f64>, e| {
+                    Some(acc.map_or(e, |a| a.min(e)))
+                });
+            services.push(ServiceRow {
+                service: service.to_owned(),
+                identity: self.watched[members[0]].identity.clone(),
+                replicas: members.len(),
+                cert_expires_in_s: expiry.map(|e| (e - now).max(0.0)),
+                renewals: members.iter().map(|&i| self.state[i].renewals).sum(),
+                rps: total / dt,
+                success_rate: (total > 0.0).then(|| ok / total),
+                p50_ms: quantile(&buckets, 0.5).map(|s| s * 1000.0),
+                p99_ms: quantile(&buckets, 0.99).map(|s| s * 1000.0),
+            });
+        }
+
+        // Edges, from each client's outbound requests.
+        let mut edges: BTreeMap<(String, String, bool), (f64, f64)> = BTreeMap::new();
+        for (i, d) in deltas.iter().enumerate() {
+            let from = &self.watched[i].identity;
+            for s in d
+                .iter()
+                .filter(|s| s.name == "weft_requests_total" && s.label("direction") == "outbound")
+            {
+                let key = (
+                    from.clone(),
+                    s.label("peer_identity").to_owned(),
+                    s.label("tls") == "true",
+                );
+                let e = edges.entry(key).or_default();
+                e.0 += s.value;
+                if s.label("status_code").parse::<u16>().is_ok_and(|c| c < 500) {
+                    e.1 += s.value;
+                }
+            }
+        }
+        for (key, (total, _)) in &edges {
+            *self.edge_totals.entry(key.clone()).or_default() += *total as u64;
+        }
+        let edges = self
+            .edge_totals
+            .iter()
+            .map(|(key, total)| {
+                let (n, ok) = edges.get(key).copied().unwrap_or((0.0, 0.0));
+                EdgeRow {
+                    from: self.service_of(&key.0),
+                    to: self.service_of(&key.1),
+                    from_identity: key.0.clone(),
+                    to_identity: key.1.clone(),
+                    mtls: key.2,
+                    rps: n / dt,
+                    success_rate: (n > 0.0).then(|| ok / n),
+                    total: *total,
+                }
+            })
+            .collect();
+        Tick {
+            elapsed_s,
+            services,
+            edges,
+            unreachable,
+        }
+    }
+
+    fn service_of(&self, identity: &str) -> String {
+        self.watched
+            .iter()
+            .find(|w| w.identity == identity)
+            .map_or_else(|| identity.to_owned(), |w| w.service.clone())
+    }
+}
+
+/// `current - previous` for every counter-like sample (a restarted proxy's
+/// counters start again from its current value).
+fn delta(previous: &[Sample], current: &[Sample]) -> Vec<Sample> {
+    let before: BTreeMap<(&str, &BTreeMap<String, String>), f64> = previous
+        .iter()
+        .map(|s| ((s.name.as_str(), &s.labels), s.value))
+        .collect();
+    current
+        .iter()
+        .filter(|s| s.name.ends_with("_total") || s.name.ends_with("_bucket"))
+        .map(|s| {
+            let old = before
+                .get(&(s.name.as_str(), &s.labels))
+                .copied()
+                .unwrap_or(0.0);
+            let value = if s.value >= old {
+                s.value - old
+            } else {
+                s.value
+            };
+            Sample { value, ..s.clone() }
+        })
+        .collect()
+}
+
+/// A quantile from cumulative histogram buckets `(upper bound, count)`, by
+/// linear interpolation inside the bucket (as Prometheus' histogram_quantile).
+pub fn quantile(buckets: &[(f64, f64)], q: f64) -> Option<f64> {
+    let total = buckets.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let mut lower_bound = 0.0;
+    let mut lower_count = 0.0;
+    for &(le, count) in buckets {
+        if count >= rank {
+            if le.is_infinite() {
+                return Some(lower_bound);
+            }
+            let in_bucket = count - lower_count;
+            let frac = if in_bucket > 0.0 {
+                (rank - lower_count) / in_bucket
+            } else {
+                1.0
+            };
+            return Some(lower_bound + (le - lower_bound) * frac);
+        }
+        lower_bound = le;
+        lower_count = count;
+    }
+    Some(lower_bound)
+}
+
+#[derive(Clone, Copy, Debug)]
+struct OrderedF64(f64);
+
+impl PartialEq for OrderedF64 {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other).is_eq()
+    }
+}
+
+impl Eq for OrderedF64 {}
+
+impl PartialOrd for OrderedF64 {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for OrderedF64 {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::demo::scrape::parse;
+
+    #[test]
+    fn quantiles_interpolate_within_buckets() {
+        let buckets = [(0.001, 50.0), (0.002, 100.0), (f64::INFINITY, 100.0)];
+        let p50 = quantile(&buckets, 0.5).unwrap();
+        assert!((p50 - 0.001).abs() < 1e-9, "{p50}");
+        let p75 = quantile(&buckets, 0.75).unwrap();
+        assert!((p75 - 0.0015).abs() < 1e-9, "{p75}");
+        assert_eq!(quantile(&[(f64::INFINITY, 0.0)], 0.5), None);
+    }
+
+    fn metrics(requests: u32, expiry: u64) -> Vec<Sample> {
+        parse(&format!(
+            r#"weft_requests_total{{direction="inbound",status_code="200",tls="true",peer_identity="spiffe://cluster.local/ns/demo/sa/web"}} {requests}
+weft_requests_total{{direction="outbound",status_code="200",tls="true",peer_identity="spiffe://cluster.local/ns/demo/sa/checkout"}} {requests}
+weft_response_latency_seconds_bucket{{direction="inbound",le="0.001"}} {requests}
+weft_response_latency_seconds_bucket{{direction="inbound",le="+Inf"}} {requests}
+weft_identity_cert_expiration_timestamp_seconds{{identity="spiffe://cluster.local/ns/demo/sa/web"}} {expiry}
+"#
+        ))
+    }
+
+    #[test]
+    fn ticks_report_rates_edges_and_renewals() {
+        let watched = vec![
+            Watched {
+                service: "web".into(),
+                replica: "web-0".into(),
+                identity: "spiffe://cluster.local/ns/demo/sa/web".into(),
+                admin: "127.0.0.1:1".parse().unwrap(),
+            },
+            Watched {
+                service: "checkout".into(),
+                replica: "checkout-0".into(),
+                identity: "spiffe://cluster.local/ns/demo/sa/checkout".into(),
+                admin: "127.0.0.1:2".parse().unwrap(),
+            },
+        ];
+        let mut stats = Stats::new(watched);
+        stats.tick(vec![Some(metrics(10, 1000)), None], 1.0, 990.0, 1.0);
+        let t = stats.tick(vec![Some(metrics(30, 1010)), None], 2.0, 995.0, 3.0);
+        let web = &t.services[0];
+        assert_eq!(web.rps, 10.0);
+        assert_eq!(web.success_rate, Some(1.0));
+        assert_eq!(web.renewals, 1);
+        assert_eq!(web.cert_expires_in_s, Some(15.0));
+        assert!(web.p50_ms.unwrap() <= 1.0);
+        assert_eq!(t.unreachable, vec!["checkout-0".to_owned()]);
+        assert_eq!(t.edges.len(), 1);
+        assert_eq!(t.edges[0].from, "web");
+        assert_eq!(t.edges[0].to, "checkout");
+        assert!(t.edges[0].mtls);
+        assert_eq!(t.edges[0].total, 30);
+    }
+}

@@ -1,0 +1,149 @@
+//! Showing the demo: a table redrawn in place on a terminal, periodic plain
+//! lines otherwise, or JSON lines for machines.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+
+use super::stats::{EdgeRow, ServiceRow, Tick};
+
+/// How output is rendered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Redrawn in place, with colours.
+    Terminal,
+    /// One block of plain lines per tick.
+    Plain,
+    /// One JSON object per line.
+    Json,
+}
+
+const RESET: &str = "\x1b[0m";
+const BOLD: &str = "\x1b[1m";
+const DIM: &str = "\x1b[2m";
+const GREEN: &str = "\x1b[32m";
+const YELLOW: &str = "\x1b[33m";
+const RED: &str = "\x1b[31m";
+
+/// Writes `text` to stdout, ignoring a closed pipe (the reader went away).
+pub fn out(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(text.as_bytes());
+    let _ = stdout.flush();
+}
+
+fn fmt_opt(v: Option<f64>, digits: usize, unit: &str) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| format!("{v:.digits$}{unit}"))
+}
+
+fn fmt_rate(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| format!("{:.1}%", v * 100.0))
+}
+
+fn paint(mode: Mode, colour: &str, text: &str) -> String {
+    if mode == Mode::Terminal {
+        format!("{colour}{text}{RESET}")
+    } else {
+        text.to_owned()
+    }
+}
+
+fn rate_colour(v: Option<f64>) -> &'static str {
+    match v {
+        Some(r) if r >= 0.999 => GREEN,
+        Some(r) if r >= 0.95 => YELLOW,
+        Some(_) => RED,
+        None => DIM,
+    }
+}
+
+/// Renders one tick as text (for `Terminal` and `Plain`).
+pub fn render(tick: &Tick, mode: Mode, header: &str) -> String {
+    let mut s = String::new();
+    if mode == Mode::Terminal {
+        // Home the cursor and clear the screen: the table is redrawn in place.
+        s.push_str("\x1b[H\x1b[2J");
+    }
+    let _ = writeln!(
+        s,
+        "{} {}",
+        paint(mode, BOLD, &format!("weft demo  t={:.0}s", tick.elapsed_s)),
+        header
+    );
+    let _ = writeln!(
+        s,
+        "
+{:<10} {:>4} {:>8} {:>8} {:>9} {:>9} {:>10} {:>8}  IDENTITY",
+        "SERVICE", "PODS", "RPS", "SUCCESS", "P50", "P99", "CERT TTL", "RENEWED"
+    );
+    for row in &tick.services {
+        s.push_str(&service_line(row, mode));
+    }
+    let _ = writeln!(
+        s,
+        "
+{:<10}    {:<10} {:>8} {:>8} {:>7} {:>6}  IDENTITIES (client -> server)",
+        "FROM", "TO", "RPS", "SUCCESS", "TOTAL", "MTLS"
+    );
+    for edge in &tick.edges {
+        s.push_str(&edge_line(edge, mode));
+    }
+    if !tick.unreachable.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n{}",
+            paint(
+                mode,
+                YELLOW,
+                &format!("not answering: {}", tick.unreachable.join(", "))
+            )
+        );
+    }
+    if mode == Mode::Plain {
+        s.push('\n');
+    }
+    s
+}
+
+fn service_line(row: &ServiceRow, mode: Mode) -> String {
+    let success = fmt_rate(row.success_rate);
+    format!(
+        "{:<10} {:>4} {:>8.1} {} {:>9} {:>9} {:>10} {:>8}  {}\n",
+        row.service,
+        row.replicas,
+        row.rps,
+        paint(
+            mode,
+            rate_colour(row.success_rate),
+            &format!("{success:>8}")
+        ),
+        fmt_opt(row.p50_ms, 2, "ms"),
+        fmt_opt(row.p99_ms, 2, "ms"),
+        fmt_opt(row.cert_expires_in_s, 0, "s"),
+        row.renewals,
+        row.identity,
+    )
+}
+
+fn edge_line(edge: &EdgeRow, mode: Mode) -> String {
+    let mtls = if edge.mtls {
+        paint(mode, GREEN, &format!("{:>6}", "yes"))
+    } else {
+        paint(mode, RED, &format!("{:>6}", "NO"))
+    };
+    let success = fmt_rate(edge.success_rate);
+    format!(
+        "{:<10} -> {:<10} {:>8.1} {} {:>7} {}  {} -> {}\n",
+        edge.from,
+        edge.to,
+        edge.rps,
+        paint(
+            mode,
+            rate_colour(edge.success_rate),
+            &format!("{success:>8}")
+        ),
+        edge.total,
+        mtls,
+        edge.from_identity,
+        edge.to_identity,
+    )
+}
