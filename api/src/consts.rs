@@ -68,6 +68,7 @@ pub mod env {
     /// Upstream listeners (local mode, and explicit upstreams in a pod): entries
     /// separated by whitespace, each `name,listen-addr,target-addr,identity[,opaque]`,
     /// for example `checkout,127.0.0.1:4140,127.0.0.1:5143,spiffe://cluster.local/ns/shop/sa/checkout`.
+    /// Several replicas: join their addresses with `+` (`127.0.0.1:5143+127.0.0.1:5144`).
     pub const UPSTREAMS: &str = "WEFT_PROXY_UPSTREAMS";
     /// PEM file with the workload certificate chain, leaf first.
     pub const CERT_FILE: &str = "WEFT_PROXY_CERT_FILE";
@@ -83,6 +84,32 @@ pub mod env {
     pub const LOG: &str = "WEFT_PROXY_LOG";
     /// Log format: `plain` or `json`. Default `plain`.
     pub const LOG_FORMAT: &str = "WEFT_PROXY_LOG_FORMAT";
+    /// Meshed destinations for the transparent outbound listener, until
+    /// discovery replaces them: entries separated by whitespace, each
+    /// `IP=IDENTITY` or `IP:PORT=IDENTITY`. Others are passed through. Default none.
+    pub const DESTINATIONS: &str = "WEFT_PROXY_DESTINATIONS";
+    /// A file with more destination entries, one per line (`#` comments).
+    pub const DESTINATIONS_FILE: &str = "WEFT_PROXY_DESTINATIONS_FILE";
+    /// Destination ports relayed as opaque TCP without protocol detection
+    /// (server-speaks-first protocols), comma separated. Default none.
+    pub const OPAQUE_PORTS: &str = "WEFT_PROXY_OPAQUE_PORTS";
+}
+
+/// Environment variables `weft-init` reads when the matching flag is not given
+/// (the injector sets them on the init container from the `config.weft.io/`
+/// annotations). Lists are separated by commas.
+pub mod init_env {
+    /// Inbound ports not redirected to the proxy, e.g. `22,8000-8100`. Default none.
+    pub const SKIP_INBOUND_PORTS: &str = "WEFT_INIT_SKIP_INBOUND_PORTS";
+    /// Outbound destination ports not redirected to the proxy, e.g. `25,587`. Default none.
+    pub const SKIP_OUTBOUND_PORTS: &str = "WEFT_INIT_SKIP_OUTBOUND_PORTS";
+    /// Destination subnets (IPv4 or IPv6 CIDR) not redirected, e.g.
+    /// `10.96.0.0/12,fd00::/8`. Default none.
+    pub const SKIP_SUBNETS: &str = "WEFT_INIT_SKIP_SUBNETS";
+    /// Whether to install the IPv6 rules too: `true` or `false`. Default `true`.
+    pub const IPV6: &str = "WEFT_INIT_IPV6";
+    /// uid whose traffic is never redirected (the proxy's). Default 2510.
+    pub const PROXY_UID: &str = "WEFT_INIT_PROXY_UID";
 }
 
 /// Service account of the controller: its gRPC endpoint presents the identity

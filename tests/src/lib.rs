@@ -1,1 +1,13 @@
-//! Test support shared by the end-to-end suites of weft.
+//! Test support shared by weft's end-to-end suites.
+//!
+//! - [`pki`]: a root, an intermediate and leaves made to order.
+//! - [`apps`]: real servers standing in for apps (HTTP/1.1 + HTTP/2 echo with
+//!   upgrades, TCP echo, a tonic gRPC bidirectional stream).
+//! - [`mesh`]: proxies started in process on 127.0.0.1 and wired as pairs.
+//! - [`netns`]: pods made of network namespaces on a bridge, for the
+//!   transparent-interception tests (`tests/netns_intercept.rs`, root only).
+
+pub mod apps;
+pub mod mesh;
+pub mod netns;
+pub mod pki;

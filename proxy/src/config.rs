@@ -1,0 +1,404 @@
+//! The proxy's configuration, parsed in one place from the environment contract
+//! (`weft_api::consts::env`). Every bad variable is reported, not just the first;
+//! tests feed a map instead of the process environment.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use weft_api::Identity;
+use weft_api::consts::{self, env};
+
+/// Everything the `weft-proxy` binary needs.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub proxy: ProxyConfig,
+    /// PEM chain of the workload certificate, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM private key of the workload certificate.
+    pub key_file: PathBuf,
+    /// PEM bundle of trust anchors.
+    pub trust_anchors_file: PathBuf,
+    /// Log filter (`WEFT_PROXY_LOG`, default `info`).
+    pub log: String,
+    /// Log format (`WEFT_PROXY_LOG_FORMAT`, default plain).
+    pub log_json: bool,
+}
+
+/// What the running proxy needs, independent of where credentials come from.
+#[derive(Clone, Debug)]
+pub struct ProxyConfig {
+    /// Inbound listener. Default `0.0.0.0:15143`.
+    pub inbound_addr: SocketAddr,
+    /// Admin server. Default `0.0.0.0:15191`.
+    pub admin_addr: SocketAddr,
+    /// Where inbound traffic goes.
+    pub app: AppTarget,
+    /// Upstream listeners, one per upstream service of the workload.
+    pub upstreams: Vec<Upstream>,
+    /// How long to wait for a client's first bytes. Default 10 s.
+    pub detect_timeout: Duration,
+    /// How long a TCP connect plus TLS handshake to a peer may take. Default 3 s.
+    pub connect_timeout: Duration,
+    /// How long in-flight work may take to drain at shutdown. Default 30 s.
+    pub shutdown_grace: Duration,
+}
+
+impl ProxyConfig {
+    /// A configuration with the contract's defaults, forwarding inbound traffic
+    /// to `app` and with no upstreams.
+    pub fn new(app: AppTarget) -> Self {
+        Self {
+            inbound_addr: SocketAddr::from(([0, 0, 0, 0], consts::PROXY_INBOUND_PORT)),
+            admin_addr: SocketAddr::from(([0, 0, 0, 0], consts::PROXY_ADMIN_PORT)),
+            app,
+            upstreams: Vec::new(),
+            detect_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(3),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Where the inbound proxy sends a connection once it is accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AppTarget {
+    /// Always this address (local mode, where each workload has one app port).
+    Fixed(SocketAddr),
+    /// 127.0.0.1 at the port the client originally dialled (transparent mode).
+    OriginalDst,
+}
+
+/// A local listener for one upstream service (the Consul Connect model).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Upstream {
+    pub listen: SocketAddr,
+    pub target: Target,
+}
+
+/// An outbound destination: what discovery describes for one service.
+///
+/// Today a target is static; discovery will replace it with a versioned
+/// snapshot (routes, weighted backends, retry and breaker settings) without
+/// changing the shape of the data path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// The service name, for logs and metrics.
+    pub name: String,
+    /// Skip protocol detection and relay bytes as they are.
+    pub opaque: bool,
+    /// Backends with weights (a traffic split); at least one.
+    pub backends: Vec<Backend>,
+}
+
+/// One backend of a target: a set of endpoints sharing a weight.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backend {
+    pub name: String,
+    pub weight: u32,
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// An endpoint and the identity it must prove.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub identity: Identity,
+}
+
+impl Target {
+    /// A target with one backend of one endpoint.
+    pub fn single(name: &str, addr: SocketAddr, identity: Identity) -> Self {
+        Self {
+            name: name.to_owned(),
+            opaque: false,
+            backends: vec![Backend {
+                name: name.to_owned(),
+                weight: 1,
+                endpoints: vec![Endpoint { addr, identity }],
+            }],
+        }
+    }
+}
+
+/// One invalid setting: which variable, what was wrong, and what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{var}: {problem}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub problem: String,
+}
+
+/// Every invalid setting found in one pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "invalid proxy configuration ({} problems):",
+            self.0.len()
+        )?;
+        for e in &self.0 {
+            writeln!(f, "  - {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_process_env() -> Result<Self, ConfigErrors> {
+        Self::from_env(&std::env::vars().collect())
+    }
+
+    /// Parses a map of environment variables.
+    pub fn from_env(vars: &HashMap<String, String>) -> Result<Self, ConfigErrors> {
+        let mut errors = Vec::new();
+        let mut p = Parser {
+            vars,
+            errors: &mut errors,
+        };
+        let mut proxy = ProxyConfig::new(AppTarget::OriginalDst);
+        if let Some(a) = p.addr(env::INBOUND_ADDR) {
+            proxy.inbound_addr = a;
+        }
+        if let Some(a) = p.addr(env::ADMIN_ADDR) {
+            proxy.admin_addr = a;
+        }
+        if let Some(a) = p.addr(env::APP_ADDR) {
+            proxy.app = AppTarget::Fixed(a);
+        }
+        if let Some(d) = p.seconds(env::DETECT_TIMEOUT) {
+            proxy.detect_timeout = d;
+        }
+        if let Some(d) = p.seconds(env::SHUTDOWN_GRACE) {
+            proxy.shutdown_grace = d;
+        }
+        proxy.upstreams = p.upstreams(env::UPSTREAMS);
+        let cert_file = p.required_path(env::CERT_FILE);
+        let key_file = p.required_path(env::KEY_FILE);
+        let trust_anchors_file = p.required_path(env::TRUST_ANCHORS_FILE);
+        let log = p.get(env::LOG).unwrap_or("info").to_owned();
+        let log_json = match p.get(env::LOG_FORMAT) {
+            None | Some("plain") => false,
+            Some("json") => true,
+            Some(other) => {
+                p.error(
+                    env::LOG_FORMAT,
+                    format!("{other:?} is not a log format; use \"plain\" or \"json\""),
+                );
+                false
+            }
+        };
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        Ok(Self {
+            proxy,
+            cert_file: cert_file.unwrap_or_default(),
+            key_file: key_file.unwrap_or_default(),
+            trust_anchors_file: trust_anchors_file.unwrap_or_default(),
+            log,
+            log_json,
+        })
+    }
+}
+
+struct Parser<'a> {
+    vars: &'a HashMap<String, String>,
+    errors: &'a mut Vec<ConfigError>,
+}
+
+impl Parser<'_> {
+    fn get(&self, var: &str) -> Option<&str> {
+        self.vars
+            .get(var)
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn error(&mut self, var: &'static str, problem: String) {
+        self.errors.push(ConfigError { var, problem });
+    }
+
+    fn addr(&mut self, var: &'static str) -> Option<SocketAddr> {
+        let v = self.get(var)?.to_owned();
+        match v.parse() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.error(
+                    var,
+                    format!("{v:?} is not an address; expected ip:port, e.g. 127.0.0.1:8080"),
+                );
+                None
+            }
+        }
+    }
+
+    fn seconds(&mut self, var: &'static str) -> Option<Duration> {
+        let v = self.get(var)?.to_owned();
+        match v.parse::<f64>() {
+            Ok(s) if s.is_finite() && s >= 0.0 => Some(Duration::from_secs_f64(s)),
+            _ => {
+                self.error(
+                    var,
+                    format!("{v:?} is not a number of seconds; expected e.g. 10 or 0.5"),
+                );
+                None
+            }
+        }
+    }
+
+    fn required_path(&mut self, var: &'static str) -> Option<PathBuf> {
+        match self.get(var) {
+            Some(p) => Some(PathBuf::from(p)),
+            None => {
+                self.error(var, "is not set; it must name a PEM file".to_owned());
+                None
+            }
+        }
+    }
+
+    fn upstreams(&mut self, var: &'static str) -> Vec<Upstream> {
+        let Some(v) = self.get(var).map(str::to_owned) else {
+            return Vec::new();
+        };
+        let mut out: Vec<Upstream> = Vec::new();
+        for entry in v.split_whitespace() {
+            match parse_upstream(entry) {
+                Ok(u) if out.iter().any(|o| o.listen == u.listen) => self.error(
+                    var,
+                    format!("entry {entry:?} listens on {} like an earlier entry; give each upstream its own port", u.listen),
+                ),
+                Ok(u) => out.push(u),
+                Err(problem) => self.error(var, format!("entry {entry:?}: {problem}")),
+            }
+        }
+        out
+    }
+}
+
+/// Parses `name,listen-addr,target-addr[+target-addr...],identity[,opaque]`.
+fn parse_upstream(entry: &str) -> Result<Upstream, String> {
+    const FORMAT: &str = "expected name,listen-addr,target-addr[+target-addr...],identity[,opaque]";
+    let fields: Vec<&str> = entry.split(',').collect();
+    let (name, listen, target, identity, opaque) = match fields.as_slice() {
+        [n, l, t, i] => (*n, *l, *t, *i, false),
+        [n, l, t, i, "opaque"] => (*n, *l, *t, *i, true),
+        [_, _, _, _, other] => {
+            return Err(format!(
+                "unknown option {other:?}; the only option is \"opaque\""
+            ));
+        }
+        _ => return Err(format!("has {} fields; {FORMAT}", fields.len())),
+    };
+    if name.is_empty() {
+        return Err(format!("the name is empty; {FORMAT}"));
+    }
+    let listen: SocketAddr = listen
+        .parse()
+        .map_err(|_| format!("listen address {listen:?} is not ip:port"))?;
+    let identity: Identity = identity.parse().map_err(|e| format!("{e}"))?;
+    let endpoints = target
+        .split('+')
+        .map(|addr| {
+            addr.parse::<SocketAddr>()
+                .map(|addr| Endpoint {
+                    addr,
+                    identity: identity.clone(),
+                })
+                .map_err(|_| format!("target address {addr:?} is not ip:port"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Upstream {
+        listen,
+        target: Target {
+            name: name.to_owned(),
+            opaque,
+            backends: vec![Backend {
+                name: name.to_owned(),
+                weight: 1,
+                endpoints,
+            }],
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    const FILES: [(&str, &str); 3] = [
+        (env::CERT_FILE, "/c.pem"),
+        (env::KEY_FILE, "/k.pem"),
+        (env::TRUST_ANCHORS_FILE, "/a.pem"),
+    ];
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let c = Config::from_env(&vars(&FILES)).unwrap();
+        assert_eq!(c.proxy.inbound_addr.port(), consts::PROXY_INBOUND_PORT);
+        assert_eq!(c.proxy.admin_addr.port(), consts::PROXY_ADMIN_PORT);
+        assert_eq!(c.proxy.app, AppTarget::OriginalDst);
+        assert_eq!(c.proxy.detect_timeout, Duration::from_secs(10));
+        assert!(c.proxy.upstreams.is_empty());
+    }
+
+    #[test]
+    fn parses_upstreams() {
+        let mut v = vars(&FILES);
+        v.insert(
+            env::UPSTREAMS.into(),
+            "web,127.0.0.1:4140,127.0.0.1:5143,spiffe://cluster.local/ns/shop/sa/web \
+             redis,127.0.0.1:4141,127.0.0.1:5144+127.0.0.1:5145,spiffe://cluster.local/ns/shop/sa/redis,opaque"
+                .into(),
+        );
+        let c = Config::from_env(&v).unwrap();
+        assert_eq!(c.proxy.upstreams.len(), 2);
+        assert_eq!(c.proxy.upstreams[0].target.name, "web");
+        assert!(!c.proxy.upstreams[0].target.opaque);
+        assert!(c.proxy.upstreams[1].target.opaque);
+        assert_eq!(c.proxy.upstreams[1].target.backends[0].endpoints.len(), 2);
+    }
+
+    #[test]
+    fn reports_every_bad_variable() {
+        let v = vars(&[
+            (env::INBOUND_ADDR, "nope"),
+            (env::DETECT_TIMEOUT, "-1"),
+            (
+                env::UPSTREAMS,
+                "a,127.0.0.1:1,127.0.0.1:2,spiffe://x/ns/Bad/sa/b b,1",
+            ),
+            (env::LOG_FORMAT, "xml"),
+        ]);
+        let errs = Config::from_env(&v).unwrap_err();
+        let text = errs.to_string();
+        for needle in [
+            env::INBOUND_ADDR,
+            env::DETECT_TIMEOUT,
+            "invalid namespace",
+            "has 2 fields",
+            env::LOG_FORMAT,
+            env::CERT_FILE,
+            env::KEY_FILE,
+            env::TRUST_ANCHORS_FILE,
+        ] {
+            assert!(text.contains(needle), "{needle} missing from:\n{text}");
+        }
+        assert_eq!(errs.0.len(), 8, "{text}");
+    }
+}

@@ -1,0 +1,395 @@
+//! The inbound side: traffic from other workloads to this workload's app.
+//!
+//! Mesh mTLS is terminated here; the client's identity, proven by its
+//! certificate, is recorded and passed to the app in `weft-client-id`. The ALPN
+//! protocol the client proxy chose says what follows: multiplexed HTTP/2,
+//! HTTP/1.1 (for connection upgrades), or opaque bytes. Plaintext clients are
+//! refused: every inbound port requires a mesh identity until policy says
+//! otherwise.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use weft_api::consts::{CLIENT_ID_HEADER, ORIG_PROTO_HEADER, PROXY_ERROR_HEADER, alpn};
+use weft_api::tls::{MeshTls, peer_identity};
+
+use crate::config::AppTarget;
+use crate::detect::{self, Protocol};
+use crate::http::{
+    Body, BoxError, ProxyError, error_response, incoming, is_grpc, serve_http1, serve_http2,
+    splice_upgrade, strip_hop_by_hop, wants_upgrade,
+};
+use crate::metrics::{Direction, Metrics, RequestLabels, TcpLabels};
+use crate::outbound::pool::{self, H2Pool};
+use crate::transport::connect_tcp;
+
+/// How long a client may take to complete the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// State shared by every inbound connection of a proxy.
+pub struct Inbound {
+    acceptor: TlsAcceptor,
+    metrics: Arc<Metrics>,
+    app: AppTarget,
+    detect_timeout: Duration,
+    app_http1: Client<HttpConnector, Body>,
+    app_http2: H2Pool<SocketAddr>,
+}
+
+impl std::fmt::Debug for Inbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inbound")
+            .field("app", &self.app)
+            .field("detect_timeout", &self.detect_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Inbound {
+    pub fn new(
+        tls: &MeshTls,
+        metrics: Arc<Metrics>,
+        app: AppTarget,
+        detect_timeout: Duration,
+    ) -> Arc<Self> {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let app_http1 = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .set_host(false)
+            .build(connector);
+        Arc::new(Self {
+            acceptor: TlsAcceptor::from(tls.server_config()),
+            metrics,
+            app,
+            detect_timeout,
+            app_http1,
+            app_http2: H2Pool::default(),
+        })
+    }
+}
+
+/// Accepts connections on the inbound listener until `shutdown`.
+pub async fn serve(
+    inbound: Arc<Inbound>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        let (tcp, client) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(error) => {
+                    tracing::warn!(%error, "inbound listener failed to accept");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let inbound = inbound.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            handle_connection(inbound, tcp, client, shutdown).await;
+        });
+    }
+}
+
+async fn handle_connection(
+    inbound: Arc<Inbound>,
+    tcp: TcpStream,
+    client: SocketAddr,
+    shutdown: CancellationToken,
+) {
+    if let Err(error) = tcp.set_nodelay(true) {
+        tracing::debug!(%error, "could not set TCP_NODELAY");
+    }
+    let app_addr = match inbound.app {
+        AppTarget::Fixed(addr) => addr,
+        AppTarget::OriginalDst => {
+            // `start` refuses this mode until transparent interception exists.
+            tracing::error!(%client, "no app address configured; closing");
+            return;
+        }
+    };
+    let detection = match detect::detect(tcp, inbound.detect_timeout).await {
+        Ok(d) => d,
+        Err(error) => {
+            tracing::debug!(%client, %error, "connection failed during protocol detection");
+            return;
+        }
+    };
+    inbound.metrics.detected(
+        Direction::Inbound,
+        detection.protocol.as_str(),
+        detection.timed_out,
+    );
+    match detection.protocol {
+        Protocol::Tls => {}
+        Protocol::Http1 => {
+            inbound.metrics.inbound_refused("mesh-identity-required");
+            tracing::warn!(%client, "refused a plaintext HTTP client: this port requires a mesh identity");
+            refuse_plaintext_http(detection.io).await;
+            return;
+        }
+        other => {
+            inbound.metrics.inbound_refused("mesh-identity-required");
+            tracing::warn!(
+                %client,
+                protocol = other.as_str(),
+                "refused a plaintext client: this port requires a mesh identity"
+            );
+            return;
+        }
+    }
+    let accepted =
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, inbound.acceptor.accept(detection.io)).await;
+    let tls = match accepted {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(error)) => {
+            inbound
+                .metrics
+                .handshake_failed(Direction::Inbound, "tls-failure");
+            tracing::warn!(%client, %error, "refused a mesh client: TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            inbound
+                .metrics
+                .handshake_failed(Direction::Inbound, "timeout");
+            tracing::warn!(%client, "refused a mesh client: TLS handshake timed out");
+            return;
+        }
+    };
+    let (_, conn) = tls.get_ref();
+    inbound
+        .metrics
+        .handshake(Direction::Inbound, conn.negotiated_key_exchange_group());
+    // The verifier already required exactly one valid identity.
+    let identity = match conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(peer_identity)
+    {
+        Some(Ok(id)) => id,
+        Some(Err(error)) => {
+            tracing::warn!(%client, %error, "refused a mesh client without a usable identity");
+            return;
+        }
+        None => {
+            tracing::warn!(%client, "refused a mesh client without a certificate");
+            return;
+        }
+    };
+    let proto = conn.alpn_protocol().map(<[u8]>::to_vec);
+    let id_text = identity.to_string();
+    tracing::debug!(%client, identity = %id_text, "accepted mesh connection");
+    let Ok(client_id) = HeaderValue::from_str(&id_text) else {
+        tracing::warn!(%client, identity = %id_text, "client identity is not a valid header value");
+        return;
+    };
+    let label: Arc<str> = Arc::from(id_text);
+    let io = inbound.metrics.tcp(
+        TcpLabels {
+            direction: Direction::Inbound,
+            tls: true,
+            peer_identity: label.clone(),
+        },
+        tls,
+    );
+    let svc = {
+        let inbound = inbound.clone();
+        service_fn(move |req| {
+            let inbound = inbound.clone();
+            let client_id = client_id.clone();
+            let label = label.clone();
+            async move {
+                Ok::<_, std::convert::Infallible>(
+                    handle_request(&inbound, app_addr, client_id, label, req).await,
+                )
+            }
+        })
+    };
+    let result = match proto.as_deref() {
+        Some(p) if p == alpn::H2 => serve_http2(io, svc, &shutdown).await,
+        Some(p) if p == alpn::HTTP1 => serve_http1(io, svc, &shutdown).await,
+        _ => {
+            relay_to_app(io, app_addr, client).await;
+            Ok(())
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(%client, %error, "mesh HTTP connection closed with an error");
+    }
+}
+
+/// Answers a plaintext HTTP/1 client with a 403 naming the cause, then closes.
+async fn refuse_plaintext_http<I: AsyncWrite + Unpin>(mut io: I) {
+    let body =
+        "weft proxy: this port requires a mesh identity (mTLS); call it through a weft proxy\n";
+    let response = format!(
+        "HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain; charset=utf-8\r\n{PROXY_ERROR_HEADER}: {}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        ProxyError::MeshIdentityRequired.as_str(),
+        body.len(),
+    );
+    // Best effort: the client may already be gone.
+    let _ = io.write_all(response.as_bytes()).await;
+    let _ = io.shutdown().await;
+}
+
+async fn relay_to_app<I: AsyncRead + AsyncWrite + Unpin>(
+    mut io: I,
+    app: SocketAddr,
+    client: SocketAddr,
+) {
+    let mut tcp = match connect_tcp(app).await {
+        Ok(tcp) => tcp,
+        Err(error) => {
+            tracing::warn!(%client, %app, %error, "cannot reach the app; closing the opaque connection");
+            return;
+        }
+    };
+    match tokio::io::copy_bidirectional(&mut io, &mut tcp).await {
+        Ok((to_app, from_app)) => {
+            tracing::debug!(%client, to_app, from_app, "opaque connection closed");
+        }
+        Err(error) => tracing::debug!(%client, %error, "opaque connection failed"),
+    }
+}
+
+/// Why a request could not be delivered to the app.
+#[derive(Debug, thiserror::Error)]
+enum AppError {
+    #[error("the app at {app} did not answer: {source}")]
+    Http1 {
+        app: SocketAddr,
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+    #[error("the app at {app} did not answer over HTTP/2: {source}")]
+    Http2 {
+        app: SocketAddr,
+        #[source]
+        source: BoxError,
+    },
+    #[error("cannot build the app request URI: {0}")]
+    Uri(#[from] http::Error),
+}
+
+async fn handle_request(
+    inbound: &Inbound,
+    app: SocketAddr,
+    client_id: HeaderValue,
+    label: Arc<str>,
+    mut req: Request<Incoming>,
+) -> Response<Body> {
+    let start = Instant::now();
+    let grpc = is_grpc(&req);
+    let headers = req.headers_mut();
+    // Only the proxy may say who the caller is.
+    headers.remove(CLIENT_ID_HEADER);
+    headers.insert(CLIENT_ID_HEADER, client_id);
+    let orig_proto = headers.remove(ORIG_PROTO_HEADER);
+    let result = if req.version() == Version::HTTP_2 && orig_proto.is_none() {
+        to_app_http2(inbound, app, req).await
+    } else {
+        to_app_http1(inbound, app, orig_proto, req).await
+    };
+    let rsp = match result {
+        Ok(rsp) => rsp,
+        Err(error) => {
+            tracing::warn!(%app, client = %label, %error, "inbound request failed");
+            error_response(ProxyError::AppUnavailable, &error.to_string(), grpc)
+        }
+    };
+    inbound.metrics.request(
+        &RequestLabels {
+            direction: Direction::Inbound,
+            status_code: rsp.status().as_u16(),
+            tls: true,
+            peer_identity: label,
+        },
+        start.elapsed(),
+    );
+    rsp
+}
+
+/// Delivers a request to the app over HTTP/1.1, restoring the original
+/// protocol of a request that crossed the mesh as HTTP/2.
+async fn to_app_http1(
+    inbound: &Inbound,
+    app: SocketAddr,
+    orig_proto: Option<HeaderValue>,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, AppError> {
+    let from_http2 = req.version() == Version::HTTP_2;
+    let downstream = (!from_http2 && wants_upgrade(&req)).then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    if from_http2 {
+        if !parts.headers.contains_key(header::HOST)
+            && let Some(authority) = parts.uri.authority()
+            && let Ok(host) = HeaderValue::from_str(authority.as_str())
+        {
+            parts.headers.insert(header::HOST, host);
+        }
+        parts.version = match orig_proto.as_ref().map(HeaderValue::as_bytes) {
+            Some(b"HTTP/1.0") => Version::HTTP_10,
+            _ => Version::HTTP_11,
+        };
+    }
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    parts.uri = Uri::builder()
+        .scheme("http")
+        .authority(app.to_string())
+        .path_and_query(path)
+        .build()?;
+    let mut rsp = inbound
+        .app_http1
+        .request(Request::from_parts(parts, incoming(body)))
+        .await
+        .map_err(|source| AppError::Http1 { app, source })?;
+    if rsp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(downstream) = downstream {
+            splice_upgrade(downstream, hyper::upgrade::on(&mut rsp));
+        }
+    } else if from_http2 {
+        strip_hop_by_hop(rsp.headers_mut());
+    }
+    Ok(rsp.map(incoming))
+}
+
+/// Delivers an HTTP/2 request (gRPC, h2c) to the app over one multiplexed
+/// connection.
+async fn to_app_http2(
+    inbound: &Inbound,
+    app: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, AppError> {
+    let err = |source: BoxError| AppError::Http2 { app, source };
+    let mut tx = inbound
+        .app_http2
+        .get(&app, || async {
+            let tcp = connect_tcp(app).await.map_err(|e| err(e.into()))?;
+            pool::handshake(tcp).await.map_err(|e| err(e.into()))
+        })
+        .await?;
+    let rsp = tx
+        .send_request(req.map(incoming))
+        .await
+        .map_err(|e| err(e.into()))?;
+    Ok(rsp.map(incoming))
+}

@@ -1,0 +1,370 @@
+//! The proxy's Prometheus metrics (OpenMetrics text on the admin server).
+//!
+//! Every benchmark measures the proxy with these on.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Which side of the proxy traffic passed through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Inbound => "inbound",
+            Self::Outbound => "outbound",
+        }
+    }
+}
+
+impl EncodeLabelValue for Direction {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
+}
+
+/// Labels of a request: direction, status, whether the peer hop was mTLS, and
+/// the peer's identity (the server's for outbound, the client's for inbound;
+/// empty when there is none).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub direction: Direction,
+    pub status_code: u16,
+    pub tls: bool,
+    pub peer_identity: Arc<str>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct TcpLabels {
+    pub direction: Direction,
+    pub tls: bool,
+    pub peer_identity: Arc<str>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct HandshakeLabels {
+    direction: Direction,
+    kx_group: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReasonLabels {
+    direction: Direction,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct IdentityLabels {
+    identity: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct DetectLabels {
+    direction: Direction,
+    protocol: &'static str,
+    timed_out: bool,
+}
+
+/// Latency buckets, in seconds: 100 µs to 10 s.
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
+}
+
+/// All metric families of one proxy.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<RequestLabels, Histogram, fn() -> Histogram>,
+    tcp_open: Family<TcpLabels, Counter>,
+    tcp_close: Family<TcpLabels, Counter>,
+    tcp_active: Family<TcpLabels, Gauge>,
+    tcp_read_bytes: Family<TcpLabels, Counter>,
+    tcp_write_bytes: Family<TcpLabels, Counter>,
+    handshakes: Family<HandshakeLabels, Counter>,
+    handshake_errors: Family<ReasonLabels, Counter>,
+    refused: Family<ReasonLabels, Counter>,
+    detect: Family<DetectLabels, Counter>,
+    cert_expiry: Family<IdentityLabels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("weft");
+        let requests = Family::default();
+        let latency: Family<RequestLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(latency_histogram);
+        let tcp_open = Family::default();
+        let tcp_close = Family::default();
+        let tcp_active = Family::default();
+        let tcp_read_bytes = Family::default();
+        let tcp_write_bytes = Family::default();
+        let handshakes = Family::default();
+        let handshake_errors = Family::default();
+        let refused = Family::default();
+        let detect = Family::default();
+        let cert_expiry = Family::default();
+        registry.register(
+            "requests",
+            "HTTP requests by direction, status code, mTLS and peer identity",
+            requests.clone(),
+        );
+        registry.register(
+            "response_latency_seconds",
+            "Time from receiving a request to sending its response headers",
+            latency.clone(),
+        );
+        registry.register("tcp_open", "TCP connections opened", tcp_open.clone());
+        registry.register("tcp_close", "TCP connections closed", tcp_close.clone());
+        registry.register(
+            "tcp_open_connections",
+            "TCP connections currently open",
+            tcp_active.clone(),
+        );
+        registry.register(
+            "tcp_read_bytes",
+            "Bytes read from TCP connections",
+            tcp_read_bytes.clone(),
+        );
+        registry.register(
+            "tcp_write_bytes",
+            "Bytes written to TCP connections",
+            tcp_write_bytes.clone(),
+        );
+        registry.register(
+            "tls_handshakes",
+            "Completed mesh TLS handshakes by negotiated key exchange group",
+            handshakes.clone(),
+        );
+        registry.register(
+            "tls_handshake_errors",
+            "Failed mesh TLS handshakes by reason",
+            handshake_errors.clone(),
+        );
+        registry.register(
+            "inbound_refused",
+            "Inbound connections refused before reaching the app, by reason",
+            refused.clone(),
+        );
+        registry.register(
+            "protocol_detect",
+            "Protocol detection results, including fallbacks to opaque after the timeout",
+            detect.clone(),
+        );
+        registry.register(
+            "identity_cert_expiration_timestamp_seconds",
+            "When the workload certificate in use expires (Unix time), by identity",
+            cert_expiry.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            latency,
+            tcp_open,
+            tcp_close,
+            tcp_active,
+            tcp_read_bytes,
+            tcp_write_bytes,
+            handshakes,
+            handshake_errors,
+            refused,
+            detect,
+            cert_expiry,
+        }
+    }
+
+    /// Records the identity and expiry of the certificate in use.
+    pub fn observe_credentials(&self, credentials: Option<&weft_api::tls::Credentials>) {
+        let Some(c) = credentials else { return };
+        let expiry = c
+            .not_after()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        self.cert_expiry
+            .get_or_create(&IdentityLabels {
+                identity: c.identity().to_string(),
+            })
+            .set(expiry);
+    }
+
+    /// Records one request and the latency of its response.
+    pub fn request(&self, labels: &RequestLabels, latency: Duration) {
+        self.requests.get_or_create(labels).inc();
+        self.latency
+            .get_or_create(labels)
+            .observe(latency.as_secs_f64());
+    }
+
+    /// Records a completed TLS handshake.
+    pub fn handshake(
+        &self,
+        direction: Direction,
+        kx: Option<&'static dyn rustls::crypto::SupportedKxGroup>,
+    ) {
+        let kx_group = kx
+            .map(|g| g.name().as_str().unwrap_or("unknown"))
+            .unwrap_or("none");
+        self.handshakes
+            .get_or_create(&HandshakeLabels {
+                direction,
+                kx_group,
+            })
+            .inc();
+    }
+
+    pub fn handshake_failed(&self, direction: Direction, reason: &'static str) {
+        self.handshake_errors
+            .get_or_create(&ReasonLabels { direction, reason })
+            .inc();
+    }
+
+    pub fn inbound_refused(&self, reason: &'static str) {
+        self.refused
+            .get_or_create(&ReasonLabels {
+                direction: Direction::Inbound,
+                reason,
+            })
+            .inc();
+    }
+
+    pub fn detected(&self, direction: Direction, protocol: &'static str, timed_out: bool) {
+        self.detect
+            .get_or_create(&DetectLabels {
+                direction,
+                protocol,
+                timed_out,
+            })
+            .inc();
+    }
+
+    /// Counts a connection as open until the returned guard drops, and wraps
+    /// `io` to count its bytes.
+    pub fn tcp<I>(&self, labels: TcpLabels, io: I) -> Counted<I> {
+        self.tcp_open.get_or_create(&labels).inc();
+        let active = self.tcp_active.get_or_create_owned(&labels);
+        active.inc();
+        Counted {
+            io,
+            read: self.tcp_read_bytes.get_or_create_owned(&labels),
+            written: self.tcp_write_bytes.get_or_create_owned(&labels),
+            close: Some((self.tcp_close.get_or_create_owned(&labels), active)),
+        }
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::with_capacity(16 * 1024);
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An I/O that counts the bytes read and written through it, and counts
+    /// the connection as closed when dropped.
+    pub struct Counted<I> {
+        #[pin]
+        io: I,
+        read: Counter,
+        written: Counter,
+        close: Option<(Counter, Gauge)>,
+    }
+
+    impl<I> PinnedDrop for Counted<I> {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some((closed, active)) = this.project().close.take() {
+                closed.inc();
+                active.dec();
+            }
+        }
+    }
+}
+
+impl<I> Counted<I> {
+    pub fn get_ref(&self) -> &I {
+        &self.io
+    }
+}
+
+impl<I: AsyncRead> AsyncRead for Counted<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let poll = this.io.poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            this.read.inc_by(n as u64);
+        }
+        poll
+    }
+}
+
+impl<I: AsyncWrite> AsyncWrite for Counted<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        let poll = this.io.poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &poll {
+            this.written.inc_by(*n as u64);
+        }
+        poll
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        let poll = this.io.poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = &poll {
+            this.written.inc_by(*n as u64);
+        }
+        poll
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().io.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().io.poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,159 @@
+//! The outbound side: traffic from the app to other services.
+//!
+//! An upstream listener accepts the app's connection, detects its protocol, and
+//! then, for each HTTP request (or once for an opaque connection), chooses a
+//! backend and an endpoint of the target ([`balance`]) and sends it over mesh
+//! mTLS: HTTP multiplexed on one HTTP/2 connection per peer ([`pool`]), opaque
+//! TCP and connection upgrades on their own connection. Routes, timeouts,
+//! retries and circuit breaking slot in around [`http::forward`].
+
+pub mod balance;
+pub mod http;
+pub mod pool;
+mod tcp;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use weft_api::tls::MeshTls;
+
+use crate::config::{Endpoint, Target};
+use crate::detect::{self, Protocol};
+use crate::metrics::{Direction, Metrics, TcpLabels};
+
+/// State shared by every outbound connection of a proxy.
+#[derive(Debug)]
+pub struct Outbound {
+    pub(crate) tls: Arc<MeshTls>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) pool: pool::H2Pool<Endpoint>,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) detect_timeout: Duration,
+}
+
+impl Outbound {
+    pub fn new(
+        tls: Arc<MeshTls>,
+        metrics: Arc<Metrics>,
+        connect_timeout: Duration,
+        detect_timeout: Duration,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            tls,
+            metrics,
+            pool: pool::H2Pool::default(),
+            connect_timeout,
+            detect_timeout,
+        })
+    }
+}
+
+/// Accepts the app's connections on an upstream listener until `shutdown`.
+pub async fn serve_upstream(
+    outbound: Arc<Outbound>,
+    listener: TcpListener,
+    target: watch::Receiver<Arc<Target>>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        let (tcp, client) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(error) => {
+                    // Out of file descriptors and similar: back off, keep serving.
+                    tracing::warn!(%error, "upstream listener failed to accept");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let target = target.borrow().clone();
+        let outbound = outbound.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            handle_connection(outbound, target, tcp, client, shutdown).await;
+        });
+    }
+}
+
+async fn handle_connection(
+    outbound: Arc<Outbound>,
+    target: Arc<Target>,
+    tcp: TcpStream,
+    client: SocketAddr,
+    shutdown: CancellationToken,
+) {
+    if let Err(error) = tcp.set_nodelay(true) {
+        tracing::debug!(%error, "could not set TCP_NODELAY");
+    }
+    let peer: Arc<str> = Arc::from(peer_label(&target));
+    let io = outbound.metrics.tcp(
+        TcpLabels {
+            direction: Direction::Outbound,
+            tls: true,
+            peer_identity: peer,
+        },
+        tcp,
+    );
+    let detection = if target.opaque {
+        detect::Detection {
+            protocol: Protocol::Opaque,
+            timed_out: false,
+            io: detect::PrefixedIo::new(bytes::Bytes::new(), io),
+        }
+    } else {
+        match detect::detect(io, outbound.detect_timeout).await {
+            Ok(d) => d,
+            Err(error) => {
+                tracing::debug!(%client, %error, "connection failed during protocol detection");
+                return;
+            }
+        }
+    };
+    outbound.metrics.detected(
+        Direction::Outbound,
+        detection.protocol.as_str(),
+        detection.timed_out,
+    );
+    let io = detection.io;
+    let svc = {
+        let outbound = outbound.clone();
+        let target = target.clone();
+        service_fn(move |req| {
+            let outbound = outbound.clone();
+            let target = target.clone();
+            async move { Ok::<_, std::convert::Infallible>(http::handle(&outbound, &target, req).await) }
+        })
+    };
+    let result = match detection.protocol {
+        Protocol::Http1 => crate::http::serve_http1(io, svc, &shutdown).await,
+        Protocol::Http2 => crate::http::serve_http2(io, svc, &shutdown).await,
+        Protocol::Tls | Protocol::Opaque => {
+            tcp::forward(&outbound, &target, io, client).await;
+            Ok(())
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(%client, %error, "HTTP connection from the app closed with an error");
+    }
+}
+
+/// The metrics label for a target's peer: the identity of its first endpoint,
+/// which is the identity of every endpoint until targets carry several.
+fn peer_label(target: &Target) -> String {
+    target
+        .backends
+        .iter()
+        .flat_map(|b| b.endpoints.first())
+        .next()
+        .map(|e| e.identity.to_string())
+        .unwrap_or_default()
+}

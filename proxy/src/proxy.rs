@@ -1,0 +1,181 @@
+//! Starting and stopping a proxy.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use weft_api::consts::env;
+use weft_api::tls::MeshTls;
+
+use crate::admin::{self, Admin};
+use crate::config::{AppTarget, ProxyConfig};
+use crate::inbound::{self, Inbound};
+use crate::metrics::Metrics;
+use crate::outbound::{self, Outbound};
+
+/// Why a proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(
+        "cannot listen on {addr} for the {what}: {source}; is another proxy running? choose another address with {var}"
+    )]
+    Bind {
+        what: String,
+        addr: SocketAddr,
+        var: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "no app address: set {} to the app's address (transparent interception, which finds it by itself, is not part of this build yet)",
+        env::APP_ADDR
+    )]
+    NoAppAddress,
+}
+
+/// A running proxy.
+#[derive(Debug)]
+pub struct ProxyHandle {
+    pub inbound_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    /// Each upstream's name and bound address, in configuration order.
+    pub upstream_addrs: Vec<(String, SocketAddr)>,
+    pub metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl ProxyHandle {
+    /// The bound address of the upstream listener named `name`.
+    pub fn upstream_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.upstream_addrs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| *a)
+    }
+
+    /// Resolves when shutdown was requested (`POST /shutdown` or [`Self::shutdown`]).
+    pub async fn shutdown_requested(&self) {
+        self.shutdown.cancelled().await;
+    }
+
+    /// Stops accepting, lets in-flight work finish for up to `grace`, and
+    /// returns whether everything drained in time.
+    pub async fn shutdown(self, grace: Duration) -> bool {
+        self.shutdown.cancel();
+        self.tracker.close();
+        tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_ok()
+    }
+}
+
+/// Binds every listener of `config` and starts serving. TLS credentials may
+/// be installed in `tls` before or after: until then the proxy is not ready.
+pub async fn start(config: ProxyConfig, tls: Arc<MeshTls>) -> Result<ProxyHandle, StartError> {
+    if config.app == AppTarget::OriginalDst {
+        return Err(StartError::NoAppAddress);
+    }
+    let metrics = Arc::new(Metrics::new());
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+
+    let inbound_listener = bind(config.inbound_addr, "inbound listener", env::INBOUND_ADDR).await?;
+    let admin_listener = bind(config.admin_addr, "admin server", env::ADMIN_ADDR).await?;
+    let mut upstream_listeners = Vec::with_capacity(config.upstreams.len());
+    for upstream in &config.upstreams {
+        let what = format!("upstream {}", upstream.target.name);
+        let listener = bind(upstream.listen, &what, env::UPSTREAMS).await?;
+        upstream_listeners.push((upstream.target.clone(), listener));
+    }
+
+    let inbound_addr = local_addr(&inbound_listener, config.inbound_addr);
+    let admin_addr = local_addr(&admin_listener, config.admin_addr);
+
+    let inbound = Inbound::new(&tls, metrics.clone(), config.app, config.detect_timeout);
+    tracker.spawn(inbound::serve(
+        inbound,
+        inbound_listener,
+        shutdown.clone(),
+        tracker.clone(),
+    ));
+
+    let outbound = Outbound::new(
+        tls.clone(),
+        metrics.clone(),
+        config.connect_timeout,
+        config.detect_timeout,
+    );
+    let mut upstream_addrs = Vec::new();
+    for (target, listener) in upstream_listeners {
+        upstream_addrs.push((
+            target.name.clone(),
+            local_addr(&listener, config.inbound_addr),
+        ));
+        // Static for now: discovery will send new versions on this channel.
+        let (_updates, target) = watch::channel(Arc::new(target));
+        tracker.spawn(outbound::serve_upstream(
+            outbound.clone(),
+            listener,
+            target,
+            shutdown.clone(),
+            tracker.clone(),
+        ));
+    }
+
+    let admin = Admin {
+        metrics: metrics.clone(),
+        tls,
+        shutdown: shutdown.clone(),
+    };
+    tracker.spawn(admin::serve(
+        admin,
+        admin_listener,
+        shutdown.clone(),
+        tracker.clone(),
+    ));
+
+    tracing::info!(%inbound_addr, %admin_addr, upstreams = upstream_addrs.len(), "proxy started");
+    Ok(ProxyHandle {
+        inbound_addr,
+        admin_addr,
+        upstream_addrs,
+        metrics,
+        shutdown,
+        tracker,
+    })
+}
+
+async fn bind(addr: SocketAddr, what: &str, var: &'static str) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            what: what.to_owned(),
+            addr,
+            var,
+            source,
+        })
+}
+
+fn local_addr(listener: &TcpListener, configured: SocketAddr) -> SocketAddr {
+    listener.local_addr().unwrap_or(configured)
+}
+
+/// Raises the open-file soft limit to the hard limit, so that the proxy can
+/// hold as many connections as the system allows.
+pub fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(error) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(%error, soft, hard, "could not raise the open file limit");
+            }
+        }
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "could not read the open file limit"),
+    }
+}

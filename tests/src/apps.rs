@@ -1,0 +1,230 @@
+//! Real servers that stand in for apps: they know nothing of the mesh.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tonic::server::NamedService;
+use tonic_prost::ProstCodec;
+
+/// Headers the echo app adds to tell the test what it saw.
+pub const SEEN_CLIENT_ID: &str = "x-seen-client-id";
+pub const SEEN_VERSION: &str = "x-seen-version";
+pub const SEEN_HOST: &str = "x-seen-host";
+/// The protocol name the echo app accepts in `Upgrade`.
+pub const ECHO_UPGRADE: &str = "weft-echo";
+
+type EchoBody = BoxBody<Bytes, hyper::Error>;
+
+/// An HTTP/1.1 and HTTP/2 server that streams each request body back, reports
+/// what it saw in `x-seen-*` headers, and accepts `Upgrade: weft-echo` by
+/// echoing raw bytes on the upgraded connection.
+pub async fn http_echo() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind echo app");
+    let addr = listener.local_addr().expect("local addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let svc = service_fn(echo);
+                let mut builder = auto::Builder::new(TokioExecutor::new());
+                builder.http2().max_concurrent_streams(1_000);
+                let _ = builder
+                    .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+async fn echo(mut req: Request<Incoming>) -> Result<Response<EchoBody>, Infallible> {
+    let seen = |name: &str| {
+        req.headers()
+            .get(name)
+            .cloned()
+            .unwrap_or(HeaderValue::from_static(""))
+    };
+    let client_id = seen(weft_api::consts::CLIENT_ID_HEADER);
+    let host = seen("host");
+    let version = HeaderValue::from_str(&format!("{:?}", req.version()))
+        .unwrap_or(HeaderValue::from_static("?"));
+    let wants_echo_upgrade = req
+        .headers()
+        .get(http::header::UPGRADE)
+        .is_some_and(|v| v == ECHO_UPGRADE);
+    let mut rsp = if wants_echo_upgrade {
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            let Ok(upgraded) = on_upgrade.await else {
+                return;
+            };
+            let mut io = TokioIo::new(upgraded);
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                match io.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        if io.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        let mut rsp = Response::new(
+            Full::new(Bytes::new())
+                .map_err(|never| match never {})
+                .boxed(),
+        );
+        *rsp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        rsp.headers_mut().insert(
+            http::header::UPGRADE,
+            HeaderValue::from_static(ECHO_UPGRADE),
+        );
+        rsp.headers_mut().insert(
+            http::header::CONNECTION,
+            HeaderValue::from_static("upgrade"),
+        );
+        rsp
+    } else {
+        Response::new(req.into_body().boxed())
+    };
+    let h = rsp.headers_mut();
+    h.insert(SEEN_CLIENT_ID, client_id);
+    h.insert(SEEN_VERSION, version);
+    h.insert(SEEN_HOST, host);
+    Ok(rsp)
+}
+
+/// A TCP server that writes back every byte it reads.
+pub async fn tcp_echo() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind tcp echo");
+    let addr = listener.local_addr().expect("local addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let (mut r, mut w) = tcp.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// The message of the test gRPC service.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct EchoMessage {
+    #[prost(uint64, tag = "1")]
+    pub seq: u64,
+    #[prost(bytes = "vec", tag = "2")]
+    pub data: Vec<u8>,
+}
+
+/// Full path of the bidirectional streaming method.
+pub const GRPC_CHAT_PATH: &str = "/weft.test.Echo/Chat";
+
+/// A tonic gRPC server with one bidirectional streaming method,
+/// `weft.test.Echo/Chat`, that answers each message with the same message.
+pub async fn grpc_echo() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind grpc app");
+    let addr = listener.local_addr().expect("local addr");
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .add_service(EchoService)
+            .serve_with_incoming(incoming)
+            .await;
+    });
+    addr
+}
+
+#[derive(Clone, Debug)]
+struct EchoService;
+
+impl NamedService for EchoService {
+    const NAME: &'static str = "weft.test.Echo";
+}
+
+type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+type MessageStream = Pin<Box<dyn Stream<Item = Result<EchoMessage, tonic::Status>> + Send>>;
+
+impl tower::Service<http::Request<tonic::body::Body>> for EchoService {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        Box::pin(async move {
+            if req.uri().path() != GRPC_CHAT_PATH {
+                return Ok(tonic::Status::unimplemented("no such method").into_http());
+            }
+            let mut grpc =
+                tonic::server::Grpc::new(ProstCodec::<EchoMessage, EchoMessage>::default());
+            Ok(grpc.streaming(Chat, req).await)
+        })
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Chat;
+
+impl tonic::server::StreamingService<EchoMessage> for Chat {
+    type Response = EchoMessage;
+    type ResponseStream = MessageStream;
+    type Future = BoxFuture<Result<tonic::Response<MessageStream>, tonic::Status>>;
+
+    fn call(&mut self, request: tonic::Request<tonic::Streaming<EchoMessage>>) -> Self::Future {
+        Box::pin(async move {
+            let stream: MessageStream = Box::pin(request.into_inner().map(|m| m));
+            Ok(tonic::Response::new(stream))
+        })
+    }
+}
+
+/// Opens the bidirectional stream on `channel`.
+pub async fn grpc_chat(
+    channel: tonic::transport::Channel,
+    outgoing: impl Stream<Item = EchoMessage> + Send + 'static,
+) -> Result<tonic::Streaming<EchoMessage>, tonic::Status> {
+    let mut client = tonic::client::Grpc::new(channel);
+    client
+        .ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let rsp = client
+        .streaming(
+            tonic::Request::new(outgoing),
+            http::uri::PathAndQuery::from_static(GRPC_CHAT_PATH),
+            ProstCodec::<EchoMessage, EchoMessage>::default(),
+        )
+        .await?;
+    Ok(rsp.into_inner())
+}

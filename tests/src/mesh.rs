@@ -1,0 +1,115 @@
+//! Proxies started in process on 127.0.0.1, wired as a client sidecar and a
+//! server sidecar.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use weft_api::tls::MeshTls;
+use weft_proxy::{AppTarget, ProxyConfig, ProxyHandle, Target, Upstream};
+
+use crate::pki::TestCa;
+
+pub const CLIENT_ID: &str = "spiffe://cluster.local/ns/shop/sa/web";
+pub const SERVER_ID: &str = "spiffe://cluster.local/ns/shop/sa/checkout";
+
+fn loopback() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+/// A proxy whose inbound side forwards to `app`, listening on ephemeral ports.
+pub async fn server_proxy(tls: Arc<MeshTls>, app: SocketAddr) -> ProxyHandle {
+    let mut config = ProxyConfig::new(AppTarget::Fixed(app));
+    config.inbound_addr = loopback();
+    config.admin_addr = loopback();
+    weft_proxy::start(config, tls)
+        .await
+        .expect("server proxy starts")
+}
+
+/// A proxy with one upstream listener, `name`, that sends to `target` and
+/// expects it to prove `identity`.
+pub async fn client_proxy(
+    tls: Arc<MeshTls>,
+    name: &str,
+    target: SocketAddr,
+    identity: &str,
+    opaque: bool,
+) -> ProxyHandle {
+    // The client workload's own app is never called in these tests; its
+    // inbound side points at a closed port.
+    let mut config = ProxyConfig::new(AppTarget::Fixed(SocketAddr::from(([127, 0, 0, 1], 9))));
+    config.inbound_addr = loopback();
+    config.admin_addr = loopback();
+    let mut t = Target::single(name, target, identity.parse().expect("valid identity"));
+    t.opaque = opaque;
+    config.upstreams = vec![Upstream {
+        listen: loopback(),
+        target: t,
+    }];
+    weft_proxy::start(config, tls)
+        .await
+        .expect("client proxy starts")
+}
+
+/// app client -> client proxy -> mTLS -> server proxy -> app.
+pub struct Pair {
+    pub ca: TestCa,
+    pub client: ProxyHandle,
+    pub server: ProxyHandle,
+    /// Where the app's client connects: the client proxy's upstream listener.
+    pub entry: SocketAddr,
+}
+
+impl Pair {
+    /// A pair in front of `app`, `opaque` or with protocol detection.
+    pub async fn new(app: SocketAddr, opaque: bool) -> Self {
+        let ca = TestCa::new("weft test");
+        let server = server_proxy(ca.mesh_tls(SERVER_ID), app).await;
+        let client = client_proxy(
+            ca.mesh_tls(CLIENT_ID),
+            "checkout",
+            server.inbound_addr,
+            SERVER_ID,
+            opaque,
+        )
+        .await;
+        let entry = client.upstream_addr("checkout").expect("upstream bound");
+        Self {
+            ca,
+            client,
+            server,
+            entry,
+        }
+    }
+}
+
+/// Fetches a proxy's `/metrics` text.
+pub async fn metrics(proxy: &ProxyHandle) -> String {
+    let stream = tokio::net::TcpStream::connect(proxy.admin_addr)
+        .await
+        .expect("admin reachable");
+    let (mut tx, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("admin handshake");
+    tokio::spawn(conn);
+    let req = http::Request::get("/metrics")
+        .header("host", "admin")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .expect("request");
+    let rsp = tx.send_request(req).await.expect("metrics response");
+    let body = http_body_util::BodyExt::collect(rsp.into_body())
+        .await
+        .expect("metrics body")
+        .to_bytes();
+    String::from_utf8(body.to_vec()).expect("metrics are UTF-8")
+}
+
+/// The value of the first sample line that starts with `prefix`, if any.
+pub fn sample(metrics: &str, prefix: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
