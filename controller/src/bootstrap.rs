@@ -73,8 +73,9 @@ pub struct BootstrapTokens {
     cache: Mutex<Option<(FileStamp, Arc<TokenFile>)>>,
 }
 
-/// What tells that the token file changed: modification time and size.
-type FileStamp = (SystemTime, u64);
+/// What tells that the token file changed: its inode (every write renames a
+/// new file into place), modification time and size.
+type FileStamp = (u64, SystemTime, u64);
 
 impl BootstrapTokens {
     /// The tokens stored in `state_dir` (the file is created on first issue).
@@ -146,6 +147,7 @@ impl BootstrapTokens {
     fn read_cached(&self) -> Result<Arc<TokenFile>, BootstrapError> {
         let stamp = match std::fs::metadata(&self.path) {
             Ok(meta) => Some((
+                std::os::unix::fs::MetadataExt::ino(&meta),
                 meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
                 meta.len(),
             )),
