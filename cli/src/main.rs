@@ -3,10 +3,15 @@
 //! One binary: the user-facing commands, plus hidden ones (`__proxy`,
 //! `__demo-app`) with which `weft demo` runs the mesh's programs from this
 //! same executable, so that a newcomer builds one thing.
+//!
+//! - `demo/`: `weft demo`, a whole mesh on one machine.
+//! - `audit.rs`: `weft audit certs`, the issuance audit trail as a table or JSON.
+//! - `output.rs`: `--output table|json`.
 
 // A binary: `pub` inside it marks what a module offers to its siblings.
 #![allow(unreachable_pub)]
 
+mod audit;
 mod demo;
 mod output;
 
@@ -28,6 +33,9 @@ enum Command {
     /// controller, demo services with their sidecars, live traffic, and a live
     /// view of identities, mTLS, success rates and latency.
     Demo(demo::DemoArgs),
+    /// Audit what the mesh did.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Runs the weft proxy, configured by environment (WEFT_PROXY_*).
     #[command(name = "__proxy", hide = true)]
     Proxy,
@@ -40,6 +48,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Demo(args) => demo::demo(args),
+        Command::Audit(command) => match audit::run(&command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("weft: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Proxy => {
             demo::procs::exit_with_parent();
             weft_proxy::run::main()

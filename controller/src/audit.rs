@@ -6,7 +6,9 @@
 //! sequence. The last line has no successor, so a small head file beside the
 //! trail (`<trail>.head`: the last `seq` and the hash of that line) is
 //! rewritten after each append; a trail that ends before the head's record, or
-//! whose record there hashes differently, was cut or edited at its end.
+//! whose record there hashes differently, was cut or edited at its end. The head
+//! is one fixed-width line (`<seq, 20 digits> <sha256 hex>`) overwritten in
+//! place, so keeping it costs one small write per record.
 //! [`verify`] checks all of it and names the first broken line.
 
 use std::io::Write;
@@ -72,10 +74,26 @@ pub enum AuditEvent<'a> {
     },
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// The head file's content: the last record's seq and line hash.
+#[derive(Debug, PartialEq, Eq)]
 struct Head {
     seq: u64,
     hash: String,
+}
+
+impl Head {
+    fn encode(&self) -> String {
+        format!("{:020} {}\n", self.seq, self.hash)
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        let (seq, hash) = text.trim_end().split_once(' ')?;
+        let valid_hash = hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit());
+        Some(Self {
+            seq: seq.parse().ok()?,
+            hash: valid_hash.then(|| hash.to_owned())?,
+        })
+    }
 }
 
 /// Errors writing or reading the trail.
@@ -108,6 +126,7 @@ pub struct AuditLog {
 #[derive(Debug)]
 struct Tail {
     file: std::fs::File,
+    head: std::fs::File,
     seq: u64,
     hash: String,
 }
@@ -141,11 +160,28 @@ impl AuditLog {
             .append(true)
             .open(path)
             .map_err(|e| io("open", e))?;
-        Ok(Self {
+        let head = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(head_path(path))
+            .map_err(|e| io("open the head of", e))?;
+        let log = Self {
             path: path.to_owned(),
             head_path: head_path(path),
-            state: Mutex::new(Tail { file, seq, hash }),
-        })
+            state: Mutex::new(Tail {
+                file,
+                head,
+                seq,
+                hash,
+            }),
+        };
+        if seq > 0 {
+            // A head lagging behind (a crash between the two writes) catches up.
+            let mut tail = log.state.lock().unwrap_or_else(|p| p.into_inner());
+            log.write_head(&mut tail)?;
+        }
+        Ok(log)
     }
 
     pub fn path(&self) -> &Path {
@@ -200,15 +236,24 @@ impl AuditLog {
             .map_err(|e| io("append to", e))?;
         tail.seq = record.seq;
         tail.hash = line_hash(&line);
-        let head = serde_json::to_vec(&Head {
+        self.write_head(&mut tail)
+    }
+
+    /// Overwrites the head file in place (fixed width, one write).
+    fn write_head(&self, tail: &mut Tail) -> Result<(), AuditError> {
+        use std::os::unix::fs::FileExt;
+        let head = Head {
             seq: tail.seq,
             hash: tail.hash.clone(),
-        })
-        .expect("the head serializes");
-        let tmp = self.head_path.with_extension("head.tmp");
-        std::fs::write(&tmp, head)
-            .and_then(|()| std::fs::rename(&tmp, &self.head_path))
-            .map_err(|e| io("write the head of", e))
+        }
+        .encode();
+        tail.head
+            .write_all_at(head.as_bytes(), 0)
+            .map_err(|source| AuditError::Io {
+                action: "write the head of",
+                path: self.head_path.clone(),
+                source,
+            })
     }
 }
 
@@ -234,19 +279,17 @@ pub fn verify(path: &Path) -> Result<Vec<AuditRecord>, AuditError> {
         source,
     };
     let text = std::fs::read_to_string(path).map_err(|e| io("read", e))?;
-    let head = match std::fs::read(head_path(path)) {
-        Ok(bytes) => {
-            Some(
-                serde_json::from_slice::<Head>(&bytes).map_err(|e| AuditError::Broken {
-                    path: path.to_owned(),
-                    line: 0,
-                    problem: format!(
-                        "its head file {} is corrupt: {e}",
-                        head_path(path).display()
-                    ),
-                })?,
-            )
-        }
+    let head = match std::fs::read_to_string(head_path(path)) {
+        // Created with the trail, written with its first record.
+        Ok(text) if text.is_empty() => None,
+        Ok(text) => Some(Head::parse(&text).ok_or_else(|| AuditError::Broken {
+            path: path.to_owned(),
+            line: 0,
+            problem: format!(
+                "its head file {} is corrupt (expected `<seq> <sha256>`)",
+                head_path(path).display()
+            ),
+        })?),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(io("read the head of", e)),
     };

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use futures::future::BoxFuture;
@@ -69,7 +69,13 @@ struct StoredToken {
 pub struct BootstrapTokens {
     path: PathBuf,
     write: Mutex<()>,
+    /// The file as last read, with the metadata it had then.
+    cache: Mutex<Option<(FileStamp, Arc<TokenFile>)>>,
 }
+
+/// What tells that the token file changed: its inode (every write renames a
+/// new file into place), modification time and size.
+type FileStamp = (u64, SystemTime, u64);
 
 impl BootstrapTokens {
     /// The tokens stored in `state_dir` (the file is created on first issue).
@@ -77,6 +83,7 @@ impl BootstrapTokens {
         Self {
             path: state_dir.join(TOKENS_FILE),
             write: Mutex::new(()),
+            cache: Mutex::new(None),
         }
     }
 
@@ -136,6 +143,33 @@ impl BootstrapTokens {
         }
     }
 
+    /// The token file, read again only when its modification time or size changed.
+    fn read_cached(&self) -> Result<Arc<TokenFile>, BootstrapError> {
+        let stamp = match std::fs::metadata(&self.path) {
+            Ok(meta) => Some((
+                std::os::unix::fs::MetadataExt::ino(&meta),
+                meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                meta.len(),
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(source) => {
+                return Err(BootstrapError::Read {
+                    path: self.path.clone(),
+                    source,
+                });
+            }
+        };
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let (Some(stamp), Some((cached, file))) = (stamp, cache.as_ref())
+            && *cached == stamp
+        {
+            return Ok(file.clone());
+        }
+        let file = Arc::new(self.read()?);
+        *cache = stamp.map(|s| (s, file.clone()));
+        Ok(file)
+    }
+
     fn check(&self, token: &IdentityToken) -> Result<Identity, TokenError> {
         if !token.as_str().starts_with(TOKEN_PREFIX) {
             return Err(TokenError::Invalid(format!(
@@ -144,7 +178,7 @@ impl BootstrapTokens {
             )));
         }
         let file = self
-            .read()
+            .read_cached()
             .map_err(|e| TokenError::Unavailable(e.to_string()))?;
         let stored = file.tokens.get(&hash(token.as_str())).ok_or_else(|| {
             TokenError::Invalid(
@@ -214,6 +248,11 @@ mod tests {
         // Another instance (another process) reads the same file.
         let other = BootstrapTokens::new(dir.path());
         assert_eq!(other.verify(&token).await.unwrap(), id("checkout"));
+        // It sees a token issued after it cached the file.
+        let later = tokens
+            .issue(&id("payments"), Duration::from_secs(60))
+            .unwrap();
+        assert_eq!(other.verify(&later).await.unwrap(), id("payments"));
         let stored = std::fs::read_to_string(dir.path().join(TOKENS_FILE)).unwrap();
         assert!(
             !stored.contains(token.as_str()),

@@ -4,22 +4,22 @@
 //! [`IssueTokenArgs::check`], so that every bad value is reported at once, each
 //! naming its flag. Tests feed argument lists to [`Args::try_parse_from`].
 //!
-//! `weft-controller serve` flags (defaults in brackets):
-//! - `--mode local|kubernetes` [local]: local mode keeps its state in
+//! `weft-controller serve` flags (defaults in parentheses):
+//! - `--mode local|kubernetes` (default local): local mode keeps its state in
 //!   `--state-dir` and proves identities with bootstrap tokens; kubernetes mode
 //!   reads the issuer from the mounted `weft-issuer` Secret and proves
 //!   identities with TokenReviews (in-cluster config or `KUBECONFIG`).
-//! - `--state-dir` [.weft]: local mode's issuer (`issuer/`), bootstrap tokens
+//! - `--state-dir` (default .weft): local mode's issuer (`issuer/`), bootstrap tokens
 //!   and audit trail.
-//! - `--issuer-dir` [local: `<state-dir>/issuer`; kubernetes: `/var/run/weft/issuer`].
-//! - `--audit-log` [local: `<state-dir>/audit.log`; kubernetes: `/var/lib/weft/audit.log`].
-//! - `--trust-domain` [cluster.local].
-//! - `--grpc-addr` [local: 127.0.0.1:8090; kubernetes: 0.0.0.0:8090].
-//! - `--admin-addr` [local: 127.0.0.1:9990; kubernetes: 0.0.0.0:9990].
-//! - `--cert-lifetime` [24h]: workload certificate lifetime; `90s`, `15m`, `24h`,
+//! - `--issuer-dir` (default local: `<state-dir>/issuer`; kubernetes: `/var/run/weft/issuer`).
+//! - `--audit-log` (default local: `<state-dir>/audit.log`; kubernetes: `/var/lib/weft/audit.log`).
+//! - `--trust-domain` (default cluster.local).
+//! - `--grpc-addr` (default local: 127.0.0.1:8090; kubernetes: 0.0.0.0:8090).
+//! - `--admin-addr` (default local: 127.0.0.1:9990; kubernetes: 0.0.0.0:9990).
+//! - `--cert-lifetime` (default 24h): workload certificate lifetime; `90s`, `15m`, `24h`,
 //!   `7d` or plain seconds.
-//! - `--issuer-poll` [5s]: how often the issuer files are checked for changes.
-//! - `--log` [info]: log filter (`tracing_subscriber::EnvFilter` syntax).
+//! - `--issuer-poll` (default 5s): how often the issuer files are checked for changes.
+//! - `--log` (default info): log filter (`tracing_subscriber::EnvFilter` syntax).
 //!
 //! `weft-controller issue-token --identity <spiffe id> [--ttl 30d] [--state-dir .weft]`
 //! prints a bootstrap token for a local workload.
@@ -86,7 +86,7 @@ pub struct ServeArgs {
 
 #[derive(Debug, Clone, ClapArgs)]
 pub struct IssueTokenArgs {
-    /// The identity the token proves, spiffe://<td>/ns/<ns>/sa/<sa>.
+    /// The identity the token proves, `spiffe://<td>/ns/<ns>/sa/<sa>`.
     #[arg(long)]
     pub identity: String,
     /// How long the token is valid.

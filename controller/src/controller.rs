@@ -21,6 +21,9 @@ use crate::grpc::{self, IdentityService};
 use crate::metrics::Metrics;
 use crate::token::TokenVerifier;
 
+/// How long [`Controller::shutdown`] lets in-flight calls finish.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// What a controller needs to start (built by `config.rs` from flags).
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -210,10 +213,18 @@ impl Controller {
         &self.metrics
     }
 
-    /// Stops serving and waits for every task to end.
+    /// Stops serving: in-flight calls may finish within [`SHUTDOWN_GRACE`]
+    /// (connections that stay open longer are dropped), then every task ends.
     pub async fn shutdown(mut self) {
         self.cancel.cancel();
-        while self.tasks.join_next().await.is_some() {}
+        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(grace = ?SHUTDOWN_GRACE, "connections still open after the grace period; closing them");
+            self.tasks.shutdown().await;
+        }
         tracing::info!("controller stopped");
     }
 }

@@ -67,7 +67,7 @@ impl IdentityService {
             peer = ?peer,
             identity = ?identity.map(ToString::to_string),
             reason = %refusal.reason,
-            detail = %refusal.detail,
+            detail = ?refusal.detail,
             "certificate refused"
         );
         self.metrics.refused(refusal.reason);

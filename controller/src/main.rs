@@ -1,6 +1,7 @@
 //! `weft-controller`: runs the controller (`serve`) or issues a local bootstrap
 //! token (`issue-token`). Flags are documented in `config.rs`.
 
+use std::io::IsTerminal;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -19,6 +20,7 @@ async fn main() -> anyhow::Result<()> {
             let config = serve.settings()?;
             tracing_subscriber::fmt()
                 .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log))
+                .with_ansi(std::io::stdout().is_terminal())
                 .init();
             // kube's HTTPS client picks the process-wide provider.
             let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();

@@ -456,3 +456,64 @@ where
         }
     }
 }
+
+/// A verifier that cannot reach its backend (as a TokenReview without an API server).
+struct Unreachable;
+
+impl weft_controller::token::TokenVerifier for Unreachable {
+    fn verify<'a>(
+        &'a self,
+        _token: &'a IdentityToken,
+    ) -> futures::future::BoxFuture<
+        'a,
+        Result<weft_api::Identity, weft_controller::token::TokenError>,
+    > {
+        Box::pin(async {
+            Err(weft_controller::token::TokenError::Unavailable(
+                "the API server is unreachable".into(),
+            ))
+        })
+    }
+}
+
+#[tokio::test]
+async fn an_unanswerable_token_is_unavailable_not_refused() {
+    let state = tempfile::tempdir().unwrap();
+    let settings = support::settings(&state, Duration::from_secs(60));
+    let controller = weft_controller::Controller::start(settings, std::sync::Arc::new(Unreachable))
+        .await
+        .unwrap();
+    let anchors = std::fs::read(state.path().join("issuer/ca.crt")).unwrap();
+    let client = weft_api::control::ControlClient::new(
+        &controller.grpc_addr().to_string(),
+        MeshTls::new(TrustAnchors::from_pem(&anchors).unwrap()),
+        controller.identity().clone(),
+    )
+    .unwrap();
+    let id = identity("web");
+    let err = client
+        .certify(request(
+            IdentityToken::new("anything").unwrap(),
+            new_key_and_csr(&id).unwrap().1,
+        ))
+        .await
+        .expect_err("no certificate without a verdict");
+    let text = err.to_string();
+    assert!(
+        matches!(
+            &err,
+            ControlError::Unavailable {
+                code: tonic::Code::Unavailable,
+                ..
+            }
+        ),
+        "{text}"
+    );
+    assert!(text.contains("API server is unreachable"), "{text}");
+    // Not a refusal: nothing counted or recorded as one.
+    let metrics = controller.metrics().encode();
+    assert!(!metrics.contains("} 1"), "{metrics}");
+    let records = audit::verify(&state.path().join("audit.log")).unwrap();
+    assert!(records.iter().all(|r| r.event == AuditEventKind::Issued));
+    controller.shutdown().await;
+}

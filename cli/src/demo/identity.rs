@@ -75,7 +75,7 @@ pub async fn start_controller(args: &DemoArgs, state_dir: &Path) -> anyhow::Resu
         cert_lifetime: args.cert_ttl.unwrap_or(DEFAULT_CERT_TTL),
         grpc_addr: free_addr()?,
         admin_addr: free_addr()?,
-        audit_path: state_dir.join("audit.jsonl"),
+        audit_path: state_dir.join("audit.log"),
     };
     let verifier = Arc::new(BootstrapTokens::new(state_dir));
     let controller = Controller::start(settings, verifier)

@@ -1,0 +1,119 @@
+//! `weft-controller` as an operator runs it: `issue-token`, then `serve` in
+//! local mode on 127.0.0.1 with port 0, a real `Certify` with that token, and
+//! SIGTERM; and every bad flag reported at once.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use weft_api::certify::{CertifyRequest, IdentityToken};
+use weft_api::control::{ControlClient, controller_identity};
+use weft_api::tls::{MeshTls, TrustAnchors};
+use weft_controller::ca::new_key_and_csr;
+
+const BIN: &str = env!("CARGO_BIN_EXE_weft-controller");
+
+#[tokio::test]
+async fn issue_token_serve_certify_and_stop() {
+    let state = tempfile::tempdir().expect("a temporary directory");
+    let state_dir = state.path().to_str().expect("UTF-8");
+    let id = support::identity("web");
+    let issued = Command::new(BIN)
+        .args(["issue-token", "--state-dir", state_dir, "--ttl", "1h"])
+        .args(["--identity", &id.to_string()])
+        .output()
+        .expect("issue-token runs");
+    assert!(issued.status.success(), "{issued:?}");
+    let token = IdentityToken::new(String::from_utf8(issued.stdout).expect("UTF-8"))
+        .expect("a token on stdout");
+
+    let mut child = Command::new(BIN)
+        .args(["serve", "--state-dir", state_dir, "--cert-lifetime", "60s"])
+        .args(["--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("serve starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let started = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the controller logs that it started");
+        if line.contains("controller started") {
+            break line;
+        }
+    };
+    assert!(
+        !started.contains('\x1b'),
+        "no colours when not a terminal: {started}"
+    );
+    let grpc_addr = started
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix("grpc_addr="))
+        .expect("the bound gRPC address is logged")
+        .to_owned();
+
+    let anchors = std::fs::read(state.path().join("issuer/ca.crt")).expect("ca.crt");
+    let client = ControlClient::new(
+        &grpc_addr,
+        MeshTls::new(TrustAnchors::from_pem(&anchors).expect("anchors")),
+        controller_identity("cluster.local").expect("an identity"),
+    )
+    .expect("a client");
+    let certified = client
+        .certify(CertifyRequest {
+            token,
+            csr: new_key_and_csr(&id).expect("a CSR").1,
+        })
+        .await
+        .expect("certified with the token from issue-token");
+    assert_eq!(
+        weft_api::tls::peer_identity(&certified.leaf).expect("an identity"),
+        id
+    );
+
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("a pid"));
+    let signalled = std::time::Instant::now();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running 10 s after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    // The client was still connected (with its runtime running): the controller
+    // closed the connection itself, well within its grace period.
+    assert!(
+        signalled.elapsed() < weft_controller::controller::SHUTDOWN_GRACE,
+        "stopping took {:?}",
+        signalled.elapsed()
+    );
+    drop(client);
+}
+
+#[test]
+fn every_bad_flag_is_reported_before_exiting() {
+    let output = Command::new(BIN)
+        .args(["serve", "--mode", "cloud", "--cert-lifetime", "soon"])
+        .args(["--grpc-addr", "localhost"])
+        .output()
+        .expect("runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for flag in ["--mode", "--cert-lifetime", "--grpc-addr"] {
+        assert!(stderr.contains(flag), "{flag} missing: {stderr}");
+    }
+}
