@@ -97,8 +97,19 @@ pub enum Status {
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "status", rename_all = "kebab-case")]
 pub enum ControlPlaneFigure {
-    Measured { per_second: f64 },
-    NotMeasured { reason: String },
+    Measured {
+        /// Certify end to end, with `concurrency` callers.
+        per_second: f64,
+        /// The CA alone, one thread.
+        sign_per_second: f64,
+        p50_ms: f64,
+        p99_ms: f64,
+        failed: u64,
+        concurrency: usize,
+    },
+    NotMeasured {
+        reason: String,
+    },
 }
 
 /// Everything measured for one system.

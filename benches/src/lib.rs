@@ -11,11 +11,13 @@
 //! - [`client`], [`load`]: the load generator (open loop with coordinated
 //!   omission corrected, and closed loop), HDR histograms.
 //! - [`idle`], [`handshake`]: the idle-connection and mTLS handshake tests.
+//! - [`certify`]: certificates signed per second through the controller.
 //! - [`procs`]: CPU time and memory of the proxies, from `/proc`.
 //! - [`scenario`], [`figures`], [`report`]: what runs, what it measured, and
 //!   the Markdown, JSON and PNG outputs.
 
 pub mod backend;
+pub mod certify;
 pub mod client;
 pub mod config;
 pub mod figures;

@@ -21,10 +21,6 @@ use crate::scenario::Scenario;
 use crate::systems::{self, Running, StartEnv, SystemKind};
 use crate::workers::Workers;
 
-/// Why the Certify figure is not measured yet.
-pub const CERTIFY_PENDING: &str =
-    "the Certify path (identity issue) has not landed; the hook is `certify` in run.rs";
-
 /// Runs the whole benchmark.
 pub fn all(settings: &Settings) -> anyhow::Result<Report> {
     raise_nofile_limit();
@@ -113,17 +109,23 @@ pub fn all(settings: &Settings) -> anyhow::Result<Report> {
         idle_connections: settings.idle_connections,
         cpu_reference,
         systems,
-        certificates_per_second: certify(),
+        certificates_per_second: certify(settings),
     })
 }
 
-/// The control-plane hook: certificates signed per second through the gRPC
-/// Certify path, with concurrent callers. It joins when the identity issue
-/// lands (start the controller, drive Certify from a worker like `handshake`,
-/// return `Measured`); until then the report says it was not measured.
-fn certify() -> ControlPlaneFigure {
-    ControlPlaneFigure::NotMeasured {
-        reason: CERTIFY_PENDING.to_string(),
+/// Certificates signed per second through Certify, with 16 concurrent callers.
+fn certify(settings: &Settings) -> ControlPlaneFigure {
+    eprintln!("control plane: certificates signed per second (Certify, 16 callers)");
+    let duration = if settings.quick {
+        Duration::from_secs(1)
+    } else {
+        settings.duration
+    };
+    match crate::certify::measure(duration, 16) {
+        Ok(figure) => figure,
+        Err(error) => ControlPlaneFigure::NotMeasured {
+            reason: format!("the Certify benchmark failed: {error:#}"),
+        },
     }
 }
 

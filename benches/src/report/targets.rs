@@ -191,7 +191,7 @@ pub fn evaluate(report: &Report) -> Vec<Verdict> {
 
     let target = "certificates signed per second through Certify at least 5,000".to_string();
     out.push(match &report.certificates_per_second {
-        ControlPlaneFigure::Measured { per_second } => verdict(
+        ControlPlaneFigure::Measured { per_second, .. } => verdict(
             target,
             Some(*per_second >= 5_000.0),
             format!("{per_second:.0}/s"),
