@@ -100,6 +100,7 @@ pub struct Metrics {
     handshake_errors: Family<ReasonLabels, Counter>,
     refused: Family<ReasonLabels, Counter>,
     detect: Family<DetectLabels, Counter>,
+    outbound_refused: Family<ReasonLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -123,6 +124,7 @@ impl Metrics {
         let handshake_errors = Family::default();
         let refused = Family::default();
         let detect = Family::default();
+        let outbound_refused = Family::default();
         registry.register(
             "requests",
             "HTTP requests by direction, status code, mTLS and peer identity",
@@ -170,6 +172,11 @@ impl Metrics {
             "Protocol detection results, including fallbacks to opaque after the timeout",
             detect.clone(),
         );
+        registry.register(
+            "outbound_refused",
+            "Outbound connections from the app refused by the proxy, by reason (e.g. loop)",
+            outbound_refused.clone(),
+        );
         Self {
             registry,
             requests,
@@ -183,6 +190,7 @@ impl Metrics {
             handshake_errors,
             refused,
             detect,
+            outbound_refused,
         }
     }
 
@@ -221,6 +229,15 @@ impl Metrics {
         self.refused
             .get_or_create(&ReasonLabels {
                 direction: Direction::Inbound,
+                reason,
+            })
+            .inc();
+    }
+
+    pub fn outbound_refused(&self, reason: &'static str) {
+        self.outbound_refused
+            .get_or_create(&ReasonLabels {
+                direction: Direction::Outbound,
                 reason,
             })
             .inc();
