@@ -22,7 +22,7 @@ use nix::unistd::Pid;
 use rcgen::SanType;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
-use weft_api::consts::{PROXY_INBOUND_PORT, PROXY_OUTBOUND_PORT, env};
+use weft_api::consts::{PROXY_ERROR_HEADER, PROXY_INBOUND_PORT, PROXY_OUTBOUND_PORT, env};
 use weft_tests::apps::{self, SEEN_CLIENT_ID, SEEN_VERSION};
 use weft_tests::mesh::sample;
 use weft_tests::netns::{Pod, skip_unless_root};
@@ -513,4 +513,88 @@ fn connections_to_the_proxys_own_ports_are_refused() {
     assert_eq!(stdout(&out), "", "{out:?}");
     let refused = "weft_inbound_refused_total{direction=\"inbound\",reason=\"loop\"}";
     assert_eq!(metric(&b, refused), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_with_another_identity_than_the_map_names_is_refused() {
+    if skip_unless_root("a_peer_with_another_identity_than_the_map_names_is_refused") {
+        return;
+    }
+    let mesh = Mesh::new("mismatch").unwrap();
+    let b = mesh.meshed_pod("b", &[]).unwrap();
+    // Pod A expects workload `c` at pod B's address.
+    let a = mesh
+        .meshed_pod("a", &[(env::DESTINATIONS, &destination(&b, "c"))])
+        .unwrap();
+    apps::http_echo_on(tokio_listener(&b, "0.0.0.0:8080"));
+
+    let url = format!("http://{}:8080/", b.addr());
+    let curl = a
+        .run(
+            a.command("curl")
+                .args(["-sS", "-i", "--max-time", "10", &url]),
+        )
+        .unwrap();
+    let text = stdout(&curl);
+    assert!(text.starts_with("HTTP/1.1 502"), "{text}");
+    assert!(
+        text.contains(&format!("{PROXY_ERROR_HEADER}: identity-mismatch")),
+        "{text}"
+    );
+    assert!(
+        !text.contains(SEEN_CLIENT_ID),
+        "the app was reached: {text}"
+    );
+}
+
+/// IPv6 through the real proxy: pod addresses are IPv4 only (198.18.0.0/15),
+/// so an extra rule redirects IPv6 loopback port 7000 to the outbound port,
+/// as `weft-init`'s rule does for other destinations. The proxy's `[::1]`
+/// listener reads the IPv6 original destination and passes it through.
+#[test]
+fn ipv6_connections_reach_the_proxy_and_keep_their_original_destination() {
+    if skip_unless_root("ipv6_connections_reach_the_proxy_and_keep_their_original_destination") {
+        return;
+    }
+    let mesh = Mesh::new("ipv6").unwrap();
+    let a = mesh.meshed_pod("a", &[]).unwrap();
+    a.run(a.command("ip6tables-nft").args([
+        "-t",
+        "nat",
+        "-I",
+        "OUTPUT",
+        "1",
+        "-p",
+        "tcp",
+        "-d",
+        "::1",
+        "--dport",
+        "7000",
+        "-m",
+        "owner",
+        "!",
+        "--uid-owner",
+        "2510",
+        "-j",
+        "REDIRECT",
+        "--to-ports",
+        &PROXY_OUTBOUND_PORT.to_string(),
+    ]))
+    .unwrap();
+    let listener = a
+        .enter(|| TcpListener::bind("[::1]:7000"))
+        .unwrap()
+        .unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let stop = AtomicBool::new(false);
+    let (out, served) = std::thread::scope(|s| {
+        let server = s.spawn(|| serve_lines(listener, 7000, false, &stop));
+        let (out, _) = probe(&a, &["[::1]:7000", "over ipv6"]);
+        stop.store(true, Ordering::Relaxed);
+        (out, server.join().unwrap())
+    });
+    assert_eq!(stdout(&out), "app-7000 got over ipv6", "{out:?}");
+    assert_eq!(served, 1);
+    let passed = "weft_tcp_open_total{direction=\"outbound\",tls=\"false\",peer_identity=\"\"}";
+    assert_eq!(metric(&a, passed), 1.0);
 }
