@@ -32,7 +32,7 @@ use weft_tests::pods::{Mesh, identity, proxy_metrics};
 /// Longest a test server lives, whatever happens to the test.
 const SERVER_LIFETIME: Duration = Duration::from_secs(60);
 /// The detection timeout the client proxies use here (the default is 10 s).
-const DETECT_TIMEOUT: Duration = Duration::from_secs(1);
+const DETECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// `WEFT_PROXY_DESTINATIONS` naming `pod` as a meshed workload `sa`.
 fn destination(pod: &Pod, sa: &str) -> String {

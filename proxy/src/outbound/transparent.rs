@@ -126,10 +126,14 @@ async fn pass_through(outbound: &Outbound, tcp: TcpStream, client: SocketAddr, o
         },
         tcp,
     );
-    let mut dst = match connect_tcp(orig).await {
-        Ok(dst) => dst,
-        Err(error) => {
+    let mut dst = match tokio::time::timeout(outbound.connect_timeout, connect_tcp(orig)).await {
+        Ok(Ok(dst)) => dst,
+        Ok(Err(error)) => {
             tracing::debug!(%client, %orig, %error, "destination outside the mesh unreachable");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%client, %orig, timeout = ?outbound.connect_timeout, "connecting to a destination outside the mesh timed out");
             return;
         }
     };
