@@ -70,6 +70,7 @@ pub mod env {
     /// Upstream listeners (local mode, and explicit upstreams in a pod): entries
     /// separated by whitespace, each `name,listen-addr,target-addr,identity[,opaque]`,
     /// for example `checkout,127.0.0.1:4140,127.0.0.1:5143,spiffe://cluster.local/ns/shop/sa/checkout`.
+    /// Several replicas: join their addresses with `+` (`127.0.0.1:5143+127.0.0.1:5144`).
     pub const UPSTREAMS: &str = "WEFT_PROXY_UPSTREAMS";
     /// PEM file with the workload certificate chain, leaf first.
     pub const CERT_FILE: &str = "WEFT_PROXY_CERT_FILE";

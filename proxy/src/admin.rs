@@ -67,6 +67,13 @@ fn text(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<Body> {
     rsp
 }
 
+fn encode_metrics(admin: &Admin) -> Result<String, std::fmt::Error> {
+    admin
+        .metrics
+        .observe_credentials(admin.tls.credentials().as_deref());
+    admin.metrics.encode()
+}
+
 /// Answers one admin request.
 pub fn route(admin: &Admin, req: Request<Incoming>) -> Response<Body> {
     match (req.method(), req.uri().path()) {
@@ -78,7 +85,7 @@ pub fn route(admin: &Admin, req: Request<Incoming>) -> Response<Body> {
                 "not ready: the proxy has no workload certificate yet\n",
             ),
         },
-        (&Method::GET, "/metrics") => match admin.metrics.encode() {
+        (&Method::GET, "/metrics") => match encode_metrics(admin) {
             Ok(body) => {
                 let mut rsp = text(StatusCode::OK, body);
                 rsp.headers_mut().insert(

@@ -364,9 +364,9 @@ impl Parser<'_> {
     }
 }
 
-/// Parses `name,listen-addr,target-addr,identity[,opaque]`.
+/// Parses `name,listen-addr,target-addr[+target-addr...],identity[,opaque]`.
 fn parse_upstream(entry: &str) -> Result<Upstream, String> {
-    const FORMAT: &str = "expected name,listen-addr,target-addr,identity[,opaque]";
+    const FORMAT: &str = "expected name,listen-addr,target-addr[+target-addr...],identity[,opaque]";
     let fields: Vec<&str> = entry.split(',').collect();
     let (name, listen, target, identity, opaque) = match fields.as_slice() {
         [n, l, t, i] => (*n, *l, *t, *i, false),
@@ -384,13 +384,30 @@ fn parse_upstream(entry: &str) -> Result<Upstream, String> {
     let listen: SocketAddr = listen
         .parse()
         .map_err(|_| format!("listen address {listen:?} is not ip:port"))?;
-    let target: SocketAddr = target
-        .parse()
-        .map_err(|_| format!("target address {target:?} is not ip:port"))?;
     let identity: Identity = identity.parse().map_err(|e| format!("{e}"))?;
-    let mut t = Target::single(name, target, identity);
-    t.opaque = opaque;
-    Ok(Upstream { listen, target: t })
+    let endpoints = target
+        .split('+')
+        .map(|addr| {
+            addr.parse::<SocketAddr>()
+                .map(|addr| Endpoint {
+                    addr,
+                    identity: identity.clone(),
+                })
+                .map_err(|_| format!("target address {addr:?} is not ip:port"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Upstream {
+        listen,
+        target: Target {
+            name: name.to_owned(),
+            opaque,
+            backends: vec![Backend {
+                name: name.to_owned(),
+                weight: 1,
+                endpoints,
+            }],
+        },
+    })
 }
 
 #[cfg(test)]
@@ -426,7 +443,7 @@ mod tests {
         v.insert(
             env::UPSTREAMS.into(),
             "web,127.0.0.1:4140,127.0.0.1:5143,spiffe://cluster.local/ns/shop/sa/web \
-             redis,127.0.0.1:4141,127.0.0.1:5144,spiffe://cluster.local/ns/shop/sa/redis,opaque"
+             redis,127.0.0.1:4141,127.0.0.1:5144+127.0.0.1:5145,spiffe://cluster.local/ns/shop/sa/redis,opaque"
                 .into(),
         );
         let c = Config::from_env(&v).unwrap();
@@ -434,6 +451,7 @@ mod tests {
         assert_eq!(c.proxy.upstreams[0].target.name, "web");
         assert!(!c.proxy.upstreams[0].target.opaque);
         assert!(c.proxy.upstreams[1].target.opaque);
+        assert_eq!(c.proxy.upstreams[1].target.backends[0].endpoints.len(), 2);
     }
 
     #[test]

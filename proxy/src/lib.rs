@@ -14,6 +14,8 @@
 //!   generates itself (with a `weft-proxy-error` header).
 //! - [`transport`]: TCP and mesh TLS connection set-up, with typed failures.
 //! - [`metrics`] and [`admin`]: Prometheus metrics and the admin server.
+//! - [`run`]: the program (environment, PEM files, signals), shared by the
+//!   `weft-proxy` binary and `weft`.
 //! - [`destinations`]: the static map of meshed destinations (address ->
 //!   expected identity) for the transparent outbound listener.
 //! - [`iptables`]: the pod's interception rules (`weft-init`): a plan as data,
@@ -31,6 +33,7 @@ pub mod iptables;
 pub mod metrics;
 pub mod outbound;
 pub mod proxy;
+pub mod run;
 pub mod sockopt;
 pub mod transport;
 

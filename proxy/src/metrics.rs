@@ -69,6 +69,11 @@ struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct IdentityLabels {
+    identity: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct DetectLabels {
     direction: Direction,
     protocol: &'static str,
@@ -101,6 +106,7 @@ pub struct Metrics {
     refused: Family<ReasonLabels, Counter>,
     detect: Family<DetectLabels, Counter>,
     outbound_refused: Family<ReasonLabels, Counter>,
+    cert_expiry: Family<IdentityLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -125,6 +131,7 @@ impl Metrics {
         let refused = Family::default();
         let detect = Family::default();
         let outbound_refused = Family::default();
+        let cert_expiry = Family::default();
         registry.register(
             "requests",
             "HTTP requests by direction, status code, mTLS and peer identity",
@@ -177,6 +184,11 @@ impl Metrics {
             "Outbound connections from the app refused by the proxy, by reason (e.g. loop)",
             outbound_refused.clone(),
         );
+        registry.register(
+            "identity_cert_expiration_timestamp_seconds",
+            "When the workload certificate in use expires (Unix time), by identity",
+            cert_expiry.clone(),
+        );
         Self {
             registry,
             requests,
@@ -191,7 +203,22 @@ impl Metrics {
             refused,
             detect,
             outbound_refused,
+            cert_expiry,
         }
+    }
+
+    /// Records the identity and expiry of the certificate in use.
+    pub fn observe_credentials(&self, credentials: Option<&weft_api::tls::Credentials>) {
+        let Some(c) = credentials else { return };
+        let expiry = c
+            .not_after()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        self.cert_expiry
+            .get_or_create(&IdentityLabels {
+                identity: c.identity().to_string(),
+            })
+            .set(expiry);
     }
 
     /// Records one request and the latency of its response.

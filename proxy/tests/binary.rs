@@ -1,0 +1,181 @@
+//! The `weft-proxy` binary as an operator runs it: configured by environment,
+//! credentials from PEM files, stopped by SIGTERM.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use weft_api::consts::env;
+use weft_tests::mesh::{CLIENT_ID, SERVER_ID};
+use weft_tests::pki::TestCa;
+
+const BIN: &str = env!("CARGO_BIN_EXE_weft-proxy");
+
+/// A free port on 127.0.0.1 (bound then released).
+fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn write_identity(dir: &Path, name: &str, ca: &TestCa, identity: &str) -> Vec<(String, String)> {
+    let leaf = ca.issue(identity);
+    let cert = dir.join(format!("{name}.crt"));
+    let key = dir.join(format!("{name}.key"));
+    let anchors = dir.join("anchors.pem");
+    std::fs::write(&cert, &leaf.chain_pem).unwrap();
+    std::fs::write(&key, &leaf.key_pem).unwrap();
+    std::fs::write(&anchors, ca.anchors_pem()).unwrap();
+    vec![
+        (env::CERT_FILE.into(), cert.display().to_string()),
+        (env::KEY_FILE.into(), key.display().to_string()),
+        (
+            env::TRUST_ANCHORS_FILE.into(),
+            anchors.display().to_string(),
+        ),
+    ]
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(vars: &[(String, String)]) -> Proc {
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear().stdout(Stdio::null()).stderr(Stdio::piped());
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    Proc(cmd.spawn().unwrap())
+}
+
+fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let status = out.get(9..12)?.parse().ok()?;
+    Some((status, out))
+}
+
+fn wait_ready(admin: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Some((200, _)) = http_get(admin, "/ready") {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("proxy at {admin} never became ready");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_pair_serves_and_drains_on_sigterm() {
+    let dir = std::env::temp_dir().join(format!("weft-proxy-bin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = TestCa::new("weft test");
+    let app = weft_tests::apps::http_echo().await;
+
+    let server_inbound = free_addr();
+    let server_admin = free_addr();
+    let mut server_env = write_identity(&dir, "server", &ca, SERVER_ID);
+    server_env.extend([
+        (env::INBOUND_ADDR.into(), server_inbound.to_string()),
+        (env::ADMIN_ADDR.into(), server_admin.to_string()),
+        (env::APP_ADDR.into(), app.to_string()),
+    ]);
+    let mut server = spawn(&server_env);
+
+    let client_admin = free_addr();
+    let upstream = free_addr();
+    let mut client_env = write_identity(&dir, "client", &ca, CLIENT_ID);
+    client_env.extend([
+        (env::INBOUND_ADDR.into(), free_addr().to_string()),
+        (env::ADMIN_ADDR.into(), client_admin.to_string()),
+        (env::APP_ADDR.into(), "127.0.0.1:9".into()),
+        (
+            env::UPSTREAMS.into(),
+            format!("checkout,{upstream},{server_inbound},{SERVER_ID}"),
+        ),
+    ]);
+    let client = spawn(&client_env);
+
+    let (server_admin_c, client_admin_c) = (server_admin, client_admin);
+    tokio::task::spawn_blocking(move || {
+        wait_ready(server_admin_c);
+        wait_ready(client_admin_c);
+        let (status, text) = http_get(upstream, "/hello").unwrap();
+        assert_eq!(status, 200, "{text}");
+        assert!(
+            text.contains(&format!("x-seen-client-id: {CLIENT_ID}")),
+            "{text}"
+        );
+        let (status, metrics) = http_get(client_admin_c, "/metrics").unwrap();
+        assert_eq!(status, 200);
+        assert!(
+            metrics.contains("weft_requests_total{direction=\"outbound\""),
+            "{metrics}"
+        );
+        let (status, _) = http_get(client_admin_c, "/live").unwrap();
+        assert_eq!(status, 200);
+    })
+    .await
+    .unwrap();
+
+    // SIGTERM drains and exits cleanly.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server.0.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = server.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "server proxy did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+    drop(client);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn bad_configuration_lists_every_problem_and_exits_2() {
+    let out = Command::new(BIN)
+        .env_clear()
+        .env(env::INBOUND_ADDR, "not-an-address")
+        .env(env::UPSTREAMS, "web,127.0.0.1:1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    for needle in [
+        env::INBOUND_ADDR,
+        env::UPSTREAMS,
+        env::CERT_FILE,
+        env::KEY_FILE,
+        env::TRUST_ANCHORS_FILE,
+    ] {
+        assert!(err.contains(needle), "{needle} missing from:\n{err}");
+    }
+}
