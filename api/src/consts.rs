@@ -113,3 +113,7 @@ pub mod init_env {
     /// uid whose traffic is never redirected (the proxy's). Default 2510.
     pub const PROXY_UID: &str = "WEFT_INIT_PROXY_UID";
 }
+
+/// Service account of the controller: its gRPC endpoint presents the identity
+/// `spiffe://<trust-domain>/ns/weft-system/sa/weft-controller`.
+pub const CONTROLLER_SERVICE_ACCOUNT: &str = "weft-controller";

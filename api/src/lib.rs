@@ -5,12 +5,21 @@
 //! - [`identity`]: the SPIFFE [`Identity`] of a workload, parsed and validated.
 //! - [`consts`]: ports, uid, labels, annotations, headers and environment names
 //!   that the injector, the proxy and the controller must agree on.
+//! - [`certify`]: `Identity.Certify` as domain types (request, certificate,
+//!   typed refusal), converted from the wire types at the edge.
+//! - [`control`]: the client side of the control protocol: a gRPC channel to the
+//!   controller over TLS that checks the controller's identity.
+//! - [`proto`]: the generated wire types of package `weft.v1` (checked in; see
+//!   `tests/proto_generated.rs`).
 //! - [`tls`]: the one place where mesh TLS is configured (TLS 1.3 only, aws-lc-rs,
 //!   X25519MLKEM768 preferred), where peer identities are read from certificates,
 //!   and where credentials are swapped in without rebuilding configurations.
 
+pub mod certify;
 pub mod consts;
+pub mod control;
 pub mod identity;
+pub mod proto;
 pub mod tls;
 
 pub use identity::{Identity, IdentityError};

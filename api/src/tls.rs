@@ -564,3 +564,21 @@ impl ClientCertVerifier for MeshClientVerifier {
             .supported_schemes()
     }
 }
+
+impl MeshTls {
+    /// A server configuration that presents this workload's certificate but asks
+    /// the client for none, offering the single ALPN protocol `alpn`.
+    ///
+    /// For the controller's gRPC endpoint: a proxy calls `Identity.Certify`
+    /// before it has a certificate. The server's certificate is read at each
+    /// handshake, so [`MeshTls::set_credentials`] renews it in place.
+    pub fn server_config_without_client_auth(&self, alpn: &'static [u8]) -> Arc<ServerConfig> {
+        let mut config = ServerConfig::builder_with_provider(crypto_provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("the aws-lc-rs provider supports TLS 1.3")
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(Resolver(self.state.clone())));
+        config.alpn_protocols = vec![alpn.to_vec()];
+        Arc::new(config)
+    }
+}

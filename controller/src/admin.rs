@@ -1,0 +1,79 @@
+//! The admin server (port 9990): `/live`, `/ready` (the controller holds a
+//! valid certificate of its own) and `/metrics` (Prometheus text format).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use weft_api::tls::MeshTls;
+
+use crate::metrics::Metrics;
+
+pub(crate) struct Admin {
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) tls: Arc<MeshTls>,
+}
+
+impl Admin {
+    pub(crate) async fn serve(self, listener: TcpListener) {
+        let admin = Arc::new(self);
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let admin = admin.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let admin = admin.clone();
+                    async move { Ok::<_, Infallible>(admin.handle(&req)) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    }
+
+    fn handle(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+        let text = |status: StatusCode, body: String| {
+            let mut response = Response::new(Full::new(Bytes::from(body)));
+            *response.status_mut() = status;
+            response
+        };
+        if req.method() != Method::GET {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n".into());
+        }
+        match req.uri().path() {
+            "/live" => text(StatusCode::OK, "live\n".into()),
+            "/ready" => match self.tls.credentials() {
+                Some(c) if c.not_after() > SystemTime::now() => {
+                    text(StatusCode::OK, "ready\n".into())
+                }
+                _ => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not ready: the controller holds no valid certificate\n".into(),
+                ),
+            },
+            "/metrics" => {
+                let mut response = text(StatusCode::OK, self.metrics.encode());
+                response.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static(
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ),
+                );
+                response
+            }
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "not found; try /live, /ready or /metrics\n".into(),
+            ),
+        }
+    }
+}

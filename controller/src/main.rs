@@ -1,0 +1,62 @@
+//! `weft-controller`: runs the controller (`serve`) or issues a local bootstrap
+//! token (`issue-token`). Flags are documented in `config.rs`.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use weft_controller::Controller;
+use weft_controller::bootstrap::BootstrapTokens;
+use weft_controller::config::{Args, Command, Mode};
+use weft_controller::token::TokenVerifier;
+use weft_controller::token_review::TokenReviewer;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    match args.command {
+        Command::Serve(serve) => {
+            let config = serve.settings()?;
+            tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log))
+                .init();
+            // kube's HTTPS client picks the process-wide provider.
+            let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+            let verifier: Arc<dyn TokenVerifier> = match config.mode {
+                Mode::Local => Arc::new(BootstrapTokens::new(&config.state_dir)),
+                Mode::Kubernetes => {
+                    let client = kube::Client::try_default().await.context(
+                        "could not configure the Kubernetes client (in-cluster config or KUBECONFIG)",
+                    )?;
+                    Arc::new(TokenReviewer::new(client, &config.settings.trust_domain))
+                }
+            };
+            let controller = Controller::start(config.settings, verifier).await?;
+            shutdown_signal().await?;
+            controller.shutdown().await;
+            Ok(())
+        }
+        Command::IssueToken(issue) => {
+            let (identity, ttl) = issue.check()?;
+            std::fs::create_dir_all(&issue.state_dir).with_context(|| {
+                format!(
+                    "could not create the state directory {}",
+                    issue.state_dir.display()
+                )
+            })?;
+            let token = BootstrapTokens::new(&issue.state_dir).issue(&identity, ttl)?;
+            println!("{}", token.as_str());
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("could not listen for SIGTERM")?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result.context("could not listen for Ctrl-C")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,118 @@
+//! The controller's metrics (Prometheus text format, on the admin port):
+//!
+//! - `weft_certificates_issued_total`
+//! - `weft_certificates_refused_total{reason}`, one series per refusal reason
+//! - `weft_issuer_expiry_timestamp_seconds`: the issuer's notAfter, Unix time
+
+use std::sync::atomic::AtomicI64;
+use std::time::SystemTime;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use weft_api::certify::RefusalReason;
+
+type ReasonLabel = [(&'static str, &'static str); 1];
+
+/// The controller's metrics and the registry that exposes them.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    issued: Counter,
+    refused: Family<ReasonLabel, Counter>,
+    issuer_expiry: Gauge<i64, AtomicI64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let issued = Counter::default();
+        let refused = Family::<ReasonLabel, Counter>::default();
+        let issuer_expiry = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "weft_certificates_issued",
+            "Workload certificates signed",
+            issued.clone(),
+        );
+        registry.register(
+            "weft_certificates_refused",
+            "Certificate requests refused, by reason",
+            refused.clone(),
+        );
+        registry.register(
+            "weft_issuer_expiry_timestamp_seconds",
+            "The notAfter of the current issuer certificate, as a Unix timestamp",
+            issuer_expiry.clone(),
+        );
+        for reason in RefusalReason::ALL {
+            // Every reason is present from the start, at zero.
+            let _ = refused.get_or_create(&[("reason", reason.as_str())]);
+        }
+        Self {
+            registry,
+            issued,
+            refused,
+            issuer_expiry,
+        }
+    }
+
+    pub fn issued(&self) {
+        self.issued.inc();
+    }
+
+    pub fn refused(&self, reason: RefusalReason) {
+        self.refused
+            .get_or_create(&[("reason", reason.as_str())])
+            .inc();
+    }
+
+    pub fn set_issuer_expiry(&self, not_after: SystemTime) {
+        let secs = not_after
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        self.issuer_expiry.set(secs);
+    }
+
+    /// The metrics in the Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_by_reason_and_reports_expiry() {
+        let metrics = Metrics::new();
+        metrics.issued();
+        metrics.issued();
+        metrics.refused(RefusalReason::WrongAudience);
+        metrics.set_issuer_expiry(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1234));
+        let text = metrics.encode();
+        assert!(text.contains("weft_certificates_issued_total 2"), "{text}");
+        assert!(
+            text.contains(r#"weft_certificates_refused_total{reason="wrong-audience"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"weft_certificates_refused_total{reason="bad-signature"} 0"#),
+            "{text}"
+        );
+        assert!(
+            text.contains("weft_issuer_expiry_timestamp_seconds 1234"),
+            "{text}"
+        );
+    }
+}
