@@ -58,7 +58,9 @@ pub mod alpn {
 pub mod env {
     /// Inbound listener address. Default `0.0.0.0:15143`.
     pub const INBOUND_ADDR: &str = "WEFT_PROXY_INBOUND_ADDR";
-    /// Transparent outbound listener address. Default `127.0.0.1:15140`.
+    /// Transparent outbound listener address. Default `127.0.0.1:15140`, and
+    /// `[::1]:15140` too when the network namespace has IPv6. Only used in
+    /// transparent mode (no `WEFT_PROXY_APP_ADDR`) unless set.
     pub const OUTBOUND_ADDR: &str = "WEFT_PROXY_OUTBOUND_ADDR";
     /// Admin server address. Default `0.0.0.0:15191`.
     pub const ADMIN_ADDR: &str = "WEFT_PROXY_ADMIN_ADDR";

@@ -11,6 +11,8 @@ use std::time::Duration;
 use weft_api::Identity;
 use weft_api::consts::{self, env};
 
+use crate::destinations::Destinations;
+
 /// Everything the `weft-proxy` binary needs.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -50,6 +52,9 @@ pub struct ProxyConfig {
     pub app: AppTarget,
     /// Upstream listeners, one per upstream service of the workload.
     pub upstreams: Vec<Upstream>,
+    /// The transparent outbound listener, where iptables sends the app's
+    /// outgoing TCP (pods). `None` in local mode.
+    pub transparent: Option<Transparent>,
     /// How long to wait for a client's first bytes. Default 10 s.
     pub detect_timeout: Duration,
     /// How long a TCP connect plus TLS handshake to a peer may take. Default 3 s.
@@ -67,6 +72,7 @@ impl ProxyConfig {
             admin_addr: SocketAddr::from(([0, 0, 0, 0], consts::PROXY_ADMIN_PORT)),
             app,
             upstreams: Vec::new(),
+            transparent: None,
             detect_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(3),
             shutdown_grace: Duration::from_secs(30),
@@ -88,6 +94,39 @@ pub enum AppTarget {
 pub struct Upstream {
     pub listen: SocketAddr,
     pub target: Target,
+}
+
+/// The transparent outbound listener and what it knows of destinations.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transparent {
+    /// Where to listen. Default `127.0.0.1:15140`, plus `[::1]:15140` when the
+    /// namespace has IPv6 (iptables redirects IPv6 to `::1`).
+    pub listen: Vec<SocketAddr>,
+    /// Meshed destinations and the identities they must prove; all others
+    /// are passed through in plain TCP.
+    pub destinations: Destinations,
+    /// Destination ports relayed as opaque TCP, without protocol detection.
+    pub opaque_ports: Vec<u16>,
+}
+
+impl Transparent {
+    /// The listener on the contract's port with no meshed destinations.
+    pub fn new() -> Self {
+        Self {
+            listen: vec![
+                SocketAddr::from(([127, 0, 0, 1], consts::PROXY_OUTBOUND_PORT)),
+                SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, consts::PROXY_OUTBOUND_PORT)),
+            ],
+            destinations: Destinations::default(),
+            opaque_ports: Vec::new(),
+        }
+    }
+}
+
+impl Default for Transparent {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// An outbound destination: what discovery describes for one service.
@@ -193,6 +232,7 @@ impl Config {
             proxy.shutdown_grace = d;
         }
         proxy.upstreams = p.upstreams(env::UPSTREAMS);
+        proxy.transparent = p.transparent(proxy.app == AppTarget::OriginalDst);
         let identity = p.identity_source();
         let trust_anchors_file = p.required_path(env::TRUST_ANCHORS_FILE);
         let trust_anchors_reload = p
@@ -349,6 +389,46 @@ impl Parser<'_> {
         }))
     }
 
+    /// The transparent listener: on in transparent mode (no app address) or
+    /// when its address is set.
+    fn transparent(&mut self, transparent_mode: bool) -> Option<Transparent> {
+        let listen = self.addr(env::OUTBOUND_ADDR);
+        if !transparent_mode && listen.is_none() {
+            return None;
+        }
+        let mut t = Transparent::new();
+        if let Some(addr) = listen {
+            t.listen = vec![addr];
+        }
+        if let Some(text) = self.get(env::DESTINATIONS).map(str::to_owned) {
+            for problem in t.destinations.add(&text) {
+                self.error(env::DESTINATIONS, problem);
+            }
+        }
+        if let Some(path) = self.get(env::DESTINATIONS_FILE).map(str::to_owned) {
+            match std::fs::read_to_string(&path) {
+                Ok(text) => {
+                    for problem in t.destinations.add(&text) {
+                        self.error(env::DESTINATIONS_FILE, format!("in {path:?}: {problem}"));
+                    }
+                }
+                Err(e) => self.error(env::DESTINATIONS_FILE, format!("cannot read {path:?}: {e}")),
+            }
+        }
+        if let Some(v) = self.get(env::OPAQUE_PORTS).map(str::to_owned) {
+            for item in v.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+                match item.parse::<u16>() {
+                    Ok(port) if port > 0 => t.opaque_ports.push(port),
+                    _ => self.error(
+                        env::OPAQUE_PORTS,
+                        format!("{item:?} is not a port (1 to 65535); expected e.g. 25,6379"),
+                    ),
+                }
+            }
+        }
+        Some(t)
+    }
+
     fn upstreams(&mut self, var: &'static str) -> Vec<Upstream> {
         let Some(v) = self.get(var).map(str::to_owned) else {
             return Vec::new();
@@ -456,6 +536,64 @@ mod tests {
         assert!(!c.proxy.upstreams[0].target.opaque);
         assert!(c.proxy.upstreams[1].target.opaque);
         assert_eq!(c.proxy.upstreams[1].target.backends[0].endpoints.len(), 2);
+    }
+
+    #[test]
+    fn transparent_mode_reads_destinations_and_opaque_ports() {
+        let dir = std::env::temp_dir().join(format!("weft-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("destinations");
+        std::fs::write(
+            &file,
+            "# more\n198.18.0.4=spiffe://cluster.local/ns/a/sa/db\n",
+        )
+        .unwrap();
+        let mut v = vars(&FILES);
+        v.insert(
+            env::DESTINATIONS.into(),
+            "198.18.0.3:80=spiffe://cluster.local/ns/a/sa/web".into(),
+        );
+        v.insert(env::DESTINATIONS_FILE.into(), file.display().to_string());
+        v.insert(env::OPAQUE_PORTS.into(), "25, 6379".into());
+        let c = Config::from_env(&v).unwrap();
+        let t = c.proxy.transparent.unwrap();
+        assert_eq!(t.listen.len(), 2);
+        assert_eq!(t.listen[0].port(), consts::PROXY_OUTBOUND_PORT);
+        assert_eq!(t.destinations.len(), 2);
+        assert!(
+            t.destinations
+                .lookup("198.18.0.4:1".parse().unwrap())
+                .is_some()
+        );
+        assert_eq!(t.opaque_ports, [25, 6379]);
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        // Local mode (an app address) has no transparent listener...
+        let mut v = vars(&FILES);
+        v.insert(env::APP_ADDR.into(), "127.0.0.1:8080".into());
+        assert!(Config::from_env(&v).unwrap().proxy.transparent.is_none());
+        // ...unless its address is set.
+        v.insert(env::OUTBOUND_ADDR.into(), "127.0.0.1:4140".into());
+        let t = Config::from_env(&v).unwrap().proxy.transparent.unwrap();
+        assert_eq!(t.listen, ["127.0.0.1:4140".parse().unwrap()]);
+    }
+
+    #[test]
+    fn reports_bad_transparent_settings() {
+        let mut v = vars(&FILES);
+        v.insert(env::DESTINATIONS.into(), "198.18.0.3=web nonsense".into());
+        v.insert(env::DESTINATIONS_FILE.into(), "/nonexistent/weft".into());
+        v.insert(env::OPAQUE_PORTS.into(), "0,redis".into());
+        let text = Config::from_env(&v).unwrap_err().to_string();
+        for needle in [
+            "WEFT_PROXY_DESTINATIONS: `198.18.0.3=web`: bad identity",
+            "WEFT_PROXY_DESTINATIONS: `nonsense` is not ADDRESS=IDENTITY",
+            "WEFT_PROXY_DESTINATIONS_FILE: cannot read \"/nonexistent/weft\"",
+            "WEFT_PROXY_OPAQUE_PORTS: \"0\" is not a port",
+            "WEFT_PROXY_OPAQUE_PORTS: \"redis\" is not a port",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from:\n{text}");
+        }
     }
 
     #[test]

@@ -32,21 +32,24 @@ impl Destinations {
     /// what is expected.
     pub fn parse(text: &str) -> Result<Destinations, Vec<String>> {
         let mut map = Destinations::default();
-        let mut problems = Vec::new();
-        let entries = text
-            .lines()
-            .map(|line| line.split_once('#').map_or(line, |(before, _)| before))
-            .flat_map(str::split_whitespace);
-        for entry in entries {
-            if let Err(problem) = map.insert(entry) {
-                problems.push(problem);
-            }
-        }
+        let problems = map.add(text);
         if problems.is_empty() {
             Ok(map)
         } else {
             Err(problems)
         }
+    }
+
+    /// Adds the entries of `text` to the map; returns the problems with bad
+    /// entries (an address already in the map is one).
+    pub fn add(&mut self, text: &str) -> Vec<String> {
+        let entries = text
+            .lines()
+            .map(|line| line.split_once('#').map_or(line, |(before, _)| before))
+            .flat_map(str::split_whitespace);
+        entries
+            .filter_map(|entry| self.insert(entry).err())
+            .collect()
     }
 
     fn insert(&mut self, entry: &str) -> Result<(), String> {

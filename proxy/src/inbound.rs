@@ -7,7 +7,7 @@
 //! refused: every inbound port requires a mesh identity until policy says
 //! otherwise.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,6 +34,7 @@ use crate::http::{
 };
 use crate::metrics::{Direction, Metrics, RequestLabels, TcpLabels};
 use crate::outbound::pool::{self, H2Pool};
+use crate::sockopt::original_dst;
 use crate::transport::connect_tcp;
 
 /// How long a client may take to complete the TLS handshake.
@@ -47,6 +48,8 @@ pub struct Inbound {
     detect_timeout: Duration,
     app_http1: Client<HttpConnector, Body>,
     app_http2: H2Pool<SocketAddr>,
+    /// Ports of the proxy's own listeners: never an app port.
+    own_ports: Arc<[u16]>,
 }
 
 impl std::fmt::Debug for Inbound {
@@ -64,6 +67,7 @@ impl Inbound {
         metrics: Arc<Metrics>,
         app: AppTarget,
         detect_timeout: Duration,
+        own_ports: Arc<[u16]>,
     ) -> Arc<Self> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -78,6 +82,7 @@ impl Inbound {
             detect_timeout,
             app_http1,
             app_http2: H2Pool::default(),
+            own_ports,
         })
     }
 }
@@ -120,11 +125,14 @@ async fn handle_connection(
     }
     let app_addr = match inbound.app {
         AppTarget::Fixed(addr) => addr,
-        AppTarget::OriginalDst => {
-            // `start` refuses this mode until transparent interception exists.
-            tracing::error!(%client, "no app address configured; closing");
-            return;
-        }
+        AppTarget::OriginalDst => match original_app_addr(&tcp, &inbound.own_ports) {
+            Ok(addr) => addr,
+            Err(reason) => {
+                inbound.metrics.inbound_refused(reason);
+                tracing::warn!(%client, reason, "refused an inbound connection");
+                return;
+            }
+        },
     };
     let detection = match detect::detect(tcp, inbound.detect_timeout).await {
         Ok(d) => d,
@@ -235,6 +243,26 @@ async fn handle_connection(
     if let Err(error) = result {
         tracing::debug!(%client, %error, "mesh HTTP connection closed with an error");
     }
+}
+
+/// The app's address for a connection iptables redirected here: loopback at
+/// the port the client dialled. A connection to one of the proxy's own ports
+/// (a loop, or a client dialling the inbound port directly) is refused, with
+/// the reason as a metric label.
+fn original_app_addr(tcp: &TcpStream, own_ports: &[u16]) -> Result<SocketAddr, &'static str> {
+    let orig = original_dst(tcp).map_err(|error| {
+        tracing::debug!(%error, "no original destination");
+        "no-original-destination"
+    })?;
+    if own_ports.contains(&orig.port()) {
+        return Err("loop");
+    }
+    let loopback: IpAddr = if orig.is_ipv4() {
+        Ipv4Addr::LOCALHOST.into()
+    } else {
+        Ipv6Addr::LOCALHOST.into()
+    };
+    Ok(SocketAddr::new(loopback, orig.port()))
 }
 
 /// Answers a plaintext HTTP/1 client with a 403 naming the cause, then closes.

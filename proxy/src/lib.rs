@@ -41,6 +41,6 @@ pub mod sockopt;
 pub mod transport;
 
 pub use config::{
-    AppTarget, Backend, Config, ConfigError, Endpoint, ProxyConfig, Target, Upstream,
+    AppTarget, Backend, Config, ConfigError, Endpoint, ProxyConfig, Target, Transparent, Upstream,
 };
 pub use proxy::{ProxyHandle, StartError, start};

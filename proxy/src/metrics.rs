@@ -105,6 +105,7 @@ pub struct Metrics {
     handshake_errors: Family<ReasonLabels, Counter>,
     refused: Family<ReasonLabels, Counter>,
     detect: Family<DetectLabels, Counter>,
+    outbound_refused: Family<ReasonLabels, Counter>,
     cert_expiry: Family<IdentityLabels, Gauge>,
     certify: Family<ResultLabels, Counter>,
 }
@@ -135,6 +136,7 @@ impl Metrics {
         let handshake_errors = Family::default();
         let refused = Family::default();
         let detect = Family::default();
+        let outbound_refused = Family::default();
         let cert_expiry = Family::default();
         let certify = Family::default();
         registry.register(
@@ -190,6 +192,11 @@ impl Metrics {
             detect.clone(),
         );
         registry.register(
+            "outbound_refused",
+            "Outbound connections from the app refused by the proxy, by reason (e.g. loop)",
+            outbound_refused.clone(),
+        );
+        registry.register(
             "identity_cert_expiration_timestamp_seconds",
             "When the workload certificate in use expires (Unix time), by identity",
             cert_expiry.clone(),
@@ -207,6 +214,7 @@ impl Metrics {
             handshake_errors,
             refused,
             detect,
+            outbound_refused,
             cert_expiry,
             certify,
         }
@@ -270,6 +278,15 @@ impl Metrics {
         self.refused
             .get_or_create(&ReasonLabels {
                 direction: Direction::Inbound,
+                reason,
+            })
+            .inc();
+    }
+
+    pub fn outbound_refused(&self, reason: &'static str) {
+        self.outbound_refused
+            .get_or_create(&ReasonLabels {
+                direction: Direction::Outbound,
                 reason,
             })
             .inc();

@@ -12,7 +12,7 @@ use weft_api::consts::env;
 use weft_api::tls::MeshTls;
 
 use crate::admin::{self, Admin};
-use crate::config::{AppTarget, ProxyConfig};
+use crate::config::ProxyConfig;
 use crate::inbound::{self, Inbound};
 use crate::metrics::Metrics;
 use crate::outbound::{self, Outbound};
@@ -30,11 +30,6 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
-    #[error(
-        "no app address: set {} to the app's address (transparent interception, which finds it by itself, is not part of this build yet)",
-        env::APP_ADDR
-    )]
-    NoAppAddress,
 }
 
 /// A running proxy.
@@ -42,6 +37,8 @@ pub enum StartError {
 pub struct ProxyHandle {
     pub inbound_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The transparent outbound listeners' bound addresses (none in local mode).
+    pub outbound_addrs: Vec<SocketAddr>,
     /// Each upstream's name and bound address, in configuration order.
     pub upstream_addrs: Vec<(String, SocketAddr)>,
     pub metrics: Arc<Metrics>,
@@ -77,9 +74,6 @@ impl ProxyHandle {
 /// Binds every listener of `config` and starts serving. TLS credentials may
 /// be installed in `tls` before or after: until then the proxy is not ready.
 pub async fn start(config: ProxyConfig, tls: Arc<MeshTls>) -> Result<ProxyHandle, StartError> {
-    if config.app == AppTarget::OriginalDst {
-        return Err(StartError::NoAppAddress);
-    }
     let metrics = Arc::new(Metrics::new());
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -93,10 +87,39 @@ pub async fn start(config: ProxyConfig, tls: Arc<MeshTls>) -> Result<ProxyHandle
         upstream_listeners.push((upstream.target.clone(), listener));
     }
 
+    let mut transparent_listeners = Vec::new();
+    if let Some(transparent) = &config.transparent {
+        for (i, &addr) in transparent.listen.iter().enumerate() {
+            match bind(addr, "transparent outbound listener", env::OUTBOUND_ADDR).await {
+                Ok(listener) => transparent_listeners.push(listener),
+                // The default IPv6 loopback listener is optional: a pod
+                // without IPv6 has no `::1`, and no IPv6 to redirect.
+                Err(error) if i > 0 && addr.is_ipv6() => {
+                    tracing::info!(%addr, %error, "no IPv6 transparent listener");
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
     let inbound_addr = local_addr(&inbound_listener, config.inbound_addr);
     let admin_addr = local_addr(&admin_listener, config.admin_addr);
+    let outbound_addrs: Vec<SocketAddr> = transparent_listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .collect();
+    let own_ports: Arc<[u16]> = [inbound_addr.port(), admin_addr.port()]
+        .into_iter()
+        .chain(outbound_addrs.iter().map(SocketAddr::port))
+        .collect();
 
-    let inbound = Inbound::new(&tls, metrics.clone(), config.app, config.detect_timeout);
+    let inbound = Inbound::new(
+        &tls,
+        metrics.clone(),
+        config.app,
+        config.detect_timeout,
+        own_ports.clone(),
+    );
     tracker.spawn(inbound::serve(
         inbound,
         inbound_listener,
@@ -127,6 +150,20 @@ pub async fn start(config: ProxyConfig, tls: Arc<MeshTls>) -> Result<ProxyHandle
         ));
     }
 
+    if let Some(transparent) = config.transparent {
+        let transparent = Arc::new(transparent);
+        for listener in transparent_listeners {
+            tracker.spawn(outbound::transparent::serve(
+                outbound.clone(),
+                transparent.clone(),
+                own_ports.clone(),
+                listener,
+                shutdown.clone(),
+                tracker.clone(),
+            ));
+        }
+    }
+
     let admin = Admin {
         metrics: metrics.clone(),
         tls,
@@ -139,10 +176,11 @@ pub async fn start(config: ProxyConfig, tls: Arc<MeshTls>) -> Result<ProxyHandle
         tracker.clone(),
     ));
 
-    tracing::info!(%inbound_addr, %admin_addr, upstreams = upstream_addrs.len(), "proxy started");
+    tracing::info!(%inbound_addr, %admin_addr, ?outbound_addrs, upstreams = upstream_addrs.len(), "proxy started");
     Ok(ProxyHandle {
         inbound_addr,
         admin_addr,
+        outbound_addrs,
         upstream_addrs,
         metrics,
         shutdown,

@@ -72,3 +72,16 @@ fn error(option: &'static str, errno: Errno) -> OriginalDstError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Redirected connections need root and a network namespace: see
+    // `tests/tests/netns_intercept.rs` in `weft-tests`.
+    #[test]
+    fn a_unix_socket_has_no_original_destination() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        assert!(matches!(original_dst(&a), Err(OriginalDstError::NotInet)));
+    }
+}

@@ -34,6 +34,12 @@ pub async fn http_echo() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind echo app");
+    http_echo_on(listener)
+}
+
+/// [`http_echo`] on a listener the caller bound (for example in a network
+/// namespace); returns its address.
+pub fn http_echo_on(listener: TcpListener) -> SocketAddr {
     let addr = listener.local_addr().expect("local addr");
     tokio::spawn(async move {
         loop {

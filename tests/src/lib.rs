@@ -6,8 +6,11 @@
 //! - [`mesh`]: proxies started in process on 127.0.0.1 and wired as pairs.
 //! - [`netns`]: pods made of network namespaces on a bridge, for the
 //!   transparent-interception tests (`tests/netns_intercept.rs`, root only).
+//! - [`pods`]: meshed pods in those namespaces: `weft-init` plus a real
+//!   `weft-proxy` as uid 2510 (`tests/netns_mesh.rs`, root only).
 
 pub mod apps;
 pub mod mesh;
 pub mod netns;
 pub mod pki;
+pub mod pods;

@@ -105,6 +105,19 @@ impl Net {
         Ok(net)
     }
 
+    /// The prefix of every namespace name of this net (unique per test).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// A command that runs `program` in the bridge namespace, as root (for
+    /// example `tcpdump -i br0` to capture what crosses the bridge).
+    pub fn bridge_command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.bridge_ns]).arg(program);
+        cmd
+    }
+
     /// Creates a pod: a namespace with loopback up and `eth0` on the bridge,
     /// addressed with the next free 198.18.0.x/15.
     pub fn pod(&self, name: &str) -> anyhow::Result<Pod> {

@@ -361,6 +361,20 @@ fn original_destination_is_recovered_for_ipv4_and_ipv6() {
     }
     let net = Net::new("sockopt").unwrap();
     let pod = net.pod("a").unwrap();
+    // Before any rule, connections are not tracked at all.
+    let untracked = pod
+        .enter(|| {
+            let listener = TcpListener::bind("127.0.0.1:7001").expect("bind");
+            let _client = TcpStream::connect("127.0.0.1:7001").expect("connect");
+            let (accepted, _) = listener.accept().expect("accept");
+            original_dst(&accepted).map_err(|e| e.to_string())
+        })
+        .unwrap();
+    assert_eq!(
+        untracked,
+        Err(OriginalDstError::NoConntrackRecord.to_string())
+    );
+
     for (bin, dst, from, to) in [
         ("iptables-nft", "127.0.0.1", "7000", "7001"),
         ("ip6tables-nft", "::1", "7000", "7001"),

@@ -6,11 +6,16 @@
 //! mTLS: HTTP multiplexed on one HTTP/2 connection per peer ([`pool`]), opaque
 //! TCP and connection upgrades on their own connection. Routes, timeouts,
 //! retries and circuit breaking slot in around [`http::forward`].
+//!
+//! In a pod, the [`transparent`] listener takes the app's redirected TCP,
+//! finds its original destination, and serves it the same way when it is
+//! meshed, or passes it through untouched when it is not.
 
 pub mod balance;
 pub mod http;
 pub mod pool;
 mod tcp;
+pub mod transparent;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
