@@ -414,7 +414,8 @@ async fn to_app_http2(
             let tcp = connect_tcp(app).await.map_err(|e| err(e.into()))?;
             pool::handshake(tcp).await.map_err(|e| err(e.into()))
         })
-        .await?;
+        .await?
+        .tx;
     let rsp = tx
         .send_request(req.map(incoming))
         .await

@@ -164,16 +164,24 @@ pub async fn forward(
     let mut attempts = 0;
     let rsp = loop {
         attempts += 1;
-        let mut tx = peer_connection(outbound, endpoint).await?;
+        let conn = peer_connection(outbound, endpoint).await?;
+        let mut tx = conn.tx.clone();
         match tx.try_send_request(req).await {
             Ok(rsp) => break rsp,
-            // The connection closed before the request was written: it is safe
-            // to send it once more on a fresh connection.
-            Err(mut e) if attempts == 1 => match e.take_message() {
-                Some(unsent) => req = unsent,
-                None => return Err(ForwardError::peer(endpoint, e.into_error(), false)),
-            },
-            Err(e) => return Err(ForwardError::peer(endpoint, e.into_error(), false)),
+            Err(mut e) => {
+                if let Some(alert) = conn.tls_failure(TLS_FAILURE_WAIT).await {
+                    return Err(ForwardError::PeerTls {
+                        peer: endpoint.addr.to_string(),
+                        alert,
+                    });
+                }
+                // The connection closed before the request was written: it is
+                // safe to send it once more on a fresh connection.
+                match e.take_message() {
+                    Some(unsent) if attempts == 1 => req = unsent,
+                    _ => return Err(ForwardError::peer(endpoint, e.into_error(), false)),
+                }
+            }
         }
     };
     let (mut parts, body) = rsp.into_parts();
@@ -183,10 +191,13 @@ pub async fn forward(
     Ok(Response::from_parts(parts, incoming(body)))
 }
 
+/// How long a failed request waits for its connection to report a TLS cause.
+const TLS_FAILURE_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
+
 async fn peer_connection(
     outbound: &Outbound,
     endpoint: &Endpoint,
-) -> Result<hyper::client::conn::http2::SendRequest<Body>, ForwardError> {
+) -> Result<pool::Conn, ForwardError> {
     outbound
         .pool
         .get(endpoint, || async {

@@ -9,10 +9,33 @@ use std::time::Duration;
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
 
 use crate::http::Body;
 
-type Slot = Arc<tokio::sync::Mutex<Option<http2::SendRequest<Body>>>>;
+type Slot = Arc<tokio::sync::Mutex<Option<Conn>>>;
+
+/// A pooled HTTP/2 connection, and how it ended if it failed at the TLS layer.
+#[derive(Clone, Debug)]
+pub struct Conn {
+    pub tx: http2::SendRequest<Body>,
+    tls_failure: watch::Receiver<Option<String>>,
+}
+
+impl Conn {
+    /// The TLS failure that ended this connection, waiting up to `wait` for
+    /// the connection's driver to report it. With TLS 1.3 a server that
+    /// refuses the client certificate says so only after the client finished
+    /// its handshake, so a request can fail before the cause is known.
+    pub async fn tls_failure(&self, wait: Duration) -> Option<String> {
+        let mut rx = self.tls_failure.clone();
+        let seen = tokio::time::timeout(wait, rx.wait_for(Option::is_some)).await;
+        match seen {
+            Ok(Ok(cause)) => cause.clone(),
+            _ => None,
+        }
+    }
+}
 
 /// A cache of HTTP/2 connections keyed by peer. Concurrent requests to a peer
 /// with no connection wait for a single connection attempt.
@@ -31,10 +54,10 @@ impl<K> Default for H2Pool<K> {
 
 impl<K: Hash + Eq + Clone> H2Pool<K> {
     /// The open connection to `key`, or a new one made by `connect`.
-    pub async fn get<F, Fut, E>(&self, key: &K, connect: F) -> Result<http2::SendRequest<Body>, E>
+    pub async fn get<F, Fut, E>(&self, key: &K, connect: F) -> Result<Conn, E>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<http2::SendRequest<Body>, E>>,
+        Fut: Future<Output = Result<Conn, E>>,
     {
         let slot = {
             let mut slots = self
@@ -44,19 +67,19 @@ impl<K: Hash + Eq + Clone> H2Pool<K> {
             slots.entry(key.clone()).or_default().clone()
         };
         let mut current = slot.lock().await;
-        if let Some(tx) = current.as_ref()
-            && !tx.is_closed()
+        if let Some(conn) = current.as_ref()
+            && !conn.tx.is_closed()
         {
-            return Ok(tx.clone());
+            return Ok(conn.clone());
         }
-        let tx = connect().await?;
-        *current = Some(tx.clone());
-        Ok(tx)
+        let conn = connect().await?;
+        *current = Some(conn.clone());
+        Ok(conn)
     }
 }
 
 /// Starts an HTTP/2 client connection on `io` and drives it in the background.
-pub async fn handshake<I>(io: I) -> Result<http2::SendRequest<Body>, hyper::Error>
+pub async fn handshake<I>(io: I) -> Result<Conn, hyper::Error>
 where
     I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
@@ -69,10 +92,14 @@ where
         .keep_alive_timeout(Duration::from_secs(5))
         .handshake(TokioIo::new(io))
         .await?;
+    let (failed, tls_failure) = watch::channel(None);
     tokio::spawn(async move {
         if let Err(error) = conn.await {
             tracing::debug!(%error, "HTTP/2 client connection closed with an error");
+            if let Some(cause) = crate::transport::tls_cause(&error) {
+                failed.send_replace(Some(cause));
+            }
         }
     });
-    Ok(tx)
+    Ok(Conn { tx, tls_failure })
 }
