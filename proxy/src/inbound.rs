@@ -164,15 +164,19 @@ async fn handle_connection(
             return;
         }
     }
-    let accepted =
-        tokio::time::timeout(HANDSHAKE_TIMEOUT, inbound.acceptor.accept(detection.io)).await;
+    let accepted = tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        inbound.acceptor.accept(detection.io).into_fallible(),
+    )
+    .await;
     let tls = match accepted {
         Ok(Ok(tls)) => tls,
-        Ok(Err(error)) => {
+        Ok(Err((error, io))) => {
             inbound
                 .metrics
                 .handshake_failed(Direction::Inbound, "tls-failure");
             tracing::warn!(%client, %error, "refused a mesh client: TLS handshake failed");
+            linger(io).await;
             return;
         }
         Err(_) => {
@@ -263,6 +267,25 @@ fn original_app_addr(tcp: &TcpStream, own_ports: &[u16]) -> Result<SocketAddr, &
         Ipv6Addr::LOCALHOST.into()
     };
     Ok(SocketAddr::new(loopback, orig.port()))
+}
+
+/// Closes a refused connection gracefully: FIN after the TLS alert, then the
+/// client's bytes in flight are read and dropped for up to a second. Closing
+/// with unread data would send a reset, which can destroy the alert before
+/// the client reads it (with TLS 1.3 a client whose certificate is refused has
+/// already sent its first request), leaving it to guess why.
+async fn linger<I: AsyncRead + AsyncWrite + Unpin>(mut io: I) {
+    use tokio::io::AsyncReadExt;
+    let _ = io.shutdown().await;
+    let mut buf = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while let Ok(n) = io.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// Answers a plaintext HTTP/1 client with a 403 naming the cause, then closes.

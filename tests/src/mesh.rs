@@ -113,3 +113,22 @@ pub fn sample(metrics: &str, prefix: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }
+
+/// Waits up to two seconds for a proxy's sample `prefix` to reach `want`
+/// (the proxy records some outcomes just after the peer has seen them), and
+/// returns the metrics text as last seen.
+pub async fn metrics_reaching(
+    proxy: &ProxyHandle,
+    prefix: &str,
+    want: f64,
+) -> (Option<f64>, String) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        let text = metrics(proxy).await;
+        let value = sample(&text, prefix);
+        if value == Some(want) || tokio::time::Instant::now() > deadline {
+            return (value, text);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -19,7 +19,7 @@ use weft_api::consts::PROXY_ERROR_HEADER;
 use weft_api::tls::{MeshTls, crypto_provider};
 use weft_proxy::ProxyHandle;
 use weft_tests::apps;
-use weft_tests::mesh::{CLIENT_ID, SERVER_ID, client_proxy, metrics, sample, server_proxy};
+use weft_tests::mesh::{CLIENT_ID, SERVER_ID, client_proxy, metrics_reaching, server_proxy};
 use weft_tests::pki::{LeafSpec, TestCa};
 
 struct Answer {
@@ -115,15 +115,13 @@ async fn client_certificate_from_another_ca_is_refused() {
         "{}",
         answer.body
     );
-    let m = metrics(&server).await;
-    assert_eq!(
-        sample(
-            &m,
-            "weft_tls_handshake_errors_total{direction=\"inbound\",reason=\"tls-failure\"}"
-        ),
-        Some(1.0),
-        "{m}"
-    );
+    let (value, m) = metrics_reaching(
+        &server,
+        "weft_tls_handshake_errors_total{direction=\"inbound\",reason=\"tls-failure\"}",
+        1.0,
+    )
+    .await;
+    assert_eq!(value, Some(1.0), "{m}");
     still_serves(&ca, &server).await;
 }
 
@@ -152,15 +150,13 @@ async fn plaintext_clients_are_refused_on_the_inbound_port() {
     tcp.read_to_end(&mut rest).await.unwrap();
     assert!(rest.is_empty());
 
-    let m = metrics(&server).await;
-    assert_eq!(
-        sample(
-            &m,
-            "weft_inbound_refused_total{direction=\"inbound\",reason=\"mesh-identity-required\"}"
-        ),
-        Some(2.0),
-        "{m}"
-    );
+    let (value, m) = metrics_reaching(
+        &server,
+        "weft_inbound_refused_total{direction=\"inbound\",reason=\"mesh-identity-required\"}",
+        2.0,
+    )
+    .await;
+    assert_eq!(value, Some(2.0), "{m}");
     still_serves(&ca, &server).await;
 }
 
@@ -284,15 +280,13 @@ async fn certificates_without_a_uri_san_are_refused_on_both_sides() {
         Ok(n) => panic!("server answered {n} bytes to a client without identity"),
     };
     assert!(refused.to_lowercase().contains("alert"), "{refused}");
-    let m = metrics(&server).await;
-    assert_eq!(
-        sample(
-            &m,
-            "weft_tls_handshake_errors_total{direction=\"inbound\",reason=\"tls-failure\"}"
-        ),
-        Some(1.0),
-        "{m}"
-    );
+    let (value, m) = metrics_reaching(
+        &server,
+        "weft_tls_handshake_errors_total{direction=\"inbound\",reason=\"tls-failure\"}",
+        1.0,
+    )
+    .await;
+    assert_eq!(value, Some(1.0), "{m}");
     still_serves(&ca, &server).await;
 }
 
