@@ -4,10 +4,15 @@
 //! - [`apps`]: real servers standing in for apps (HTTP/1.1 + HTTP/2 echo with
 //!   upgrades, TCP echo, a tonic gRPC bidirectional stream).
 //! - [`mesh`]: proxies started in process on 127.0.0.1 and wired as pairs.
+//! - [`control`]: a local controller in process, and proxy pairs certified
+//!   by it (`weft_proxy::identity`), for the identity tests.
+//! - [`load`]: continuous HTTP traffic that counts every request.
 //! - [`netns`]: pods made of network namespaces on a bridge, for the
 //!   transparent-interception tests (`tests/netns_intercept.rs`, root only).
 
 pub mod apps;
+pub mod control;
+pub mod load;
 pub mod mesh;
 pub mod netns;
 pub mod pki;
