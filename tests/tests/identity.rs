@@ -78,8 +78,13 @@ async fn short_lived_certificates_renew_under_traffic_without_failed_requests() 
     for (side, n) in ["client", "server"].iter().zip(&renewals) {
         assert!(*n >= 5.0, "the {side} proxy renewed {n} times in 60 s");
     }
-    let valid = pair.client.not_after().unwrap();
+    let valid = pair.server.not_after().unwrap();
     assert!(valid > SystemTime::now() && valid < SystemTime::now() + Duration::from_secs(11));
+    // The server proxy's first certificate expired 50 s ago: a new client's
+    // handshake succeeds only with the renewed one it serves now.
+    let fresh = through_a_new_client(&control, &pair).await;
+    eprintln!("{} requests through a new client, all 200", fresh.sent);
+    assert_all_ok("a new client after the renewals", &fresh);
     pair.shutdown().await;
 }
 
@@ -283,16 +288,33 @@ async fn trust_anchor_rotation_under_traffic_fails_no_request() {
 
     // A new client proxy that knows only the new root: a new handshake with the
     // server proxy in both directions.
-    let fresh_tls = anchors_tls(&pair.anchors_file);
+    let fresh = through_a_new_client(&control, &pair).await;
+    assert_all_ok("a new client with the new root only", &fresh);
+    eprintln!(
+        "rotation: {} requests through the pair, {} through a new client, all 200; {:?}",
+        tally.sent,
+        fresh.sent,
+        started.elapsed()
+    );
+    pair.shutdown().await;
+}
+
+/// Starts a new client proxy (certified by the controller, trusting the
+/// anchors in the pair's file) and sends 2 s of traffic through it to the
+/// pair's server proxy: a new handshake with the certificate the server
+/// proxy holds now.
+async fn through_a_new_client(control: &TestControl, pair: &IdentityPair) -> Tally {
+    let tls = anchors_tls(&pair.anchors_file);
     let client_id: Identity = CLIENT_ID.parse().unwrap();
-    let fresh_run = tokio::spawn(weft_proxy::identity::run(
+    let stop = tokio_util::sync::CancellationToken::new();
+    let run = tokio::spawn(weft_proxy::identity::run(
         control.certify_config(&client_id),
-        fresh_tls.clone(),
+        tls.clone(),
         std::sync::Arc::new(weft_proxy::metrics::Metrics::new()),
-        pair.stop.clone(),
+        stop.clone(),
     ));
-    let fresh = client_proxy(
-        fresh_tls.clone(),
+    let client = client_proxy(
+        tls.clone(),
         "checkout",
         pair.server.proxy.inbound_addr,
         SERVER_ID,
@@ -302,22 +324,16 @@ async fn trust_anchor_rotation_under_traffic_fails_no_request() {
     wait_for(
         "the new client is certified",
         Duration::from_secs(20),
-        async || fresh_tls.credentials().is_some(),
+        async || tls.credentials().is_some(),
     )
     .await;
-    let fresh_load = Load::start(fresh.upstream_addr("checkout").unwrap());
+    let load = Load::start(client.upstream_addr("checkout").unwrap());
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let fresh_tally = fresh_load.finish().await;
-    assert_all_ok("a new client with the new root only", &fresh_tally);
-    eprintln!(
-        "rotation: {} requests through the pair, {} through a new client, all 200; {:?}",
-        tally.sent,
-        fresh_tally.sent,
-        started.elapsed()
-    );
-    fresh.shutdown(Duration::from_secs(1)).await;
-    pair.shutdown().await;
-    fresh_run.await.unwrap();
+    let tally = load.finish().await;
+    stop.cancel();
+    run.await.unwrap();
+    client.shutdown(Duration::from_secs(1)).await;
+    tally
 }
 
 /// The `openat` and other file calls in an strace log that create or write
