@@ -4,12 +4,17 @@
 //! - [`apps`]: real servers standing in for apps (HTTP/1.1 + HTTP/2 echo with
 //!   upgrades, TCP echo, a tonic gRPC bidirectional stream).
 //! - [`mesh`]: proxies started in process on 127.0.0.1 and wired as pairs.
+//! - [`control`]: a local controller in process, and proxy pairs certified
+//!   by it (`weft_proxy::identity`), for the identity tests.
+//! - [`load`]: continuous HTTP traffic that counts every request.
 //! - [`netns`]: pods made of network namespaces on a bridge, for the
 //!   transparent-interception tests (`tests/netns_intercept.rs`, root only).
 //! - [`pods`]: meshed pods in those namespaces: `weft-init` plus a real
 //!   `weft-proxy` as uid 2510 (`tests/netns_mesh.rs`, root only).
 
 pub mod apps;
+pub mod control;
+pub mod load;
 pub mod mesh;
 pub mod netns;
 pub mod pki;
