@@ -1,7 +1,6 @@
 //! The admin server: `/live`, `/ready`, `/metrics` and `POST /shutdown`.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
@@ -31,21 +30,11 @@ pub async fn serve(
     stop: CancellationToken,
     tracker: TaskTracker,
 ) {
-    loop {
-        let (tcp, _) = tokio::select! {
-            _ = stop.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(error) => {
-                    tracing::warn!(%error, "admin listener failed to accept");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    let shutdown = stop.clone();
+    crate::transport::accept_loop(listener, "admin", shutdown, tracker, move |tcp, _| {
         let admin = admin.clone();
         let stop = stop.clone();
-        tracker.spawn(async move {
+        async move {
             let svc = service_fn(move |req| {
                 let admin = admin.clone();
                 async move { Ok::<_, std::convert::Infallible>(route(&admin, req)) }
@@ -53,8 +42,9 @@ pub async fn serve(
             if let Err(error) = serve_http1(tcp, svc, &stop).await {
                 tracing::debug!(%error, "admin connection closed with an error");
             }
-        });
-    }
+        }
+    })
+    .await;
 }
 
 fn text(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<Body> {

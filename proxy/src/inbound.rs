@@ -94,24 +94,15 @@ pub async fn serve(
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
-    loop {
-        let (tcp, client) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(error) => {
-                    tracing::warn!(%error, "inbound listener failed to accept");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let inbound = inbound.clone();
-        let shutdown = shutdown.clone();
-        tracker.spawn(async move {
-            handle_connection(inbound, tcp, client, shutdown).await;
-        });
-    }
+    let stop = shutdown.clone();
+    crate::transport::accept_loop(
+        listener,
+        "inbound",
+        shutdown,
+        tracker,
+        move |tcp, client| handle_connection(inbound.clone(), tcp, client, stop.clone()),
+    )
+    .await;
 }
 
 async fn handle_connection(

@@ -67,26 +67,23 @@ pub async fn serve_upstream(
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
-    loop {
-        let (tcp, client) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(error) => {
-                    // Out of file descriptors and similar: back off, keep serving.
-                    tracing::warn!(%error, "upstream listener failed to accept");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let target = target.borrow().clone();
-        let outbound = outbound.clone();
-        let shutdown = shutdown.clone();
-        tracker.spawn(async move {
-            handle_connection(outbound, target, tcp, client, shutdown).await;
-        });
-    }
+    let stop = shutdown.clone();
+    crate::transport::accept_loop(
+        listener,
+        "upstream",
+        shutdown,
+        tracker,
+        move |tcp, client| {
+            handle_connection(
+                outbound.clone(),
+                target.borrow().clone(),
+                tcp,
+                client,
+                stop.clone(),
+            )
+        },
+    )
+    .await;
 }
 
 async fn handle_connection(

@@ -8,7 +8,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -30,26 +29,23 @@ pub async fn serve(
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
-    loop {
-        let (tcp, client) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(error) => {
-                    tracing::warn!(%error, "transparent outbound listener failed to accept");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let outbound = outbound.clone();
-        let config = config.clone();
-        let own_ports = own_ports.clone();
-        let shutdown = shutdown.clone();
-        tracker.spawn(async move {
-            handle(outbound, &config, &own_ports, tcp, client, shutdown).await;
-        });
-    }
+    let stop = shutdown.clone();
+    crate::transport::accept_loop(
+        listener,
+        "transparent outbound",
+        shutdown,
+        tracker,
+        move |tcp, client| {
+            let (outbound, config, own_ports, stop) = (
+                outbound.clone(),
+                config.clone(),
+                own_ports.clone(),
+                stop.clone(),
+            );
+            async move { handle(outbound, &config, &own_ports, tcp, client, stop).await }
+        },
+    )
+    .await;
 }
 
 /// Where a redirected connection goes.
