@@ -46,7 +46,7 @@ pub enum ControlError {
     )]
     Unavailable {
         addr: String,
-        expected: Identity,
+        expected: Box<Identity>,
         code: tonic::Code,
         message: String,
     },
@@ -144,7 +144,7 @@ impl ControlClient {
         let message = describe(status);
         ControlError::Unavailable {
             addr: self.addr.clone(),
-            expected: self.expected.clone(),
+            expected: Box::new(self.expected.clone()),
             code: status.code(),
             message,
         }

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 /// The trust domain used when none is configured.
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
@@ -18,6 +19,8 @@ pub struct Identity {
     trust_domain: String,
     namespace: String,
     service_account: String,
+    /// The URI form, made once: metrics label every request with it.
+    uri: Arc<str>,
 }
 
 /// Why a string is not a weft identity. Each variant names the part that is wrong.
@@ -76,11 +79,28 @@ impl Identity {
             value: service_account.to_owned(),
             reason,
         })?;
-        Ok(Self {
+        Ok(Self::from_valid_parts(
+            trust_domain,
+            namespace,
+            service_account,
+        ))
+    }
+
+    fn from_valid_parts(trust_domain: &str, namespace: &str, service_account: &str) -> Self {
+        Self {
             trust_domain: trust_domain.to_owned(),
             namespace: namespace.to_owned(),
             service_account: service_account.to_owned(),
-        })
+            uri: Arc::from(format!(
+                "{SCHEME}{trust_domain}/ns/{namespace}/sa/{service_account}"
+            )),
+        }
+    }
+
+    /// The identity as a URI, `spiffe://<td>/ns/<ns>/sa/<sa>`, shared: cloning
+    /// it costs a reference count, not an allocation.
+    pub fn uri(&self) -> Arc<str> {
+        self.uri.clone()
     }
 
     pub fn trust_domain(&self) -> &str {
@@ -134,21 +154,17 @@ impl FromStr for Identity {
             value: service_account.to_owned(),
             reason,
         })?;
-        Ok(Self {
-            trust_domain: trust_domain.to_owned(),
-            namespace: namespace.to_owned(),
-            service_account: service_account.to_owned(),
-        })
+        Ok(Self::from_valid_parts(
+            trust_domain,
+            namespace,
+            service_account,
+        ))
     }
 }
 
 impl fmt::Display for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{SCHEME}{}/ns/{}/sa/{}",
-            self.trust_domain, self.namespace, self.service_account
-        )
+        f.write_str(&self.uri)
     }
 }
 

@@ -1,7 +1,6 @@
 //! One outbound HTTP request: choose an endpoint, send it over mesh mTLS, and
 //! record it.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use http::header::{self, HeaderValue};
@@ -108,7 +107,7 @@ pub async fn handle(
             direction: Direction::Outbound,
             status_code: rsp.status().as_u16(),
             tls: true,
-            peer_identity: Arc::from(endpoint.identity.to_string()),
+            peer_identity: endpoint.identity.uri(),
         },
         start.elapsed(),
     );
