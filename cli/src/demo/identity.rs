@@ -16,7 +16,7 @@ use weft_controller::bootstrap::BootstrapTokens;
 use weft_controller::controller::{Controller, Settings};
 
 use super::DemoArgs;
-use super::topology::{Workload, free_addr};
+use super::topology::Workload;
 
 /// The trust domain of the demo's identities.
 pub const TRUST_DOMAIN: &str = weft_api::identity::DEFAULT_TRUST_DOMAIN;
@@ -73,8 +73,10 @@ pub async fn start_controller(args: &DemoArgs, state_dir: &Path) -> anyhow::Resu
         generate_issuer: true,
         issuer_poll: Duration::from_secs(5),
         cert_lifetime: args.cert_ttl.unwrap_or(DEFAULT_CERT_TTL),
-        grpc_addr: free_addr()?,
-        admin_addr: free_addr()?,
+        // Port 0: the controller binds before the workloads' ports are
+        // chosen and reports what it got.
+        grpc_addr: ([127, 0, 0, 1], 0).into(),
+        admin_addr: ([127, 0, 0, 1], 0).into(),
         audit_path: state_dir.join("audit.log"),
     };
     let verifier = Arc::new(BootstrapTokens::new(state_dir));

@@ -23,6 +23,23 @@ use crate::output::OutputFormat;
 
 /// How long the sidecars may take to get their first certificate.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the demo starts the mesh on new ports when another program took
+/// one of them first.
+const START_ATTEMPTS: u32 = 3;
+
+/// A child could not bind the port the demo chose for it.
+#[derive(Debug)]
+struct PortTaken {
+    child: String,
+}
+
+impl std::fmt::Display for PortTaken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} found its port taken by another program", self.child)
+    }
+}
+
+impl std::error::Error for PortTaken {}
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let mode = match args.output {
@@ -53,17 +70,33 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         }
         on_signal.cancel();
     });
-    let result = run_mesh(
-        &args,
-        mode,
-        &state_dir,
-        &run_dir,
-        &exe,
-        &mut children,
-        &interrupt,
-    )
-    .await;
-    children.stop_all(Duration::from_secs(5)).await;
+    let mut attempt = 1;
+    let result = loop {
+        let result = run_mesh(
+            &args,
+            mode,
+            &state_dir,
+            &run_dir,
+            &exe,
+            &mut children,
+            &interrupt,
+        )
+        .await;
+        children.stop_all(Duration::from_secs(5)).await;
+        match result {
+            // Another program took a port between the demo choosing it and
+            // the child binding it: start again on fresh ports.
+            Err(error) if attempt < START_ATTEMPTS && error.is::<PortTaken>() => {
+                attempt += 1;
+                if mode != Mode::Json {
+                    view::out(&format!(
+                        "weft demo: {error:#}; starting again on new ports\n"
+                    ));
+                }
+            }
+            result => break result,
+        }
+    };
     if mode != Mode::Json {
         view::out(&format!(
             "stopped every demo process; logs are in {}\n",
@@ -83,7 +116,8 @@ async fn run_mesh(
     interrupt: &CancellationToken,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
-    let workloads = topology::workloads(identity::TRUST_DOMAIN)?;
+    let mut ports = topology::Ports::default();
+    let workloads = topology::workloads(identity::TRUST_DOMAIN, &mut ports)?;
     if mode != Mode::Json {
         view::out(&format!(
             "weft demo: starting a local controller and {} workloads (state in {})\n",
@@ -96,7 +130,8 @@ async fn run_mesh(
     let mesh = identity::start_controller(args, state_dir).await?;
     let proof = identity::bootstrap(&mesh, &workloads, run_dir)?;
 
-    // The apps, then their sidecars.
+    // The apps, then their sidecars, on the ports held until now.
+    drop(ports);
     for w in &workloads {
         if let Some(app) = w.app {
             let mut app_args = vec![
@@ -154,7 +189,7 @@ async fn run_mesh(
     let stop = CancellationToken::new();
     let load = tokio::spawn(loadgen::run(entry, args.rate, counts.clone(), stop.clone()));
 
-    let outcome = live_view(args, mode, watched, children, started, interrupt).await;
+    let outcome = live_view(args, mode, watched, children, run_dir, started, interrupt).await;
     stop.cancel();
     let _ = load.await;
     let (last, reason) = outcome?;
@@ -199,9 +234,15 @@ async fn wait_ready(
                 return Ok(false);
             }
             if let Some((name, status)) = children.exited() {
+                let log = run_dir.join(format!("{name}.log"));
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                if text.contains("Address already in use") {
+                    return Err(PortTaken { child: name }.into());
+                }
                 anyhow::bail!(
-                    "{name} exited ({status}) while the mesh was starting; see {}",
-                    run_dir.join(format!("{name}.log")).display()
+                    "{name} exited ({status}) while the mesh was starting; the end of {}:\n{}",
+                    log.display(),
+                    log_tail(&log, 10)
                 );
             }
             let ready = tokio::time::timeout(Duration::from_secs(1), client.get(uri.clone()))
@@ -224,6 +265,22 @@ async fn wait_ready(
         }
     }
     Ok(true)
+}
+
+/// The last `lines` lines of a child's log, indented, for an error message.
+fn log_tail(path: &Path, lines: usize) -> String {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let all: Vec<&str> = text.lines().collect();
+            let start = all.len().saturating_sub(lines);
+            all[start..]
+                .iter()
+                .map(|l| format!("    {l}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        }
+        Err(error) => format!("    (cannot read it: {error})"),
+    }
 }
 
 fn intro(
@@ -285,6 +342,7 @@ async fn live_view(
     mode: Mode,
     watched: Vec<Watched>,
     children: &mut Children,
+    run_dir: &Path,
     started: Instant,
     interrupt: &CancellationToken,
 ) -> anyhow::Result<(Tick, StopReason)> {
@@ -308,7 +366,12 @@ async fn live_view(
             _ = sleep_until(deadline) => Some(StopReason::Duration),
         };
         if let Some((name, status)) = children.exited() {
-            anyhow::bail!("{name} exited unexpectedly ({status}); the demo stops");
+            let log = run_dir.join(format!("{name}.log"));
+            anyhow::bail!(
+                "{name} exited unexpectedly ({status}); the demo stops. The end of {}:\n{}",
+                log.display(),
+                log_tail(&log, 10)
+            );
         }
         let scrapes =
             futures::future::join_all(stats.watched().iter().map(|w| scraper.scrape(w.admin)))

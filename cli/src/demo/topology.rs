@@ -33,14 +33,29 @@ const SERVICES: &[(&str, usize, &[&str])] = &[
     ("inventory", 1, &[]),
 ];
 
-/// A free port on 127.0.0.1. Bound and released: another process could take
-/// it in between, which the caller reports as a bind error naming the port.
-pub fn free_addr() -> std::io::Result<SocketAddr> {
-    TcpListener::bind("127.0.0.1:0")?.local_addr()
+/// Free ports on 127.0.0.1, each held by a listener until the pool is
+/// dropped, so that no two parts of the demo are given the same port. The
+/// ports are released just before the processes that bind them start; another
+/// program could take one in between, which that process reports as a bind
+/// error naming the port.
+#[derive(Default)]
+pub struct Ports {
+    held: Vec<TcpListener>,
 }
 
-/// Builds the workloads with fresh ports.
-pub fn workloads(trust_domain: &str) -> anyhow::Result<Vec<Workload>> {
+impl Ports {
+    /// A port no other address of this pool has.
+    pub fn take(&mut self) -> std::io::Result<SocketAddr> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        self.held.push(listener);
+        Ok(addr)
+    }
+}
+
+/// Builds the workloads with fresh ports, which `ports` holds until it is
+/// dropped.
+pub fn workloads(trust_domain: &str, ports: &mut Ports) -> anyhow::Result<Vec<Workload>> {
     let mut out = Vec::new();
     for &(service, replicas, upstreams) in SERVICES {
         let identity = Identity::new(trust_domain, NAMESPACE, service)?;
@@ -52,13 +67,13 @@ pub fn workloads(trust_domain: &str) -> anyhow::Result<Vec<Workload>> {
                 app: if service == "loadgen" {
                     None
                 } else {
-                    Some(free_addr()?)
+                    Some(ports.take()?)
                 },
-                inbound: free_addr()?,
-                admin: free_addr()?,
+                inbound: ports.take()?,
+                admin: ports.take()?,
                 upstreams: upstreams
                     .iter()
-                    .map(|u| Ok((*u, free_addr()?)))
+                    .map(|u| Ok((*u, ports.take()?)))
                     .collect::<std::io::Result<_>>()?,
             });
         }
@@ -90,8 +105,22 @@ mod tests {
 
     #[test]
     fn web_reaches_both_checkout_replicas() {
-        let all = workloads("cluster.local").unwrap();
+        let mut ports = Ports::default();
+        let all = workloads("cluster.local", &mut ports).unwrap();
         assert_eq!(all.len(), 5);
+        let mut seen: Vec<SocketAddr> = all
+            .iter()
+            .flat_map(|w| {
+                w.app
+                    .into_iter()
+                    .chain([w.inbound, w.admin])
+                    .chain(w.upstreams.iter().map(|(_, a)| *a))
+            })
+            .collect();
+        let n = seen.len();
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), n, "every part of the demo has its own port");
         let web = all.iter().find(|w| w.service == "web").unwrap();
         let env = upstreams_env(web, &all);
         let checkout: Vec<&Workload> = all.iter().filter(|w| w.service == "checkout").collect();
