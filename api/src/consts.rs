@@ -96,6 +96,11 @@ pub mod env {
     pub const DETECT_TIMEOUT: &str = "WEFT_PROXY_DETECT_TIMEOUT";
     /// Seconds in-flight work may take to drain at shutdown. Default 30.
     pub const SHUTDOWN_GRACE: &str = "WEFT_PROXY_SHUTDOWN_GRACE";
+    /// Threads that run the proxy's work. Default 1: one thread runs every
+    /// connection, with no hand-offs between threads (the lowest latency and CPU
+    /// per request for a sidecar); more for pods whose traffic needs more than
+    /// one core.
+    pub const WORKER_THREADS: &str = "WEFT_PROXY_WORKER_THREADS";
     /// Log filter, in `tracing_subscriber::EnvFilter` syntax. Default `info`.
     pub const LOG: &str = "WEFT_PROXY_LOG";
     /// Log format: `plain` or `json`. Default `plain`.

@@ -27,6 +27,8 @@ pub struct Config {
     pub log: String,
     /// Log format (`WEFT_PROXY_LOG_FORMAT`, default plain).
     pub log_json: bool,
+    /// Threads of the async runtime (`WEFT_PROXY_WORKER_THREADS`, default 1).
+    pub worker_threads: usize,
 }
 
 /// Where the workload certificate comes from.
@@ -250,6 +252,20 @@ impl Config {
                 false
             }
         };
+        let worker_threads = match p.get(env::WORKER_THREADS) {
+            None => 1,
+            Some(v) => match v.parse::<usize>() {
+                Ok(n) if (1..=MAX_WORKER_THREADS).contains(&n) => n,
+                _ => {
+                    let v = v.to_owned();
+                    p.error(
+                        env::WORKER_THREADS,
+                        format!("{v:?} is not a thread count; use a number from 1 to {MAX_WORKER_THREADS}"),
+                    );
+                    1
+                }
+            },
+        };
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
@@ -264,9 +280,13 @@ impl Config {
             trust_anchors_reload,
             log,
             log_json,
+            worker_threads,
         })
     }
 }
+
+/// More threads than this is a typo, not a sidecar.
+const MAX_WORKER_THREADS: usize = 256;
 
 struct Parser<'a> {
     vars: &'a HashMap<String, String>,
@@ -606,6 +626,7 @@ mod tests {
                 "a,127.0.0.1:1,127.0.0.1:2,spiffe://x/ns/Bad/sa/b b,1",
             ),
             (env::LOG_FORMAT, "xml"),
+            (env::WORKER_THREADS, "0"),
         ]);
         let errs = Config::from_env(&v).unwrap_err();
         let text = errs.to_string();
@@ -615,12 +636,13 @@ mod tests {
             "invalid namespace",
             "has 2 fields",
             env::LOG_FORMAT,
+            "WEFT_PROXY_WORKER_THREADS: \"0\" is not a thread count; use a number from 1 to 256",
             env::CERT_FILE,
             env::KEY_FILE,
             env::TRUST_ANCHORS_FILE,
         ] {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");
         }
-        assert_eq!(errs.0.len(), 8, "{text}");
+        assert_eq!(errs.0.len(), 9, "{text}");
     }
 }
