@@ -13,7 +13,30 @@ use tokio::sync::watch;
 
 use crate::http::Body;
 
-type Slot = Arc<tokio::sync::Mutex<Option<Conn>>>;
+/// One peer's entry in the pool.
+#[derive(Debug, Default)]
+struct Slot {
+    /// The connection every request to the peer shares, once it is open.
+    conn: Mutex<Option<Conn>>,
+    /// Held while a connection is being made, so that concurrent requests
+    /// wait for one attempt instead of each making their own.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+impl Slot {
+    fn open(&self) -> Option<Conn> {
+        lock(&self.conn)
+            .as_ref()
+            .filter(|c| !c.tx.is_closed())
+            .cloned()
+    }
+}
+
+/// A poisoned lock only means another request panicked while holding it; the
+/// pool's state is a plain value that is valid at every point.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// A pooled HTTP/2 connection, and how it ended if it failed at the TLS layer.
 #[derive(Clone, Debug)]
@@ -41,7 +64,7 @@ impl Conn {
 /// with no connection wait for a single connection attempt.
 #[derive(Debug)]
 pub struct H2Pool<K> {
-    slots: Mutex<HashMap<K, Slot>>,
+    slots: Mutex<HashMap<K, Arc<Slot>>>,
 }
 
 impl<K> Default for H2Pool<K> {
@@ -54,26 +77,34 @@ impl<K> Default for H2Pool<K> {
 
 impl<K: Hash + Eq + Clone> H2Pool<K> {
     /// The open connection to `key`, or a new one made by `connect`.
+    ///
+    /// The common case, an open connection, takes two short locks and no
+    /// await. Making a connection is boxed so that the future of every
+    /// request stays small (it is part of each client connection's memory).
     pub async fn get<F, Fut, E>(&self, key: &K, connect: F) -> Result<Conn, E>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Conn, E>>,
     {
-        let slot = {
-            let mut slots = self
-                .slots
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            slots.entry(key.clone()).or_default().clone()
-        };
-        let mut current = slot.lock().await;
-        if let Some(conn) = current.as_ref()
-            && !conn.tx.is_closed()
-        {
-            return Ok(conn.clone());
+        if let Some(conn) = lock(&self.slots).get(key).and_then(|slot| slot.open()) {
+            return Ok(conn);
+        }
+        Box::pin(self.connect(key, connect)).await
+    }
+
+    async fn connect<F, Fut, E>(&self, key: &K, connect: F) -> Result<Conn, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Conn, E>>,
+    {
+        let slot = lock(&self.slots).entry(key.clone()).or_default().clone();
+        let _connecting = slot.connecting.lock().await;
+        // Another request may have connected while this one waited.
+        if let Some(conn) = slot.open() {
+            return Ok(conn);
         }
         let conn = connect().await?;
-        *current = Some(conn.clone());
+        *lock(&slot.conn) = Some(conn.clone());
         Ok(conn)
     }
 }
