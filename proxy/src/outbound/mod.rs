@@ -129,17 +129,24 @@ async fn handle_connection(
     let svc = {
         let outbound = outbound.clone();
         let target = target.clone();
+        // Each request's future is boxed: hyper keeps room for one in every
+        // connection, and an idle connection then holds a pointer, not the
+        // whole future.
         service_fn(move |req| {
             let outbound = outbound.clone();
             let target = target.clone();
-            async move { Ok::<_, std::convert::Infallible>(http::handle(&outbound, &target, req).await) }
+            Box::pin(async move {
+                Ok::<_, std::convert::Infallible>(http::handle(&outbound, &target, req).await)
+            })
         })
     };
     let result = match detection.protocol {
         Protocol::Http1 => crate::http::serve_http1(io, svc, &shutdown).await,
-        Protocol::Http2 => crate::http::serve_http2(io, svc, &shutdown).await,
+        // Boxed: the task of every connection is as large as its largest
+        // state, and HTTP/1.1 connections, the most numerous, need the least.
+        Protocol::Http2 => Box::pin(crate::http::serve_http2(io, svc, &shutdown)).await,
         Protocol::Tls | Protocol::Opaque => {
-            tcp::forward(&outbound, &target, io, client).await;
+            Box::pin(tcp::forward(&outbound, &target, io, client)).await;
             Ok(())
         }
     };
