@@ -63,6 +63,8 @@ pub struct ProxyConfig {
     pub connect_timeout: Duration,
     /// How long in-flight work may take to drain at shutdown. Default 30 s.
     pub shutdown_grace: Duration,
+    /// What the program running the proxy adds to the admin server.
+    pub admin: crate::admin::Extras,
 }
 
 impl ProxyConfig {
@@ -78,6 +80,7 @@ impl ProxyConfig {
             detect_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(3),
             shutdown_grace: Duration::from_secs(30),
+            admin: crate::admin::Extras::default(),
         }
     }
 }

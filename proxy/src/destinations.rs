@@ -76,6 +76,19 @@ impl Destinations {
         Ok(())
     }
 
+    /// Every entry as `(address, identity)`, addresses as written (`IP` or
+    /// `IP:PORT`), sorted.
+    pub fn entries(&self) -> Vec<(String, &Identity)> {
+        let mut out: Vec<(String, &Identity)> = self
+            .by_ip
+            .iter()
+            .map(|(ip, id)| (ip.to_string(), id))
+            .chain(self.by_addr.iter().map(|(addr, id)| (addr.to_string(), id)))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
     /// The identity expected at `addr`, if it is meshed.
     pub fn lookup(&self, addr: SocketAddr) -> Option<&Identity> {
         self.by_addr

@@ -358,6 +358,14 @@ async fn handle_request(
             error_response(ProxyError::AppUnavailable, &error.to_string(), grpc)
         }
     };
+    let elapsed = start.elapsed();
+    tracing::debug!(
+        %app,
+        client = %label,
+        status = rsp.status().as_u16(),
+        headers_us = elapsed.as_micros() as u64,
+        "inbound request"
+    );
     inbound.metrics.request(
         &RequestLabels {
             direction: Direction::Inbound,
@@ -365,7 +373,7 @@ async fn handle_request(
             tls: true,
             peer_identity: label,
         },
-        start.elapsed(),
+        elapsed,
     );
     rsp
 }

@@ -134,13 +134,13 @@ pub async fn start(config: ProxyConfig, tls: Arc<MeshTls>) -> Result<ProxyHandle
         config.detect_timeout,
     );
     let mut upstream_addrs = Vec::new();
+    let mut upstream_targets = Vec::new();
     for (target, listener) in upstream_listeners {
-        upstream_addrs.push((
-            target.name.clone(),
-            local_addr(&listener, config.inbound_addr),
-        ));
+        let listen = local_addr(&listener, config.inbound_addr);
+        upstream_addrs.push((target.name.clone(), listen));
         // Static for now: discovery will send new versions on this channel.
         let (_updates, target) = watch::channel(Arc::new(target));
+        upstream_targets.push((listen, target.clone()));
         tracker.spawn(outbound::serve_upstream(
             outbound.clone(),
             listener,
@@ -150,7 +150,7 @@ pub async fn start(config: ProxyConfig, tls: Arc<MeshTls>) -> Result<ProxyHandle
         ));
     }
 
-    if let Some(transparent) = config.transparent {
+    if let Some(transparent) = config.transparent.clone() {
         let transparent = Arc::new(transparent);
         for listener in transparent_listeners {
             tracker.spawn(outbound::transparent::serve(
@@ -168,6 +168,14 @@ pub async fn start(config: ProxyConfig, tls: Arc<MeshTls>) -> Result<ProxyHandle
         metrics: metrics.clone(),
         tls,
         shutdown: shutdown.clone(),
+        extras: config.admin.clone(),
+        config: Arc::new(admin::RunningConfig {
+            settings: config,
+            inbound_addr,
+            admin_addr,
+            outbound_addrs: outbound_addrs.clone(),
+            upstreams: upstream_targets,
+        }),
     };
     tracker.spawn(admin::serve(
         admin,

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
 use crate::Config;
+use crate::admin::{Extras, LogLevel};
 use crate::config::IdentitySource;
 use anyhow::Context;
 use tokio::signal::unix::{SignalKind, signal};
@@ -14,14 +15,17 @@ use weft_api::tls::{Credentials, MeshTls, TrustAnchors};
 
 /// Runs the proxy until it is stopped; the exit code says how it ended.
 pub fn main() -> ExitCode {
-    let config = match Config::from_process_env() {
+    let mut config = match Config::from_process_env() {
         Ok(config) => config,
         Err(errors) => {
             eprint!("weft-proxy: {errors}");
             return ExitCode::from(2);
         }
     };
-    init_tracing(&config);
+    config.proxy.admin = Extras {
+        log_level: Some(init_tracing(&config)),
+        settings: process_settings(&config),
+    };
     crate::proxy::raise_fd_limit();
     // One thread by default: every task of the proxy on one thread, without
     // the wake-ups and hand-offs between threads that cost latency and CPU.
@@ -117,23 +121,79 @@ async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn init_tracing(config: &Config) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_new(&config.log).unwrap_or_else(|error| {
-        eprintln!(
-            "weft-proxy: invalid log filter {:?} ({error}); using \"info\"",
-            config.log
-        );
-        EnvFilter::new("info")
-    });
+/// Installs the log subscriber; the returned handle changes its filter
+/// (`/log-level`).
+fn init_tracing(config: &Config) -> LogLevel {
     use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    let (filter, initial) = match EnvFilter::try_new(&config.log) {
+        Ok(filter) => (filter, config.log.clone()),
+        Err(error) => {
+            eprintln!(
+                "weft-proxy: invalid log filter {:?} ({error}); using \"info\"",
+                config.log
+            );
+            (EnvFilter::new("info"), "info".to_owned())
+        }
+    };
+    let parse = |filter: &str| EnvFilter::try_new(filter).map_err(|e| e.to_string());
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if config.log_json {
-        builder.json().init();
-    } else {
+        let builder = builder
+            .json()
+            .with_env_filter(filter)
+            .with_filter_reloading();
+        let handle = builder.reload_handle();
         builder.init();
+        LogLevel::new(&initial, move |f| {
+            handle.reload(parse(f)?).map_err(|e| e.to_string())
+        })
+    } else {
+        let builder = builder.with_env_filter(filter).with_filter_reloading();
+        let handle = builder.reload_handle();
+        builder.init();
+        LogLevel::new(&initial, move |f| {
+            handle.reload(parse(f)?).map_err(|e| e.to_string())
+        })
     }
+}
+
+/// The program's settings `/config` shows beside the proxy's own.
+fn process_settings(config: &Config) -> serde_json::Map<String, serde_json::Value> {
+    use serde_json::json;
+    let mut out = serde_json::Map::new();
+    let identity = match &config.identity {
+        IdentitySource::Controller(certify) => json!({
+            "source": "controller",
+            "identity": certify.identity.to_string(),
+            "controller": certify.controller_addr.to_string(),
+            "token_file": certify.token_file.display().to_string(),
+        }),
+        IdentitySource::Files {
+            cert_file,
+            key_file,
+        } => json!({
+            "source": "files",
+            "cert_file": cert_file.display().to_string(),
+            "key_file": key_file.display().to_string(),
+        }),
+    };
+    out.insert("identity_source".into(), identity);
+    out.insert(
+        "trust_anchors_file".into(),
+        json!(config.trust_anchors_file.display().to_string()),
+    );
+    out.insert(
+        "trust_anchors_reload_seconds".into(),
+        json!(config.trust_anchors_reload.as_secs_f64()),
+    );
+    out.insert("worker_threads".into(), json!(config.worker_threads));
+    out.insert(
+        "log_format".into(),
+        json!(if config.log_json { "json" } else { "plain" }),
+    );
+    out.insert("version".into(), json!(env!("CARGO_PKG_VERSION")));
+    out
 }

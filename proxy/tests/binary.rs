@@ -59,18 +59,30 @@ fn spawn(vars: &[(String, String)]) -> Proc {
 }
 
 fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    http_request(addr, "GET", path, "")
+}
+
+/// One HTTP/1.1 request on its own connection: the status and the whole
+/// response text.
+fn http_request(addr: SocketAddr, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
     )
     .ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     let status = out.get(9..12)?.parse().ok()?;
     Some((status, out))
+}
+
+/// The body of an HTTP/1.1 response with a content-length.
+fn body_of(response: &str) -> &str {
+    response.split_once("\r\n\r\n").map_or("", |(_, b)| b)
 }
 
 fn wait_ready(admin: SocketAddr) {
@@ -178,4 +190,130 @@ fn bad_configuration_lists_every_problem_and_exits_2() {
     ] {
         assert!(err.contains(needle), "{needle} missing from:\n{err}");
     }
+}
+
+/// `/config` shows what the proxy runs with (no secrets), and `/log-level`
+/// changes the filter of the running process: a bad filter is refused with
+/// the reason and the old one stays; a good one takes effect at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_shows_config_and_changes_the_log_level() {
+    let dir = std::env::temp_dir().join(format!("weft-proxy-admin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = TestCa::new("weft test");
+    let app = weft_tests::apps::http_echo().await;
+
+    let server_inbound = free_addr();
+    let server_admin = free_addr();
+    let mut server_env = write_identity(&dir, "server", &ca, SERVER_ID);
+    server_env.extend([
+        (env::INBOUND_ADDR.into(), server_inbound.to_string()),
+        (env::ADMIN_ADDR.into(), server_admin.to_string()),
+        (env::APP_ADDR.into(), app.to_string()),
+    ]);
+    let _server = spawn(&server_env);
+
+    let admin = free_addr();
+    let upstream = free_addr();
+    let log = dir.join("client.log");
+    let mut client_env = write_identity(&dir, "client", &ca, CLIENT_ID);
+    client_env.extend([
+        (env::INBOUND_ADDR.into(), free_addr().to_string()),
+        (env::ADMIN_ADDR.into(), admin.to_string()),
+        (env::APP_ADDR.into(), "127.0.0.1:9".into()),
+        (env::WORKER_THREADS.into(), "2".into()),
+        (
+            env::UPSTREAMS.into(),
+            format!("checkout,{upstream},{server_inbound},{SERVER_ID}"),
+        ),
+    ]);
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear()
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    for (k, v) in &client_env {
+        cmd.env(k, v);
+    }
+    let _client = Proc(cmd.spawn().unwrap());
+
+    let log_path = log.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_ready(server_admin);
+        wait_ready(admin);
+        let (status, text) = http_get(admin, "/config").unwrap();
+        assert_eq!(status, 200, "{text}");
+        assert!(text.contains("content-type: application/json"), "{text}");
+        let config: serde_json::Value = serde_json::from_str(body_of(&text)).unwrap();
+        let up = &config["upstreams"][0];
+        assert_eq!(up["name"], "checkout", "{config:#}");
+        assert_eq!(up["listen"], upstream.to_string(), "{config:#}");
+        let endpoint = &up["backends"][0]["endpoints"][0];
+        assert_eq!(endpoint["addr"], server_inbound.to_string(), "{config:#}");
+        assert_eq!(endpoint["identity"], SERVER_ID, "{config:#}");
+        assert_eq!(config["admin"], admin.to_string(), "{config:#}");
+        assert_eq!(config["certificate"]["identity"], CLIENT_ID, "{config:#}");
+        assert!(
+            config["certificate"]["expires_in_seconds"]
+                .as_i64()
+                .unwrap()
+                > 0
+        );
+        assert_eq!(config["trust_anchors"], 1, "{config:#}");
+        assert_eq!(config["process"]["worker_threads"], 2, "{config:#}");
+        assert_eq!(config["process"]["identity_source"]["source"], "files");
+        assert!(config["transparent"].is_null(), "{config:#}");
+        assert_eq!(config["log_level"], "info", "{config:#}");
+        assert!(!text.contains("PRIVATE KEY"), "{text}");
+
+        let (status, text) = http_get(admin, "/log-level").unwrap();
+        assert_eq!((status, body_of(&text)), (200, "info\n"), "{text}");
+
+        // A filter that does not parse is refused, and nothing changes.
+        let (status, text) = http_request(admin, "PUT", "/log-level", "weft_proxy=loud").unwrap();
+        assert_eq!(status, 400, "{text}");
+        assert!(
+            body_of(&text).starts_with("invalid log filter \"weft_proxy=loud\""),
+            "{text}"
+        );
+        assert!(text.contains("the filter stays \"info\""), "{text}");
+        let (_, text) = http_get(admin, "/log-level").unwrap();
+        assert_eq!(body_of(&text), "info\n");
+        let (status, _) = http_request(admin, "PUT", "/log-level", "").unwrap();
+        assert_eq!(status, 400);
+        let (status, _) = http_request(admin, "DELETE", "/log-level", "").unwrap();
+        assert_eq!(status, 405);
+
+        // Before the change, a request logs nothing at debug level; after it,
+        // the same request does.
+        let (status, _) = http_get(upstream, "/before").unwrap();
+        assert_eq!(status, 200);
+        assert!(
+            !std::fs::read_to_string(&log_path)
+                .unwrap()
+                .contains("DEBUG")
+        );
+        let (status, text) =
+            http_request(admin, "PUT", "/log-level", "info,weft_proxy=debug").unwrap();
+        assert_eq!(status, 200, "{text}");
+        let (_, text) = http_get(admin, "/log-level").unwrap();
+        assert_eq!(body_of(&text), "info,weft_proxy=debug\n");
+        let (status, _) = http_get(upstream, "/after").unwrap();
+        assert_eq!(status, 200);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let written = std::fs::read_to_string(&log_path).unwrap();
+            if written.contains("DEBUG") {
+                assert!(written.contains("log filter changed"), "{written}");
+                assert!(written.contains("outbound request"), "{written}");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no debug line after the change:\n{written}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+    .await
+    .unwrap();
+    std::fs::remove_dir_all(&dir).ok();
 }

@@ -315,7 +315,7 @@ fn intro(
         return;
     }
     let mut s = format!(
-        "mesh ready in {:.1}s: controller {} ({}), every sidecar holds a certificate\n\nadmin endpoints (try /metrics and /ready):\n",
+        "mesh ready in {:.1}s: controller {} ({}), every sidecar holds a certificate\n\nadmin endpoints (try /metrics, /ready and /config):\n",
         took.as_secs_f64(),
         mesh.grpc_addr,
         mesh.identity

@@ -103,6 +103,7 @@ pub async fn handle(
             error_response(error.kind(), &error.to_string(), grpc)
         }
     };
+    let elapsed = start.elapsed();
     outbound.metrics.request(
         &RequestLabels {
             direction: Direction::Outbound,
@@ -110,7 +111,14 @@ pub async fn handle(
             tls: true,
             peer_identity: endpoint.identity.uri(),
         },
-        start.elapsed(),
+        elapsed,
+    );
+    tracing::debug!(
+        target = %target.name,
+        endpoint = %endpoint.addr,
+        status = rsp.status().as_u16(),
+        headers_us = elapsed.as_micros() as u64,
+        "outbound request"
     );
     rsp
 }
