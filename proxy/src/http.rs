@@ -19,9 +19,13 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The one body type of the data path.
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 
-/// Boxes a body received by hyper.
-pub fn incoming(body: Incoming) -> Body {
-    body.map_err(BoxError::from).boxed_unsync()
+/// Boxes a body received by hyper (or one wrapping it).
+pub fn incoming<B>(body: B) -> Body
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(Into::into).boxed_unsync()
 }
 
 /// A complete body from bytes.

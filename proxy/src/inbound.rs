@@ -15,9 +15,6 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
@@ -33,7 +30,7 @@ use crate::http::{
     splice_upgrade, strip_hop_by_hop, wants_upgrade,
 };
 use crate::metrics::{Direction, Metrics, RequestLabels, TcpLabels};
-use crate::outbound::pool::{self, H2Pool};
+use crate::outbound::pool::{self, H2Pool, Http1Error, Http1Pool};
 use crate::sockopt::original_dst;
 use crate::transport::connect_tcp;
 
@@ -46,7 +43,7 @@ pub struct Inbound {
     metrics: Arc<Metrics>,
     app: AppTarget,
     detect_timeout: Duration,
-    app_http1: Client<HttpConnector, Body>,
+    app_http1: Arc<Http1Pool>,
     app_http2: H2Pool<SocketAddr>,
     /// Ports of the proxy's own listeners: never an app port.
     own_ports: Arc<[u16]>,
@@ -69,18 +66,12 @@ impl Inbound {
         detect_timeout: Duration,
         own_ports: Arc<[u16]>,
     ) -> Arc<Self> {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        let app_http1 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .set_host(false)
-            .build(connector);
         Arc::new(Self {
             acceptor: TlsAcceptor::from(tls.server_config()),
             metrics,
             app,
             detect_timeout,
-            app_http1,
+            app_http1: Arc::default(),
             app_http2: H2Pool::default(),
             own_ports,
         })
@@ -320,7 +311,7 @@ enum AppError {
     Http1 {
         app: SocketAddr,
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: Http1Error,
     },
     #[error("the app at {app} did not answer over HTTP/2: {source}")]
     Http2 {
@@ -401,15 +392,17 @@ async fn to_app_http1(
             _ => Version::HTTP_11,
         };
     }
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    parts.uri = Uri::builder()
-        .scheme("http")
-        .authority(app.to_string())
-        .path_and_query(path)
-        .build()?;
+    // Origin form (`/path?query`) on the connection to the app.
+    let mut uri = std::mem::take(&mut parts.uri).into_parts();
+    uri.scheme = None;
+    uri.authority = None;
+    if uri.path_and_query.is_none() {
+        uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    parts.uri = Uri::from_parts(uri).map_err(http::Error::from)?;
     let mut rsp = inbound
         .app_http1
-        .request(Request::from_parts(parts, incoming(body)))
+        .send(app, Request::from_parts(parts, incoming(body)))
         .await
         .map_err(|source| AppError::Http1 { app, source })?;
     if rsp.status() == StatusCode::SWITCHING_PROTOCOLS {

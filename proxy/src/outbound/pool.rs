@@ -1,4 +1,6 @@
-//! One multiplexed HTTP/2 connection per peer, shared by every request to it.
+//! Connection pools: one multiplexed HTTP/2 connection per peer, shared by
+//! every request to it ([`H2Pool`]), and HTTP/1.1 connections to local apps,
+//! one request at a time each ([`Http1Pool`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -6,8 +8,11 @@ use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hyper::client::conn::http2;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::net::SocketAddr;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
@@ -133,4 +138,169 @@ where
         }
     });
     Ok(Conn { tx, tls_failure })
+}
+
+/// Why a request over a pooled HTTP/1.1 connection failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Http1Error {
+    #[error("cannot connect: {0}")]
+    Connect(#[source] std::io::Error),
+    #[error("HTTP/1.1 handshake failed: {0}")]
+    Handshake(#[source] hyper::Error),
+    #[error("{0}")]
+    Send(#[source] hyper::Error),
+}
+
+/// Idle connections kept per address; a connection that comes back to a full
+/// list is closed.
+const MAX_IDLE_PER_ADDR: usize = 512;
+
+/// HTTP/1.1 connections to local apps, by address: each carries one request
+/// at a time and goes back to the pool as soon as its response body has been
+/// read to the end.
+#[derive(Debug, Default)]
+pub struct Http1Pool {
+    idle: Mutex<HashMap<SocketAddr, Vec<http1::SendRequest<Body>>>>,
+}
+
+impl Http1Pool {
+    /// Sends `req` to `addr` on an idle connection, or a new one. A request
+    /// that a reused connection could not write (the app closed it while it
+    /// was idle) is sent once more on a new connection. A connection whose
+    /// response upgrades it (101) is not reused.
+    pub async fn send(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        mut req: Request<Body>,
+    ) -> Result<Response<ReturnOnEnd>, Http1Error> {
+        loop {
+            let (mut tx, reused) = match self.checkout(addr) {
+                Some(tx) => (tx, true),
+                None => (Box::pin(connect_http1(addr)).await?, false),
+            };
+            match tx.try_send_request(req).await {
+                Ok(rsp) => {
+                    let back = (rsp.status() != http::StatusCode::SWITCHING_PROTOCOLS)
+                        .then(|| (Arc::downgrade(self), addr, tx));
+                    return Ok(rsp.map(|inner| ReturnOnEnd { inner, back }));
+                }
+                Err(mut error) => match error.take_message() {
+                    Some(unsent) if reused => req = unsent,
+                    _ => return Err(Http1Error::Send(error.into_error())),
+                },
+            }
+        }
+    }
+
+    fn checkout(&self, addr: SocketAddr) -> Option<http1::SendRequest<Body>> {
+        let mut idle = lock(&self.idle);
+        let list = idle.get_mut(&addr)?;
+        // Connections the app closed while idle are dropped here.
+        while let Some(tx) = list.pop() {
+            if tx.is_ready() {
+                return Some(tx);
+            }
+        }
+        None
+    }
+
+    fn put(&self, addr: SocketAddr, tx: http1::SendRequest<Body>) {
+        let mut idle = lock(&self.idle);
+        let list = idle.entry(addr).or_default();
+        if list.len() < MAX_IDLE_PER_ADDR {
+            list.push(tx);
+        }
+    }
+}
+
+/// A response body from the app that gives its connection back to the pool
+/// once it has been read to the end (a body dropped before that leaves the
+/// connection to close).
+pub struct ReturnOnEnd {
+    inner: Incoming,
+    back: Option<(
+        std::sync::Weak<Http1Pool>,
+        SocketAddr,
+        http1::SendRequest<Body>,
+    )>,
+}
+
+impl std::fmt::Debug for ReturnOnEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReturnOnEnd").finish_non_exhaustive()
+    }
+}
+
+impl ReturnOnEnd {
+    fn give_back(&mut self) {
+        let Some((pool, addr, mut tx)) = self.back.take() else {
+            return;
+        };
+        let Some(pool) = pool.upgrade() else {
+            return;
+        };
+        // Usually hyper has made the connection ready by the time its body
+        // ends; otherwise wait for it off the request's path.
+        if tx.is_ready() {
+            pool.put(addr, tx);
+        } else {
+            tokio::spawn(async move {
+                if tx.ready().await.is_ok() {
+                    pool.put(addr, tx);
+                }
+            });
+        }
+    }
+}
+
+impl hyper::body::Body for ReturnOnEnd {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            std::task::Poll::Ready(None) => self.give_back(),
+            std::task::Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => {
+                self.give_back();
+            }
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for ReturnOnEnd {
+    fn drop(&mut self) {
+        // An empty body may never be polled: it ended all the same.
+        if hyper::body::Body::is_end_stream(&self.inner) {
+            self.give_back();
+        }
+    }
+}
+
+async fn connect_http1(addr: SocketAddr) -> Result<http1::SendRequest<Body>, Http1Error> {
+    let tcp = crate::transport::connect_tcp(addr)
+        .await
+        .map_err(Http1Error::Connect)?;
+    let (tx, conn) = http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(Http1Error::Handshake)?;
+    tokio::spawn(async move {
+        if let Err(error) = conn.with_upgrades().await {
+            tracing::debug!(%error, "HTTP/1.1 connection to the app closed with an error");
+        }
+    });
+    Ok(tx)
 }
