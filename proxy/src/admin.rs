@@ -127,7 +127,9 @@ pub async fn serve(
                 let admin = admin.clone();
                 async move { Ok::<_, std::convert::Infallible>(route(&admin, req).await) }
             });
-            if let Err(error) = serve_http1(tcp, svc, &stop).await {
+            if let Err(error) =
+                serve_http1(tcp, svc, &stop, Some(crate::http::HEADER_READ_TIMEOUT)).await
+            {
                 tracing::debug!(%error, "admin connection closed with an error");
             }
         }

@@ -2,6 +2,8 @@
 //! hop-by-hop headers, connection upgrades, and responses the proxy generates
 //! itself.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
@@ -215,12 +217,23 @@ pub fn splice_upgrade(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::up
     });
 }
 
+/// How long a client of the inbound and admin servers may take to send a
+/// request's headers, idle time before them included (hyper counts from the
+/// moment it starts waiting for the next request).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Serves HTTP/1 on a connection (with upgrades) until it closes; on
 /// `shutdown`, finishes the request in flight and closes.
+///
+/// `header_timeout` bounds the wait for each request's headers, which in
+/// hyper includes the idle time of a keep-alive connection: `None` for the
+/// app's own connections to its sidecar, which must stay open as long as the
+/// app keeps them (closing them races with the app's next request).
 pub async fn serve_http1<I, S>(
     io: I,
     svc: S,
     shutdown: &CancellationToken,
+    header_timeout: Option<Duration>,
 ) -> Result<(), hyper::Error>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -229,6 +242,7 @@ where
 {
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
         .serve_connection(TokioIo::new(io), svc)
         .with_upgrades();
     tokio::pin!(conn);

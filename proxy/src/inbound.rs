@@ -220,7 +220,9 @@ async fn handle_connection(
     };
     let result = match proto.as_deref() {
         Some(p) if p == alpn::H2 => serve_http2(io, svc, &shutdown).await,
-        Some(p) if p == alpn::HTTP1 => serve_http1(io, svc, &shutdown).await,
+        Some(p) if p == alpn::HTTP1 => {
+            serve_http1(io, svc, &shutdown, Some(crate::http::HEADER_READ_TIMEOUT)).await
+        }
         _ => {
             relay_to_app(io, app_addr, client).await;
             Ok(())

@@ -128,3 +128,29 @@ async fn app_not_listening_is_named_and_the_proxy_serves_once_it_is() {
     assert_eq!((status, &body[..]), (StatusCode::OK, &b"ok"[..]));
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
 }
+
+/// The app's keep-alive connection to its sidecar stays open while idle, for
+/// longer than hyper's default header timeout (30 s), which would otherwise
+/// close it and race with the app's next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_app_connection_to_the_sidecar_stays_open() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = listener.local_addr().unwrap();
+    counting_app(listener, false).await;
+    let pair = Pair::new(app, false).await;
+    let mut client = TcpStream::connect(pair.entry).await.unwrap();
+    let request = b"GET /idle HTTP/1.1\r\nhost: checkout\r\n\r\n";
+    let mut buf = vec![0u8; 4096];
+    for round in 0..2 {
+        client.write_all(request).await.unwrap();
+        let n = client.read(&mut buf).await.unwrap();
+        let head = String::from_utf8_lossy(&buf[..n]);
+        assert!(
+            head.starts_with("HTTP/1.1 200 OK"),
+            "round {round}: {head:?}"
+        );
+        if round == 0 {
+            tokio::time::sleep(Duration::from_secs(32)).await;
+        }
+    }
+}

@@ -141,7 +141,9 @@ async fn handle_connection(
         })
     };
     let result = match detection.protocol {
-        Protocol::Http1 => crate::http::serve_http1(io, svc, &shutdown).await,
+        // No header timeout: the app's keep-alive connections stay open as
+        // long as the app keeps them.
+        Protocol::Http1 => crate::http::serve_http1(io, svc, &shutdown, None).await,
         // Boxed: the task of every connection is as large as its largest
         // state, and HTTP/1.1 connections, the most numerous, need the least.
         Protocol::Http2 => Box::pin(crate::http::serve_http2(io, svc, &shutdown)).await,
