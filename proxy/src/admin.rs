@@ -19,6 +19,7 @@ use weft_api::tls::MeshTls;
 
 use crate::config::{AppTarget, ProxyConfig, Target};
 use crate::http::{Body, full, serve_http1};
+use crate::lock;
 use crate::metrics::Metrics;
 
 /// The largest log filter `PUT /log-level` accepts.
@@ -70,11 +71,6 @@ impl std::fmt::Debug for LogLevel {
             .field("current", &self.current())
             .finish()
     }
-}
-
-/// A poisoned lock only means a panic elsewhere; the string is still whole.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// What the program running the proxy adds to its admin server.

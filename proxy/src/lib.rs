@@ -44,3 +44,10 @@ pub use config::{
     AppTarget, Backend, Config, ConfigError, Endpoint, ProxyConfig, Target, Transparent, Upstream,
 };
 pub use proxy::{ProxyHandle, StartError, start};
+
+/// Locks `m`. A poisoned lock only means a panic elsewhere while it was held;
+/// every value the proxy keeps under a `std` mutex is valid at every point
+/// (connection lists, the log filter), so the proxy carries on with it.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

@@ -125,7 +125,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
 /// (`/log-level`).
 fn init_tracing(config: &Config) -> LogLevel {
     use std::io::IsTerminal;
-    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer, reload};
     let (filter, initial) = match EnvFilter::try_new(&config.log) {
         Ok(filter) => (filter, config.log.clone()),
         Err(error) => {
@@ -136,39 +138,30 @@ fn init_tracing(config: &Config) -> LogLevel {
             (EnvFilter::new("info"), "info".to_owned())
         }
     };
-    let parse = |filter: &str| EnvFilter::try_new(filter).map_err(|e| e.to_string());
-    let builder = tracing_subscriber::fmt()
+    let (filter, handle) = reload::Layer::new(filter);
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    if config.log_json {
-        let builder = builder
-            .json()
-            .with_env_filter(filter)
-            .with_filter_reloading();
-        let handle = builder.reload_handle();
-        builder.init();
-        LogLevel::new(&initial, move |f| {
-            handle.reload(parse(f)?).map_err(|e| e.to_string())
-        })
+    let fmt = if config.log_json {
+        fmt.json().boxed()
     } else {
-        let builder = builder.with_env_filter(filter).with_filter_reloading();
-        let handle = builder.reload_handle();
-        builder.init();
-        LogLevel::new(&initial, move |f| {
-            handle.reload(parse(f)?).map_err(|e| e.to_string())
-        })
-    }
+        fmt.boxed()
+    };
+    tracing_subscriber::registry().with(filter).with(fmt).init();
+    LogLevel::new(&initial, move |f| {
+        let filter = EnvFilter::try_new(f).map_err(|e| e.to_string())?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    })
 }
 
 /// The program's settings `/config` shows beside the proxy's own.
 fn process_settings(config: &Config) -> serde_json::Map<String, serde_json::Value> {
     use serde_json::json;
-    let mut out = serde_json::Map::new();
-    let identity = match &config.identity {
+    let identity_source = match &config.identity {
         IdentitySource::Controller(certify) => json!({
             "source": "controller",
             "identity": certify.identity.to_string(),
-            "controller": certify.controller_addr.to_string(),
+            "controller": certify.controller_addr,
             "token_file": certify.token_file.display().to_string(),
         }),
         IdentitySource::Files {
@@ -180,20 +173,24 @@ fn process_settings(config: &Config) -> serde_json::Map<String, serde_json::Valu
             "key_file": key_file.display().to_string(),
         }),
     };
-    out.insert("identity_source".into(), identity);
-    out.insert(
-        "trust_anchors_file".into(),
-        json!(config.trust_anchors_file.display().to_string()),
-    );
-    out.insert(
-        "trust_anchors_reload_seconds".into(),
-        json!(config.trust_anchors_reload.as_secs_f64()),
-    );
-    out.insert("worker_threads".into(), json!(config.worker_threads));
-    out.insert(
-        "log_format".into(),
-        json!(if config.log_json { "json" } else { "plain" }),
-    );
-    out.insert("version".into(), json!(env!("CARGO_PKG_VERSION")));
-    out
+    [
+        ("identity_source", identity_source),
+        (
+            "trust_anchors_file",
+            json!(config.trust_anchors_file.display().to_string()),
+        ),
+        (
+            "trust_anchors_reload_seconds",
+            json!(config.trust_anchors_reload.as_secs_f64()),
+        ),
+        ("worker_threads", json!(config.worker_threads)),
+        (
+            "log_format",
+            json!(if config.log_json { "json" } else { "plain" }),
+        ),
+        ("version", json!(env!("CARGO_PKG_VERSION"))),
+    ]
+    .into_iter()
+    .map(|(key, value)| (key.to_owned(), value))
+    .collect()
 }

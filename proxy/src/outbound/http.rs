@@ -278,9 +278,10 @@ mod tests {
         std::mem::size_of::<T>()
     }
 
-    /// hyper keeps room for one request future in every HTTP/1.1 connection
-    /// from the app, idle or not: connecting, upgrades and the TLS-failure
-    /// wait are boxed so that it stays small (it was 8.8 KB with them inline).
+    /// Every request allocates its future (`outbound::handle_connection`
+    /// boxes it) and the data path moves it: connecting, upgrades and the
+    /// TLS-failure wait are boxed inside it so that it stays small (it was
+    /// 8.8 KB with them inline).
     #[test]
     fn the_request_future_stays_small() {
         let handle = future_size(|(o, t, _, r)| handle(o, t, r));

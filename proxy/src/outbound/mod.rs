@@ -96,7 +96,7 @@ async fn handle_connection(
     if let Err(error) = tcp.set_nodelay(true) {
         tracing::debug!(%error, "could not set TCP_NODELAY");
     }
-    let peer: Arc<str> = Arc::from(peer_label(&target));
+    let peer = peer_label(&target);
     let io = outbound.metrics.tcp(
         TcpLabels {
             direction: Direction::Outbound,
@@ -159,12 +159,11 @@ async fn handle_connection(
 
 /// The metrics label for a target's peer: the identity of its first endpoint,
 /// which is the identity of every endpoint until targets carry several.
-fn peer_label(target: &Target) -> String {
+fn peer_label(target: &Target) -> Arc<str> {
     target
         .backends
         .iter()
         .flat_map(|b| b.endpoints.first())
         .next()
-        .map(|e| e.identity.to_string())
-        .unwrap_or_default()
+        .map_or_else(|| Arc::from(""), |e| e.identity.uri())
 }

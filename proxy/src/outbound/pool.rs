@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,11 +13,11 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use std::net::SocketAddr;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
 use crate::http::Body;
+use crate::lock;
 
 /// One peer's entry in the pool.
 #[derive(Debug, Default)]
@@ -35,12 +36,6 @@ impl Slot {
             .filter(|c| !c.tx.is_closed())
             .cloned()
     }
-}
-
-/// A poisoned lock only means another request panicked while holding it; the
-/// pool's state is a plain value that is valid at every point.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A pooled HTTP/2 connection, and how it ended if it failed at the TLS layer.
