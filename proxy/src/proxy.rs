@@ -84,7 +84,8 @@ pub async fn start(config: ProxyConfig, tls: Arc<MeshTls>) -> Result<ProxyHandle
     for upstream in &config.upstreams {
         let what = format!("upstream {}", upstream.target.name);
         let listener = bind(upstream.listen, &what, env::UPSTREAMS).await?;
-        upstream_listeners.push((upstream.target.clone(), listener));
+        let bound = local_addr(&listener, upstream.listen);
+        upstream_listeners.push((upstream.target.clone(), bound, listener));
     }
 
     let mut transparent_listeners = Vec::new();
@@ -135,8 +136,7 @@ pub async fn start(config: ProxyConfig, tls: Arc<MeshTls>) -> Result<ProxyHandle
     );
     let mut upstream_addrs = Vec::new();
     let mut upstream_targets = Vec::new();
-    for (target, listener) in upstream_listeners {
-        let listen = local_addr(&listener, config.inbound_addr);
+    for (target, listen, listener) in upstream_listeners {
         upstream_addrs.push((target.name.clone(), listen));
         // Static for now: discovery will send new versions on this channel.
         let (_updates, target) = watch::channel(Arc::new(target));
