@@ -234,15 +234,13 @@ async fn wait_ready(
                 return Ok(false);
             }
             if let Some((name, status)) = children.exited() {
-                let log = run_dir.join(format!("{name}.log"));
-                let text = std::fs::read_to_string(&log).unwrap_or_default();
-                if text.contains("Address already in use") {
+                let log = ChildLog::read(run_dir, &name);
+                if log.contains("Address already in use") {
                     return Err(PortTaken { child: name }.into());
                 }
                 anyhow::bail!(
-                    "{name} exited ({status}) while the mesh was starting; the end of {}:\n{}",
-                    log.display(),
-                    log_tail(&log, 10)
+                    "{name} exited ({status}) while the mesh was starting; {}",
+                    log.tail(10)
                 );
             }
             let ready = tokio::time::timeout(Duration::from_secs(1), client.get(uri.clone()))
@@ -267,19 +265,38 @@ async fn wait_ready(
     Ok(true)
 }
 
-/// The last `lines` lines of a child's log, indented, for an error message.
-fn log_tail(path: &Path, lines: usize) -> String {
-    match std::fs::read_to_string(path) {
-        Ok(text) => {
-            let all: Vec<&str> = text.lines().collect();
-            let start = all.len().saturating_sub(lines);
-            all[start..]
-                .iter()
-                .map(|l| format!("    {l}"))
-                .collect::<Vec<_>>()
-                .join("\n")
-        }
-        Err(error) => format!("    (cannot read it: {error})"),
+/// A child's log, read once when it exited.
+struct ChildLog {
+    path: PathBuf,
+    text: std::io::Result<String>,
+}
+
+impl ChildLog {
+    fn read(run_dir: &Path, child: &str) -> Self {
+        let path = run_dir.join(format!("{child}.log"));
+        let text = std::fs::read_to_string(&path);
+        Self { path, text }
+    }
+
+    fn contains(&self, needle: &str) -> bool {
+        self.text.as_ref().is_ok_and(|t| t.contains(needle))
+    }
+
+    /// "the end of <path>:" and its last `lines` lines, indented, for an
+    /// error message.
+    fn tail(&self, lines: usize) -> String {
+        let body = match &self.text {
+            Err(error) => format!("    (cannot read it: {error})"),
+            Ok(text) => {
+                let all: Vec<&str> = text.lines().collect();
+                all[all.len().saturating_sub(lines)..]
+                    .iter()
+                    .map(|l| format!("    {l}"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            }
+        };
+        format!("the end of {}:\n{body}", self.path.display())
     }
 }
 
@@ -366,11 +383,9 @@ async fn live_view(
             _ = sleep_until(deadline) => Some(StopReason::Duration),
         };
         if let Some((name, status)) = children.exited() {
-            let log = run_dir.join(format!("{name}.log"));
             anyhow::bail!(
-                "{name} exited unexpectedly ({status}); the demo stops. The end of {}:\n{}",
-                log.display(),
-                log_tail(&log, 10)
+                "{name} exited unexpectedly ({status}); the demo stops; {}",
+                ChildLog::read(run_dir, &name).tail(10)
             );
         }
         let scrapes =
