@@ -19,6 +19,15 @@ use tokio::net::TcpListener;
 /// The body of every answer.
 pub const BODY: &[u8] = b"ok\n";
 
+/// Serves on a new port of 127.0.0.1 from a spawned task (tests); returns
+/// its address.
+pub async fn spawn_on_loopback() -> std::io::Result<std::net::SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(serve(listener));
+    Ok(addr)
+}
+
 /// Serves connections from `listener` until the process ends.
 pub async fn serve(listener: TcpListener) {
     loop {

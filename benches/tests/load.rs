@@ -15,12 +15,7 @@ use weft_benches::client::Protocol;
 use weft_benches::load::{self, LoadSpec, Mode};
 
 async fn fast_backend() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(backend::serve(listener));
-    addr
+    backend::spawn_on_loopback().await.expect("backend")
 }
 
 /// A server that answers every request after `delay`.

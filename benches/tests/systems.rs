@@ -22,14 +22,7 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn start_backend(rt: &tokio::runtime::Runtime) -> SocketAddr {
-    rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(backend::serve(listener));
-        addr
-    })
+    rt.block_on(backend::spawn_on_loopback()).expect("backend")
 }
 
 fn handshake_spec(addr: SocketAddr, pki: &Pki) -> HandshakeSpec {

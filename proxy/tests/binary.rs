@@ -3,24 +3,17 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use weft_api::consts::env;
+use weft_tests::control::free_port as free_addr;
 use weft_tests::mesh::{CLIENT_ID, SERVER_ID};
 use weft_tests::pki::TestCa;
 
 const BIN: &str = env!("CARGO_BIN_EXE_weft-proxy");
-
-/// A free port on 127.0.0.1 (bound then released).
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
 
 fn write_identity(dir: &Path, name: &str, ca: &TestCa, identity: &str) -> Vec<(String, String)> {
     let leaf = ca.issue(identity);
@@ -49,9 +42,9 @@ impl Drop for Proc {
     }
 }
 
-fn spawn(vars: &[(String, String)]) -> Proc {
+fn spawn(vars: &[(String, String)], stderr: Stdio) -> Proc {
     let mut cmd = Command::new(BIN);
-    cmd.env_clear().stdout(Stdio::null()).stderr(Stdio::piped());
+    cmd.env_clear().stdout(Stdio::null()).stderr(stderr);
     for (k, v) in vars {
         cmd.env(k, v);
     }
@@ -96,6 +89,19 @@ fn wait_ready(admin: SocketAddr) {
     panic!("proxy at {admin} never became ready");
 }
 
+/// The server side of a pair: the binary in front of `app`, with its inbound
+/// and admin addresses.
+fn start_server(dir: &Path, ca: &TestCa, app: SocketAddr) -> (Proc, SocketAddr, SocketAddr) {
+    let (inbound, admin) = (free_addr(), free_addr());
+    let mut vars = write_identity(dir, "server", ca, SERVER_ID);
+    vars.extend([
+        (env::INBOUND_ADDR.into(), inbound.to_string()),
+        (env::ADMIN_ADDR.into(), admin.to_string()),
+        (env::APP_ADDR.into(), app.to_string()),
+    ]);
+    (spawn(&vars, Stdio::piped()), inbound, admin)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_pair_serves_and_drains_on_sigterm() {
     let dir = std::env::temp_dir().join(format!("weft-proxy-bin-{}", std::process::id()));
@@ -103,15 +109,7 @@ async fn binary_pair_serves_and_drains_on_sigterm() {
     let ca = TestCa::new("weft test");
     let app = weft_tests::apps::http_echo().await;
 
-    let server_inbound = free_addr();
-    let server_admin = free_addr();
-    let mut server_env = write_identity(&dir, "server", &ca, SERVER_ID);
-    server_env.extend([
-        (env::INBOUND_ADDR.into(), server_inbound.to_string()),
-        (env::ADMIN_ADDR.into(), server_admin.to_string()),
-        (env::APP_ADDR.into(), app.to_string()),
-    ]);
-    let mut server = spawn(&server_env);
+    let (mut server, server_inbound, server_admin) = start_server(&dir, &ca, app);
 
     let client_admin = free_addr();
     let upstream = free_addr();
@@ -125,7 +123,7 @@ async fn binary_pair_serves_and_drains_on_sigterm() {
             format!("checkout,{upstream},{server_inbound},{SERVER_ID}"),
         ),
     ]);
-    let client = spawn(&client_env);
+    let client = spawn(&client_env, Stdio::piped());
 
     let (server_admin_c, client_admin_c) = (server_admin, client_admin);
     tokio::task::spawn_blocking(move || {
@@ -202,15 +200,7 @@ async fn admin_shows_config_and_changes_the_log_level() {
     let ca = TestCa::new("weft test");
     let app = weft_tests::apps::http_echo().await;
 
-    let server_inbound = free_addr();
-    let server_admin = free_addr();
-    let mut server_env = write_identity(&dir, "server", &ca, SERVER_ID);
-    server_env.extend([
-        (env::INBOUND_ADDR.into(), server_inbound.to_string()),
-        (env::ADMIN_ADDR.into(), server_admin.to_string()),
-        (env::APP_ADDR.into(), app.to_string()),
-    ]);
-    let _server = spawn(&server_env);
+    let (_server, server_inbound, server_admin) = start_server(&dir, &ca, app);
 
     let admin = free_addr();
     let upstream = free_addr();
@@ -226,14 +216,7 @@ async fn admin_shows_config_and_changes_the_log_level() {
             format!("checkout,{upstream},{server_inbound},{SERVER_ID}"),
         ),
     ]);
-    let mut cmd = Command::new(BIN);
-    cmd.env_clear()
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap());
-    for (k, v) in &client_env {
-        cmd.env(k, v);
-    }
-    let _client = Proc(cmd.spawn().unwrap());
+    let _client = spawn(&client_env, std::fs::File::create(&log).unwrap().into());
 
     let log_path = log.clone();
     tokio::task::spawn_blocking(move || {

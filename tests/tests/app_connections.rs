@@ -52,6 +52,14 @@ async fn counting_app(listener: TcpListener, close_after_each: bool) -> Arc<Atom
     accepted
 }
 
+/// A proxy pair in front of a new [`counting_app`].
+async fn pair_before_counting_app(close_after_each: bool) -> (Pair, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = listener.local_addr().unwrap();
+    let accepted = counting_app(listener, close_after_each).await;
+    (Pair::new(app, false).await, accepted)
+}
+
 async fn get(entry: SocketAddr, path: &str) -> (StatusCode, http::HeaderMap, Bytes) {
     let tcp = TcpStream::connect(entry).await.unwrap();
     let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
@@ -70,10 +78,7 @@ async fn get(entry: SocketAddr, path: &str) -> (StatusCode, http::HeaderMap, Byt
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn app_connections_are_reused_while_the_app_keeps_them_open() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let app = listener.local_addr().unwrap();
-    let accepted = counting_app(listener, false).await;
-    let pair = Pair::new(app, false).await;
+    let (pair, accepted) = pair_before_counting_app(false).await;
     // Each request on its own client connection: the app still sees one.
     for i in 0..50 {
         let (status, _, body) = get(pair.entry, &format!("/keep/{i}")).await;
@@ -88,10 +93,7 @@ async fn app_connections_are_reused_while_the_app_keeps_them_open() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn app_closing_its_connections_costs_no_request() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let app = listener.local_addr().unwrap();
-    let accepted = counting_app(listener, true).await;
-    let pair = Pair::new(app, false).await;
+    let (pair, accepted) = pair_before_counting_app(true).await;
     for i in 0..20 {
         let (status, _, body) = get(pair.entry, &format!("/close/{i}")).await;
         assert_eq!(
@@ -134,10 +136,7 @@ async fn app_not_listening_is_named_and_the_proxy_serves_once_it_is() {
 /// close it and race with the app's next request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_app_connection_to_the_sidecar_stays_open() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let app = listener.local_addr().unwrap();
-    counting_app(listener, false).await;
-    let pair = Pair::new(app, false).await;
+    let (pair, _) = pair_before_counting_app(false).await;
     let mut client = TcpStream::connect(pair.entry).await.unwrap();
     let request = b"GET /idle HTTP/1.1\r\nhost: checkout\r\n\r\n";
     let mut buf = vec![0u8; 4096];
