@@ -1,1 +1,14 @@
-//! weft-injector: the mutating admission webhook. Built out by the injection issue.
+//! weft-injector: the mutating admission webhook that puts the weft proxy into pods.
+//!
+//! - [`config`]: [`InjectConfig`], what an injected pod gets (images, controller,
+//!   trust anchors, resources, native or classic sidecar, defaults of the
+//!   `config.weft.io/` annotations).
+//! - [`mutate`]: the pure decision `mutate(pod, namespace, config) -> Decision`
+//!   (a JSON patch, a skip with its reason, or a denial), shared by the webhook and
+//!   `weft inject`; and [`uninject`], its reverse for manifests.
+
+pub mod config;
+pub mod mutate;
+
+pub use config::InjectConfig;
+pub use mutate::{Decision, NamespaceInfo, SkipReason, Skipped, mutate, uninject};
