@@ -9,6 +9,12 @@
 //!   typed refusal), converted from the wire types at the edge.
 //! - [`control`]: the client side of the control protocol: a gRPC channel to the
 //!   controller over TLS that checks the controller's identity.
+//! - [`policy`]: the policy model (destinations, routes, retries, circuit
+//!   breaking, load balancing, inbound authorization) with its validation and
+//!   its conversions from the wire types; no kube or protobuf types in it.
+//! - [`crd`] (feature `k8s`): the `policy.weft.io` custom resources
+//!   (`ResiliencePolicy`, `AuthorizationPolicy`), converted into the policy
+//!   model; their YAML in `deploy/crds/` is generated (see `tests/crds_generated.rs`).
 //! - [`proto`]: the generated wire types of package `weft.v1` (checked in; see
 //!   `tests/proto_generated.rs`).
 //! - [`tls`]: the one place where mesh TLS is configured (TLS 1.3 only, aws-lc-rs,
@@ -18,7 +24,10 @@
 pub mod certify;
 pub mod consts;
 pub mod control;
+#[cfg(feature = "k8s")]
+pub mod crd;
 pub mod identity;
+pub mod policy;
 pub mod proto;
 pub mod tls;
 

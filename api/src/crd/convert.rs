@@ -1,0 +1,1 @@
+//! `TryFrom` the CRD types into the policy model.
