@@ -136,3 +136,24 @@ pub mod init_env {
 /// Service account of the controller: its gRPC endpoint presents the identity
 /// `spiffe://<trust-domain>/ns/weft-system/sa/weft-controller`.
 pub const CONTROLLER_SERVICE_ACCOUNT: &str = "weft-controller";
+
+/// The injector webhook (`weft-injector`): its HTTP path and the files it reads in
+/// its pod. The deploy manifests and `weft install` mount and name these.
+pub mod injector {
+    /// Path the API server POSTs AdmissionReviews of pod CREATE to, on
+    /// [`super::INJECTOR_WEBHOOK_PORT`] (the MutatingWebhookConfiguration's
+    /// `clientConfig.service.path`, or the end of its `url`).
+    pub const INJECT_PATH: &str = "/inject";
+    /// Directory the webhook serving certificate Secret is mounted at.
+    pub const SERVING_CERT_DIR: &str = "/var/run/weft/webhook";
+    /// Default serving certificate chain (PEM, leaf first): `tls.crt` of the Secret.
+    pub const SERVING_CERT_FILE: &str = "/var/run/weft/webhook/tls.crt";
+    /// Default serving key (PEM): `tls.key` of the Secret.
+    pub const SERVING_KEY_FILE: &str = "/var/run/weft/webhook/tls.key";
+    /// The ConfigMap that carries the trust anchors (PEM bundle) for proxies.
+    pub const TRUST_ANCHORS_CONFIGMAP: &str = "weft-trust-anchors";
+    /// The key of the anchors bundle in [`TRUST_ANCHORS_CONFIGMAP`].
+    pub const TRUST_ANCHORS_KEY: &str = "ca-bundle.crt";
+    /// Default path of the mounted anchors bundle in the injector's pod.
+    pub const TRUST_ANCHORS_FILE: &str = "/var/run/weft/anchors/ca-bundle.crt";
+}

@@ -2,6 +2,7 @@
 //!
 //! Every other crate depends on this one and nothing here depends on them.
 //!
+//! - [`accept`]: the accept loop every listener uses (backs off on accept errors).
 //! - [`identity`]: the SPIFFE [`Identity`] of a workload, parsed and validated.
 //! - [`consts`]: ports, uid, labels, annotations, headers and environment names
 //!   that the injector, the proxy and the controller must agree on.
@@ -21,6 +22,7 @@
 //!   X25519MLKEM768 preferred), where peer identities are read from certificates,
 //!   and where credentials are swapped in without rebuilding configurations.
 
+pub mod accept;
 pub mod certify;
 pub mod consts;
 pub mod control;

@@ -45,6 +45,12 @@ pub enum Command {
         #[arg(long, default_value_t = 120)]
         hold_secs: u64,
     },
+    /// Only the webhook latency at 500 admissions per second; prints the figure as JSON.
+    Webhook {
+        /// Brief run (2 s).
+        #[arg(long)]
+        quick: bool,
+    },
     /// (worker) Measure mTLS handshakes per second from a JSON `HandshakeSpec`.
     Handshake {
         #[arg(long)]

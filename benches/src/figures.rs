@@ -158,6 +158,8 @@ pub struct Report {
     pub systems: Vec<SystemFigures>,
     /// Certificates signed per second through Certify: joins with the identity issue.
     pub certificates_per_second: ControlPlaneFigure,
+    /// Webhook latency at 500 admissions per second.
+    pub webhook: crate::webhook::WebhookFigure,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -12,6 +12,7 @@
 //!   omission corrected, and closed loop), HDR histograms.
 //! - [`idle`], [`handshake`]: the idle-connection and mTLS handshake tests.
 //! - [`certify`]: certificates signed per second through the controller.
+//! - [`webhook`]: webhook latency at 500 admissions per second over HTTPS.
 //! - [`procs`]: CPU time and memory of the proxies, from `/proc`.
 //! - [`scenario`], [`figures`], [`report`]: what runs, what it measured, and
 //!   the Markdown, JSON and PNG outputs.
@@ -30,4 +31,5 @@ pub mod report;
 pub mod run;
 pub mod scenario;
 pub mod systems;
+pub mod webhook;
 pub mod workers;

@@ -59,7 +59,7 @@ pub struct Latency {
 }
 
 impl Latency {
-    fn from_histogram(h: &Histogram<u64>) -> Self {
+    pub(crate) fn from_histogram(h: &Histogram<u64>) -> Self {
         let q = |q: f64| h.value_at_quantile(q) as f64;
         Self {
             p50: q(0.5),

@@ -56,6 +56,25 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             runtime()?.block_on(idle::hold(addr, count, Duration::from_secs(hold_secs)));
             Ok(ExitCode::SUCCESS)
         }
+        Command::Webhook { quick } => {
+            let args = weft_benches::config::AllArgs {
+                quick,
+                repeats: None,
+                duration_secs: None,
+                warmup_secs: None,
+                idle_connections: None,
+                out: "target/weft-bench".into(),
+                systems: Vec::new(),
+                weft_proxy: None,
+            };
+            let settings = Settings::from_args(&args).map_err(anyhow::Error::msg)?;
+            let figure = run::webhook(&settings);
+            println!("{}", serde_json::to_string_pretty(&figure)?);
+            Ok(match figure {
+                weft_benches::webhook::WebhookFigure::Measured { .. } => ExitCode::SUCCESS,
+                weft_benches::webhook::WebhookFigure::NotMeasured { .. } => ExitCode::FAILURE,
+            })
+        }
         Command::Handshake { spec } => {
             let spec: HandshakeSpec = serde_json::from_str(&spec).context("parse --spec")?;
             let result = runtime()?.block_on(handshake::run(&spec))?;

@@ -110,6 +110,7 @@ pub fn all(settings: &Settings) -> anyhow::Result<Report> {
         cpu_reference,
         systems,
         certificates_per_second: certify(settings),
+        webhook: webhook(settings),
     })
 }
 
@@ -127,6 +128,27 @@ fn certify(settings: &Settings) -> ControlPlaneFigure {
             reason: format!("the Certify benchmark failed: {error:#}"),
         },
     }
+}
+
+/// Webhook latency at 500 admissions per second (2 s in quick mode).
+pub fn webhook(settings: &Settings) -> crate::webhook::WebhookFigure {
+    eprintln!(
+        "control plane: webhook latency at {} admissions/s over HTTPS",
+        crate::webhook::RATE
+    );
+    let duration = if settings.quick {
+        Duration::from_secs(2)
+    } else {
+        settings.duration.max(Duration::from_secs(10))
+    };
+    let figure = crate::webhook::measure(settings.warmup, duration);
+    if let crate::webhook::WebhookFigure::Measured { latency_us: l, errors, .. } = &figure {
+        progress(format_args!(
+            "webhook: p50 {:.0}µs  p99 {:.0}µs  p99.9 {:.0}µs  errors {errors}",
+            l.p50, l.p99, l.p999
+        ));
+    }
+    figure
 }
 
 /// The scenario whose CPU per request is the headline: HTTP/1.1, 16

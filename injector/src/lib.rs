@@ -6,9 +6,29 @@
 //! - [`mutate`]: the pure decision `mutate(pod, namespace, config) -> Decision`
 //!   (a JSON patch, a skip with its reason, or a denial), shared by the webhook and
 //!   `weft inject`; and [`uninject`], its reverse for manifests.
+//!
+//! The webhook server (binary `weft-injector`):
+//! - [`settings`]: the command line, every flag checked at once.
+//! - [`injector`]: starts the webhook and admin servers and the file watches.
+//! - [`server`]: HTTPS `POST /inject`, the decision taken as a [`server::Decide`].
+//! - [`admission`]: AdmissionReview v1 decoded and answered (no I/O).
+//! - [`namespaces`]: the Namespace index (watch, or fed by tests) and the
+//!   one-off lookup of an unknown namespace.
+//! - [`tls_reload`]: the serving certificate, swapped in when its files change.
+//! - [`reload`]: polling files for changes (follows Secret symlink swaps).
+//! - [`admin`]: `/live`, `/ready`, `/metrics`; [`metrics`]: what is counted.
 
+pub mod admin;
+pub mod admission;
 pub mod config;
+pub mod injector;
+pub mod metrics;
 pub mod mutate;
+pub mod namespaces;
+pub mod reload;
+pub mod server;
+pub mod settings;
+pub mod tls_reload;
 
 pub use config::InjectConfig;
 pub use mutate::{Decision, NamespaceInfo, SkipReason, Skipped, mutate, uninject};

@@ -115,7 +115,7 @@ pub async fn serve(
     tracker: TaskTracker,
 ) {
     let shutdown = stop.clone();
-    crate::transport::accept_loop(listener, "admin", shutdown, tracker, move |tcp, _| {
+    weft_api::accept::accept_loop(listener, "admin", shutdown, tracker, move |tcp, _| {
         let admin = admin.clone();
         let stop = stop.clone();
         async move {

@@ -5,13 +5,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use rustls::pki_types::ServerName;
-use std::future::Future;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use weft_api::tls::{MeshTls, PeerIdentityError};
 
 use crate::config::Endpoint;
@@ -59,36 +56,6 @@ impl ConnectError {
             } => ProxyError::IdentityMismatch,
             Self::Identity { .. } => ProxyError::TlsFailure,
         }
-    }
-}
-
-/// Accepts connections on `listener` until `shutdown`, handing each to
-/// `handle` in a task that `tracker` waits for at drain. An accept error (out of
-/// file descriptors, ...) is logged and retried after a pause: a listener never
-/// stops by itself.
-pub async fn accept_loop<F, Fut>(
-    listener: TcpListener,
-    what: &'static str,
-    shutdown: CancellationToken,
-    tracker: TaskTracker,
-    mut handle: F,
-) where
-    F: FnMut(TcpStream, SocketAddr) -> Fut,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    loop {
-        let (tcp, client) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(error) => {
-                    tracing::warn!(listener = what, %error, "failed to accept a connection; retrying");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        tracker.spawn(handle(tcp, client));
     }
 }
 

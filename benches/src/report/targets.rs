@@ -198,5 +198,22 @@ pub fn evaluate(report: &Report) -> Vec<Verdict> {
         ),
         ControlPlaneFigure::NotMeasured { reason } => verdict(target, None, reason.clone()),
     });
+
+    let target = "webhook p99 under 5 ms at 500 admissions per second".to_string();
+    out.push(match &report.webhook {
+        crate::webhook::WebhookFigure::Measured {
+            latency_us, errors, ..
+        } => verdict(
+            target,
+            Some(latency_us.p99 < 5_000.0 && *errors == 0),
+            format!(
+                "p99 {:.2} ms, {errors} errors",
+                latency_us.p99 / 1e3
+            ),
+        ),
+        crate::webhook::WebhookFigure::NotMeasured { reason } => {
+            verdict(target, None, reason.clone())
+        }
+    });
     out
 }

@@ -68,7 +68,7 @@ pub async fn serve_upstream(
     tracker: TaskTracker,
 ) {
     let stop = shutdown.clone();
-    crate::transport::accept_loop(
+    weft_api::accept::accept_loop(
         listener,
         "upstream",
         shutdown,

@@ -30,7 +30,7 @@ pub async fn serve(
     tracker: TaskTracker,
 ) {
     let stop = shutdown.clone();
-    crate::transport::accept_loop(
+    weft_api::accept::accept_loop(
         listener,
         "transparent outbound",
         shutdown,
