@@ -150,10 +150,41 @@ pub mod injector {
     pub const SERVING_CERT_FILE: &str = "/var/run/weft/webhook/tls.crt";
     /// Default serving key (PEM): `tls.key` of the Secret.
     pub const SERVING_KEY_FILE: &str = "/var/run/weft/webhook/tls.key";
-    /// The ConfigMap that carries the trust anchors (PEM bundle) for proxies.
-    pub const TRUST_ANCHORS_CONFIGMAP: &str = "weft-trust-anchors";
-    /// The key of the anchors bundle in [`TRUST_ANCHORS_CONFIGMAP`].
-    pub const TRUST_ANCHORS_KEY: &str = "ca-bundle.crt";
-    /// Default path of the mounted anchors bundle in the injector's pod.
+    /// Default path of the mounted anchors bundle in the injector's pod
+    /// ([`super::install::TRUST_ANCHORS_CONFIGMAP`], key [`super::install::TRUST_ANCHORS_KEY`]).
     pub const TRUST_ANCHORS_FILE: &str = "/var/run/weft/anchors/ca-bundle.crt";
+}
+
+/// The Kubernetes objects of an installation (`deploy/`, `weft install`,
+/// `weft check`; issue 10), named once here for the CLI, the controller, the
+/// injector and the tests.
+pub mod install {
+    /// Secret holding the issuer: `tls.crt`, `tls.key`, `ca.crt` (the anchors).
+    pub const ISSUER_SECRET: &str = "weft-issuer";
+    /// ConfigMap holding the trust anchors (PEM bundle) under [`TRUST_ANCHORS_KEY`].
+    pub const TRUST_ANCHORS_CONFIGMAP: &str = "weft-trust-anchors";
+    pub const TRUST_ANCHORS_KEY: &str = "ca-bundle.crt";
+    /// Secret holding the webhook's serving certificate (`tls.crt`, `tls.key`).
+    pub const INJECTOR_TLS_SECRET: &str = "weft-injector-tls";
+    /// Name of the injector's Deployment, Service and service account.
+    pub const INJECTOR_NAME: &str = "weft-injector";
+    /// ConfigMap holding the injector's configuration (`InjectConfig`, YAML).
+    pub const INJECTOR_CONFIGMAP: &str = "weft-injector-config";
+    pub const INJECTOR_CONFIG_KEY: &str = "config.yaml";
+    /// The MutatingWebhookConfiguration.
+    pub const WEBHOOK_CONFIGURATION: &str = "weft-injector";
+    /// Field manager of `weft install --apply` (server-side apply).
+    pub const FIELD_MANAGER: &str = "weft";
+    /// Namespaces whose pods are never sent to the webhook (besides the mesh's own).
+    pub const NEVER_INJECTED_NAMESPACES: &[&str] =
+        &["kube-system", "kube-public", "kube-node-lease"];
+    /// The label the API server sets on every namespace, valued with its name.
+    pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+    /// Standard labels set on every object of an installation.
+    pub const NAME_LABEL: &str = "app.kubernetes.io/name";
+    pub const PART_OF_LABEL: &str = "app.kubernetes.io/part-of";
+    /// Plural names of weft's own CRDs (group [`super::CRD_GROUP`]).
+    pub const CRD_PLURALS: &[&str] = &["resiliencepolicies", "authorizationpolicies"];
+    /// The Gateway API CRD weft needs (a prerequisite, installed by the user).
+    pub const GATEWAY_HTTPROUTE_CRD: &str = "httproutes.gateway.networking.k8s.io";
 }

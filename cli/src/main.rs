@@ -6,13 +6,17 @@
 //!
 //! - `demo/`: `weft demo`, a whole mesh on one machine.
 //! - `audit.rs`: `weft audit certs`, the issuance audit trail as a table or JSON.
+//! - `install/`: `weft install`, the mesh's Kubernetes objects (and `deploy/`).
+//! - `check/`: `weft check`, is the cluster ready for the mesh, is the mesh healthy.
 //! - `output.rs`: `--output table|json`.
 
 // A binary: `pub` inside it marks what a module offers to its siblings.
 #![allow(unreachable_pub)]
 
 mod audit;
+mod check;
 mod demo;
+mod install;
 mod output;
 
 use std::process::ExitCode;
@@ -33,9 +37,18 @@ enum Command {
     /// controller, demo services with their sidecars, live traffic, and a live
     /// view of identities, mTLS, success rates and latency.
     Demo(demo::DemoArgs),
+    /// Renders the mesh's Kubernetes objects with fresh key material
+    /// (`weft install | kubectl apply -f -`), or applies them (`--apply`).
+    Install(Box<install::InstallArgs>),
+    /// Checks that the cluster can run the mesh (`--pre`) and that it is healthy.
+    Check(check::CheckArgs),
     /// Audit what the mesh did.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Writes the default rendering of the manifests (the kustomize base) into a
+    /// directory: how `deploy/` is generated.
+    #[command(name = "__write-deploy", hide = true)]
+    WriteDeploy { dir: std::path::PathBuf },
     /// Runs the weft proxy, configured by environment (WEFT_PROXY_*).
     #[command(name = "__proxy", hide = true)]
     Proxy,
@@ -49,6 +62,21 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Demo(args) => demo::demo(args),
         Command::Audit(command) => match audit::run(&command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("weft: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Install(args) => match install::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("weft install: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Check(args) => check::run(&args),
+        Command::WriteDeploy { dir } => match install::write_deploy(&dir) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("weft: {e:#}");

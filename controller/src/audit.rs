@@ -10,6 +10,10 @@
 //! is one fixed-width line (`<seq, 20 digits> <sha256 hex>`) overwritten in
 //! place, so keeping it costs one small write per record.
 //! [`verify`] checks all of it and names the first broken line.
+//!
+//! A trail can also echo each record, as the same single JSON line, to another
+//! writer ([`AuditLog::echo_to`]): in Kubernetes the controller echoes to
+//! stdout, so the cluster's log pipeline keeps a copy off the node's volume.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -116,11 +120,20 @@ pub enum AuditError {
 }
 
 /// An open trail, appended to by the controller.
-#[derive(Debug)]
 pub struct AuditLog {
     path: PathBuf,
     head_path: PathBuf,
     state: Mutex<Tail>,
+    echo: Option<Mutex<Box<dyn Write + Send>>>,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("path", &self.path)
+            .field("echo", &self.echo.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug)]
@@ -175,6 +188,7 @@ impl AuditLog {
                 seq,
                 hash,
             }),
+            echo: None,
         };
         if seq > 0 {
             // A head lagging behind (a crash between the two writes) catches up.
@@ -186,6 +200,20 @@ impl AuditLog {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Also writes every record appended from now on to `writer`, as the same
+    /// single JSON line (one `write_all` per record, so lines from other
+    /// writers of the same stream never split it). A failed echo is logged and
+    /// does not fail the append: the trail on disk is the record of truth.
+    pub fn echo_to(mut self, writer: Box<dyn Write + Send>) -> Self {
+        self.echo = Some(Mutex::new(writer));
+        self
+    }
+
+    /// Echoes every record to the process's stdout ([`Self::echo_to`]).
+    pub fn echo_to_stdout(self) -> Self {
+        self.echo_to(Box::new(StdoutLines))
     }
 
     /// Appends one record.
@@ -236,7 +264,17 @@ impl AuditLog {
             .map_err(|e| io("append to", e))?;
         tail.seq = record.seq;
         tail.hash = line_hash(&line);
-        self.write_head(&mut tail)
+        self.write_head(&mut tail)?;
+        if let Some(echo) = &self.echo {
+            let mut echo = echo.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(e) = echo
+                .write_all(format!("{line}\n").as_bytes())
+                .and_then(|()| echo.flush())
+            {
+                tracing::warn!(error = %e, seq = record.seq, "could not echo an audit record");
+            }
+        }
+        Ok(())
     }
 
     /// Overwrites the head file in place (fixed width, one write).
@@ -254,6 +292,25 @@ impl AuditLog {
                 path: self.head_path.clone(),
                 source,
             })
+    }
+}
+
+/// Stdout, locked for each whole line.
+struct StdoutLines;
+
+impl Write for StdoutLines {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.write_all(buf).map(|()| buf.len())
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        let mut out = std::io::stdout().lock();
+        out.write_all(buf)?;
+        out.flush()
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stdout().flush()
     }
 }
 
@@ -453,6 +510,51 @@ mod tests {
                 "a broken trail is not continued"
             );
         }
+    }
+
+    /// A writer the test can read back.
+    #[derive(Clone, Default)]
+    struct Shared(std::sync::Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn each_record_is_echoed_as_the_same_json_line() {
+        let (_dir, path) = sample_trail(2);
+        let echoed = Shared::default();
+        let log = AuditLog::open(&path)
+            .unwrap()
+            .echo_to(Box::new(echoed.clone()));
+        let id = Identity::new("cluster.local", "shop", "web").unwrap();
+        let refusal = Refusal::new(RefusalReason::OtherIdentity, "echo me");
+        for _ in 0..2 {
+            log.append(
+                &AuditEvent::Refused {
+                    identity: Some(&id),
+                    refusal: &refusal,
+                },
+                None,
+            )
+            .unwrap();
+        }
+        let echoed = String::from_utf8(echoed.0.lock().unwrap().clone()).unwrap();
+        let trail = std::fs::read_to_string(&path).unwrap();
+        let last_two: Vec<&str> = trail.lines().skip(2).collect();
+        assert_eq!(echoed.lines().collect::<Vec<_>>(), last_two);
+        for line in echoed.lines() {
+            let record: AuditRecord = serde_json::from_str(line).unwrap();
+            assert_eq!(record.identity.as_deref(), Some(id.to_string().as_str()));
+        }
+        assert_eq!(verify(&path).unwrap().len(), 4);
     }
 
     #[test]

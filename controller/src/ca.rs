@@ -614,6 +614,162 @@ impl RootCa {
     }
 }
 
+/// A webhook's serving certificate and the self-signed CA that signed it (the
+/// CA's PEM is the webhook configuration's `caBundle`). Separate from the mesh
+/// root: the API server trusts this CA for the webhook and for nothing else.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ServingCertPem {
+    /// The webhook CA certificate: the `caBundle`.
+    pub ca: String,
+    /// The serving certificate (`tls.crt`).
+    pub cert: String,
+    /// Its private key (`tls.key`).
+    pub key: String,
+}
+
+impl std::fmt::Debug for ServingCertPem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServingCertPem").finish_non_exhaustive()
+    }
+}
+
+/// Generates a self-signed webhook CA named `ca_name` and a serving
+/// certificate under it for `hosts` (DNS names, or IP addresses, each a SAN),
+/// both valid from an hour ago for `validity`. The CA's key is not kept: a new
+/// certificate means a new CA and a new `caBundle`.
+pub fn generate_serving_cert(
+    ca_name: &str,
+    hosts: &[String],
+    validity: Duration,
+) -> Result<ServingCertPem, CaError> {
+    let generate = |what| {
+        KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(|source| CaError::Generate { what, source })
+    };
+    let now = SystemTime::now();
+    let ca_key = generate("the webhook CA key")?;
+    let mut ca = ca_params(ca_name, BasicConstraints::Constrained(0));
+    ca.not_before = to_offset(now - Duration::from_secs(3600));
+    ca.not_after = to_offset(now + validity);
+    ca.serial_number = Some(random_serial());
+    let ca_cert = ca
+        .self_signed(&ca_key)
+        .map_err(|source| CaError::Generate {
+            what: "the webhook CA certificate",
+            source,
+        })?;
+    let signer = rcgen::Issuer::new(ca, ca_key);
+    let key = generate("the serving key")?;
+    let mut params = CertificateParams::default();
+    let mut name = DistinguishedName::new();
+    name.push(DnType::OrganizationName, "weft");
+    if let Some(first) = hosts.first() {
+        name.push(DnType::CommonName, first.as_str());
+    }
+    params.distinguished_name = name;
+    params.subject_alt_names = hosts
+        .iter()
+        .map(|host| match host.parse::<std::net::IpAddr>() {
+            Ok(ip) => Ok(SanType::IpAddress(ip)),
+            Err(_) => host
+                .as_str()
+                .try_into()
+                .map(SanType::DnsName)
+                .map_err(|source| CaError::Generate {
+                    what: "the serving certificate's DNS name",
+                    source,
+                }),
+        })
+        .collect::<Result<_, _>>()?;
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.use_authority_key_identifier_extension = true;
+    params.serial_number = Some(random_serial());
+    params.not_before = to_offset(now - Duration::from_secs(3600));
+    params.not_after = to_offset(now + validity);
+    let cert = params
+        .signed_by(&key, &signer)
+        .map_err(|source| CaError::Generate {
+            what: "the serving certificate",
+            source,
+        })?;
+    Ok(ServingCertPem {
+        ca: ca_cert.pem(),
+        cert: cert.pem(),
+        key: key.serialize_pem(),
+    })
+}
+
+/// Checks, as a TLS client would at `now`, that the serving certificate
+/// `cert_pem` (leaf first) chains to one of `ca_pem`'s certificates and is
+/// valid for `host` (a DNS name or an IP address).
+pub fn verify_serving_cert(
+    ca_pem: &str,
+    cert_pem: &str,
+    host: &str,
+    now: SystemTime,
+) -> Result<(), CaError> {
+    let anchors = weft_api::tls::certs_from_pem(ca_pem.as_bytes(), "CA bundle")
+        .map_err(|e| invalid("the CA bundle", e))?;
+    let chain = weft_api::tls::certs_from_pem(cert_pem.as_bytes(), "serving certificate")
+        .map_err(|e| invalid("the serving certificate", e))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for anchor in anchors {
+        roots.add(anchor).map_err(|e| invalid("the CA bundle", e))?;
+    }
+    let parsed = rustls::server::ParsedCertificate::try_from(&chain[0])
+        .map_err(|e| invalid("the serving certificate", e))?;
+    let time = rustls_pki_types::UnixTime::since_unix_epoch(
+        now.duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default(),
+    );
+    rustls::client::verify_server_cert_signed_by_trust_anchor(
+        &parsed,
+        &roots,
+        &chain[1..],
+        time,
+        weft_api::tls::crypto_provider()
+            .signature_verification_algorithms
+            .all,
+    )
+    .map_err(|e| CaError::Untrusted(e.to_string()))?;
+    let name = rustls_pki_types::ServerName::try_from(host.to_owned())
+        .map_err(|e| invalid("the server name", e))?;
+    rustls::client::verify_server_name(&parsed, &name).map_err(|e| {
+        invalid(
+            "the serving certificate",
+            format!("not valid for {host}: {e}"),
+        )
+    })
+}
+
+/// The subject and validity of one certificate of a PEM bundle.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertValidity {
+    pub subject: String,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+}
+
+/// The subject and validity of every certificate in the PEM bundle `pem`
+/// (`what` names the bundle in errors).
+pub fn pem_validity(pem: &str, what: &'static str) -> Result<Vec<CertValidity>, CaError> {
+    weft_api::tls::certs_from_pem(pem.as_bytes(), what)
+        .map_err(|e| invalid(what, e))?
+        .iter()
+        .map(|der| {
+            let (_, cert) =
+                x509_parser::parse_x509_certificate(der.as_ref()).map_err(|e| invalid(what, e))?;
+            Ok(CertValidity {
+                subject: cert.subject().to_string(),
+                not_before: unix_to_system(cert.validity().not_before.timestamp()),
+                not_after: unix_to_system(cert.validity().not_after.timestamp()),
+            })
+        })
+        .collect()
+}
+
 fn ca_params(common_name: &str, constraints: BasicConstraints) -> CertificateParams {
     let mut params = CertificateParams::default();
     let mut name = DistinguishedName::new();

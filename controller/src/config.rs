@@ -13,6 +13,8 @@
 //!   and audit trail.
 //! - `--issuer-dir` (default local: `<state-dir>/issuer`; kubernetes: `/var/run/weft/issuer`).
 //! - `--audit-log` (default local: `<state-dir>/audit.log`; kubernetes: `/var/lib/weft/audit.log`).
+//! - `--audit-stdout true|false` (default local: false; kubernetes: true): also
+//!   write each audit record as one JSON line on stdout, for the cluster's log pipeline.
 //! - `--trust-domain` (default cluster.local).
 //! - `--grpc-addr` (default local: 127.0.0.1:8090; kubernetes: 0.0.0.0:8090).
 //! - `--admin-addr` (default local: 127.0.0.1:9990; kubernetes: 0.0.0.0:9990).
@@ -33,7 +35,7 @@ use weft_api::Identity;
 use weft_api::consts::{CONTROL_PLANE_ADMIN_PORT, CONTROLLER_GRPC_PORT};
 use weft_api::identity::DEFAULT_TRUST_DOMAIN;
 
-use crate::controller::Settings;
+use crate::controller::{AuditEcho, Settings};
 
 /// The weft controller: the mesh CA and the gRPC API the proxies use.
 #[derive(Debug, Parser)]
@@ -65,6 +67,9 @@ pub struct ServeArgs {
     /// The issuance audit trail (JSON lines).
     #[arg(long)]
     pub audit_log: Option<PathBuf>,
+    /// Also write each audit record as a JSON line on stdout.
+    #[arg(long)]
+    pub audit_stdout: Option<bool>,
     #[arg(long, default_value = DEFAULT_TRUST_DOMAIN)]
     pub trust_domain: String,
     /// gRPC listen address.
@@ -110,6 +115,7 @@ pub struct ServeConfig {
     pub mode: Mode,
     pub state_dir: PathBuf,
     pub settings: Settings,
+    pub audit_echo: AuditEcho,
     pub log: String,
 }
 
@@ -185,8 +191,13 @@ impl ServeArgs {
                     .unwrap_or_else(|| PathBuf::from("/var/lib/weft/audit.log")),
             ),
         };
+        let audit_echo = match self.audit_stdout.unwrap_or(mode == Mode::Kubernetes) {
+            true => AuditEcho::Stdout,
+            false => AuditEcho::Off,
+        };
         Ok(ServeConfig {
             mode,
+            audit_echo,
             state_dir: self.state_dir.clone(),
             log: self.log.clone(),
             settings: Settings {
@@ -278,6 +289,10 @@ mod tests {
         );
         assert_eq!(kube.settings.cert_lifetime, Duration::from_secs(10));
         assert!(!kube.settings.generate_issuer);
+        assert_eq!(local.audit_echo, AuditEcho::Off);
+        assert_eq!(kube.audit_echo, AuditEcho::Stdout);
+        let quiet = serve(&["--mode", "kubernetes", "--audit-stdout", "false"]).unwrap();
+        assert_eq!(quiet.audit_echo, AuditEcho::Off);
     }
 
     #[test]

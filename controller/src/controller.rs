@@ -40,6 +40,13 @@ pub struct Settings {
     pub audit_path: PathBuf,
 }
 
+/// Whether audit records are also written to stdout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuditEcho {
+    Off,
+    Stdout,
+}
+
 /// Why a controller could not start. Each names what to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -95,6 +102,16 @@ impl Controller {
         settings: Settings,
         verifier: Arc<dyn TokenVerifier>,
     ) -> Result<Self, StartError> {
+        Self::start_with(settings, verifier, AuditEcho::Off).await
+    }
+
+    /// [`Self::start`], echoing each audit record to stdout when `echo` says so
+    /// (`--audit-stdout`: the cluster's log pipeline keeps a copy).
+    pub async fn start_with(
+        settings: Settings,
+        verifier: Arc<dyn TokenVerifier>,
+        echo: AuditEcho,
+    ) -> Result<Self, StartError> {
         let identity = weft_api::control::controller_identity(&settings.trust_domain)
             .map_err(|e| StartError::TrustDomain(settings.trust_domain.clone(), e))?;
         let issuer = if settings.generate_issuer {
@@ -111,7 +128,11 @@ impl Controller {
         let anchors =
             TrustAnchors::from_der(issuer.trust_anchors().to_vec()).map_err(StartError::Anchors)?;
         let ca = Arc::new(Ca::new(issuer, settings.cert_lifetime));
-        let audit = Arc::new(AuditLog::open(&settings.audit_path)?);
+        let audit = AuditLog::open(&settings.audit_path)?;
+        let audit = Arc::new(match echo {
+            AuditEcho::Off => audit,
+            AuditEcho::Stdout => audit.echo_to_stdout(),
+        });
         let tls = MeshTls::new(anchors);
         let own = renew_own(&ca, &identity, &tls, &audit, &metrics)
             .map_err(StartError::OwnCertificate)?;

@@ -23,4 +23,4 @@ pub mod metrics;
 pub mod token;
 pub mod token_review;
 
-pub use controller::{Controller, Settings, StartError};
+pub use controller::{AuditEcho, Controller, Settings, StartError};

@@ -33,7 +33,8 @@ async fn main() -> anyhow::Result<()> {
                     Arc::new(TokenReviewer::new(client, &config.settings.trust_domain))
                 }
             };
-            let controller = Controller::start(config.settings, verifier).await?;
+            let controller =
+                Controller::start_with(config.settings, verifier, config.audit_echo).await?;
             shutdown_signal().await?;
             controller.shutdown().await;
             Ok(())
