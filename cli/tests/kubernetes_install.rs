@@ -1,0 +1,543 @@
+//! `weft install`, the injector and `weft check` against a real API server.
+//!
+//! Runs only when `WEFT_E2E_KUBECONFIG` names a kubeconfig of a disposable cluster
+//! (a bare kube-apiserver 1.28 with kube-controller-manager is enough: there is no
+//! kubelet, so pods stay Pending and this test plays the kubelet's part where it
+//! must); otherwise it prints why it is skipped and passes.
+//!
+//! It applies `weft install --webhook-url https://127.0.0.1:<port>/inject` to the
+//! cluster, runs `weft-injector` on this machine with the serving certificate,
+//! trust anchors and configuration the install created, and then checks what the
+//! API server stored: the pods of a Deployment (2 replicas, made by the
+//! controller manager) and a bare pod in a labelled namespace are injected with a
+//! native sidecar; with native sidecars off (a second install) a new pod gets the
+//! classic sidecar; a pod in an unlabelled namespace is not injected unless it
+//! opts in with the `weft.io/inject: enabled` label; the mesh's own pods never
+//! are. Finally the test marks the mesh's pods ready (binding them to a Node and
+//! writing their status, as a kubelet would) and `weft check` passes.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{
+    Binding, ConfigMap, Container, Namespace, Node, ObjectReference, Pod, PodCondition, PodSpec,
+    PodStatus, PodTemplateSpec, Secret,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+
+const ENV: &str = "WEFT_E2E_KUBECONFIG";
+const MESH_NS: &str = "weft-system";
+const NODE: &str = "weft-e2e-node";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_inject_and_check_on_a_real_api_server() {
+    let Some(kubeconfig) = std::env::var_os(ENV).map(PathBuf::from) else {
+        eprintln!(
+            "skipped: {ENV} is not set; set it to a kubeconfig of a disposable cluster \
+             (kube-apiserver 1.28 or later) to run the install and injection suite"
+        );
+        return;
+    };
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(&kubeconfig).expect("a readable kubeconfig"),
+        &Default::default(),
+    )
+    .await
+    .expect("a usable kubeconfig");
+    let client = kube::Client::try_from(config).expect("a Kubernetes client");
+    let suffix = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
+    let labelled = format!("weft-e2e-on-{suffix}");
+    let unlabelled = format!("weft-e2e-off-{suffix}");
+    let work = tempfile::tempdir().expect("a temporary directory");
+
+    let outcome = tokio::spawn(run(
+        client.clone(),
+        kubeconfig.clone(),
+        labelled.clone(),
+        unlabelled.clone(),
+        work.path().to_owned(),
+    ))
+    .await;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    for ns in [&labelled, &unlabelled] {
+        let _ = namespaces.delete(ns, &DeleteParams::default()).await;
+    }
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic.into_panic());
+    }
+}
+
+async fn run(
+    client: kube::Client,
+    kubeconfig: PathBuf,
+    labelled: String,
+    unlabelled: String,
+    work: PathBuf,
+) {
+    gateway_api_crds(&kubeconfig);
+    node(&client).await;
+
+    // The install, with the webhook reached by URL on this machine.
+    let port = free_port();
+    let webhook_url = format!("https://127.0.0.1:{port}/inject");
+    install(&kubeconfig, &webhook_url, true);
+    let mut injector = Injector::start(&client, &kubeconfig, port, &work).await;
+
+    // A labelled namespace: a Deployment of 2 replicas and a bare pod.
+    create_namespace(&client, &labelled, true).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &labelled);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &labelled);
+    deployments
+        .create(&PostParams::default(), &deployment("shop", 2))
+        .await
+        .expect("create the Deployment");
+    pods.create(&PostParams::default(), &pod("bare", BTreeMap::new()))
+        .await
+        .expect("the API server accepts the injected bare pod");
+    let shop = wait_for(|| {
+        let pods = pods.clone();
+        async move {
+            let list = pods
+                .list(&ListParams::default().labels("app=shop"))
+                .await
+                .ok()?;
+            (list.items.len() == 2).then_some(list.items)
+        }
+    })
+    .await
+    .expect("the controller manager creates the Deployment's 2 pods");
+    for p in &shop {
+        assert_native_sidecar(p);
+    }
+    let bare = pods.get("bare").await.expect("the bare pod");
+    assert_native_sidecar(&bare);
+
+    // An unlabelled namespace: not injected, unless the pod opts in by label.
+    create_namespace(&client, &unlabelled, false).await;
+    let other: Api<Pod> = Api::namespaced(client.clone(), &unlabelled);
+    let plain = other
+        .create(&PostParams::default(), &pod("plain", BTreeMap::new()))
+        .await
+        .expect("create a pod in an unlabelled namespace");
+    assert_not_injected(&plain);
+    let opted_in = other
+        .create(
+            &PostParams::default(),
+            &pod(
+                "opted-in",
+                BTreeMap::from([("weft.io/inject".to_owned(), "enabled".to_owned())]),
+            ),
+        )
+        .await
+        .expect("create an opted-in pod");
+    assert_native_sidecar(&opted_in);
+
+    // The mesh's own pods are never injected.
+    let mesh_pods: Api<Pod> = Api::namespaced(client.clone(), MESH_NS);
+    let mesh = wait_for(|| {
+        let mesh_pods = mesh_pods.clone();
+        async move {
+            let list = mesh_pods.list(&ListParams::default()).await.ok()?;
+            (list.items.len() >= 4).then_some(list.items)
+        }
+    })
+    .await
+    .expect("the controller and injector pods of weft-system exist");
+    for p in &mesh {
+        assert_not_injected(p);
+    }
+
+    // Classic sidecars: install again with native sidecars off.
+    install(&kubeconfig, &webhook_url, false);
+    injector.stop();
+    let mut injector = Injector::start(&client, &kubeconfig, port, &work).await;
+    let classic = pods
+        .create(&PostParams::default(), &pod("classic", BTreeMap::new()))
+        .await
+        .expect("the API server accepts the classic-sidecar pod");
+    assert_classic_sidecar(&classic);
+
+    // `weft check`, once the mesh's pods are ready as a kubelet would report them.
+    for p in &mesh {
+        make_ready(&client, p).await;
+    }
+    let check = wait_for(|| {
+        let kubeconfig = kubeconfig.clone();
+        async move {
+            let out = weft(&["check", "--kubeconfig"], &kubeconfig, &[]);
+            out.status.success().then_some(out)
+        }
+    })
+    .await;
+    let Some(check) = check else {
+        let out = weft(&["check", "--kubeconfig"], &kubeconfig, &[]);
+        panic!(
+            "weft check failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    eprintln!("{}", String::from_utf8_lossy(&check.stdout));
+    injector.stop();
+}
+
+fn assert_native_sidecar(pod: &Pod) {
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let annotations = pod.metadata.annotations.clone().unwrap_or_default();
+    assert!(
+        annotations.contains_key("weft.io/injected-by"),
+        "{name}: not injected: {annotations:?}"
+    );
+    let spec = pod.spec.as_ref().expect("a pod spec");
+    let init = spec.init_containers.clone().unwrap_or_default();
+    assert_eq!(
+        init.first().map(|c| c.name.as_str()),
+        Some("weft-init"),
+        "{name}: weft-init first"
+    );
+    let proxy = init
+        .iter()
+        .find(|c| c.restart_policy.as_deref() == Some("Always"))
+        .unwrap_or_else(|| panic!("{name}: the API server kept no native sidecar: {init:?}"));
+    assert!(proxy.startup_probe.is_some(), "{name}: a startup probe");
+    assert!(
+        spec.containers.iter().all(|c| c.name == "app"),
+        "{name}: only the app in containers"
+    );
+}
+
+fn assert_classic_sidecar(pod: &Pod) {
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let spec = pod.spec.as_ref().expect("a pod spec");
+    let init = spec.init_containers.clone().unwrap_or_default();
+    assert!(
+        init.iter().all(|c| c.restart_policy.is_none()),
+        "{name}: no native sidecar"
+    );
+    let first = spec.containers.first().expect("a container");
+    assert_ne!(first.name, "app", "{name}: the proxy placed first");
+    assert!(
+        first.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()).is_some(),
+        "{name}: the classic proxy waits for readiness in postStart"
+    );
+}
+
+fn assert_not_injected(pod: &Pod) {
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let annotations = pod.metadata.annotations.clone().unwrap_or_default();
+    assert!(
+        !annotations.contains_key("weft.io/injected-by"),
+        "{name} must not be injected"
+    );
+    let spec = pod.spec.as_ref().expect("a pod spec");
+    assert!(
+        spec.init_containers
+            .iter()
+            .flatten()
+            .all(|c| c.name != "weft-init"),
+        "{name} must not be injected"
+    );
+}
+
+/// The local injector, configured from what `weft install` put into the cluster.
+struct Injector {
+    child: Child,
+}
+
+impl Injector {
+    async fn start(client: &kube::Client, kubeconfig: &Path, port: u16, work: &Path) -> Self {
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), MESH_NS);
+        let maps: Api<ConfigMap> = Api::namespaced(client.clone(), MESH_NS);
+        let tls = secrets
+            .get("weft-injector-tls")
+            .await
+            .expect("the webhook's serving certificate");
+        let data = tls.data.expect("Secret data");
+        std::fs::write(work.join("tls.crt"), &data["tls.crt"].0).expect("write tls.crt");
+        std::fs::write(work.join("tls.key"), &data["tls.key"].0).expect("write tls.key");
+        let anchors = maps
+            .get("weft-trust-anchors")
+            .await
+            .expect("the trust anchors");
+        let bundle = anchors.data.expect("ConfigMap data")["ca-bundle.crt"].clone();
+        std::fs::write(work.join("ca-bundle.crt"), bundle).expect("write the anchors");
+        let config = maps
+            .get("weft-injector-config")
+            .await
+            .expect("the injector's configuration");
+        let (_, text) = config
+            .data
+            .expect("ConfigMap data")
+            .into_iter()
+            .next()
+            .expect("a configuration file");
+        std::fs::write(work.join("config.yaml"), text).expect("write the configuration");
+
+        let admin = free_port();
+        let log = std::fs::File::create(work.join("injector.log")).expect("a log file");
+        let child = Command::new(sibling_binary("weft-injector"))
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--admin-addr")
+            .arg(format!("127.0.0.1:{admin}"))
+            .arg("--cert-file")
+            .arg(work.join("tls.crt"))
+            .arg("--key-file")
+            .arg(work.join("tls.key"))
+            .arg("--config")
+            .arg(work.join("config.yaml"))
+            .arg("--trust-anchors-file")
+            .arg(work.join("ca-bundle.crt"))
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start weft-injector");
+        let ready = wait_for(|| async move {
+            let out = Command::new("curl")
+                .args(["-sf", &format!("http://127.0.0.1:{admin}/ready")])
+                .output()
+                .ok()?;
+            out.status.success().then_some(())
+        })
+        .await;
+        if ready.is_none() {
+            let log = std::fs::read_to_string(work.join("injector.log")).unwrap_or_default();
+            panic!("weft-injector did not become ready:\n{log}");
+        }
+        Self { child }
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Injector {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn install(kubeconfig: &Path, webhook_url: &str, native: bool) {
+    let native = if native { "true" } else { "false" };
+    let out = weft(
+        &["install", "--apply", "--kubeconfig"],
+        kubeconfig,
+        &["--webhook-url", webhook_url, "--native-sidecars", native],
+    );
+    assert!(
+        out.status.success(),
+        "weft install --apply failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn weft(args: &[&str], kubeconfig: &Path, more: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(args)
+        .arg(kubeconfig)
+        .args(more)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run weft")
+}
+
+/// The Gateway API CRDs, a documented prerequisite of weft.
+fn gateway_api_crds(kubeconfig: &Path) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/gateway-api/v1.5.1/standard");
+    let out = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(["apply", "--server-side", "-f"])
+        .arg(&dir)
+        .output()
+        .expect("run kubectl");
+    assert!(
+        out.status.success(),
+        "apply the Gateway API CRDs from {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// EndpointSlices and bindings need a Node object; there is no kubelet behind it.
+async fn node(client: &kube::Client) {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node = Node {
+        metadata: ObjectMeta {
+            name: Some(NODE.into()),
+            ..ObjectMeta::default()
+        },
+        ..Node::default()
+    };
+    match nodes.create(&PostParams::default(), &node).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => panic!("create the Node: {e}"),
+    }
+}
+
+async fn create_namespace(client: &kube::Client, name: &str, opted_in: bool) {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let labels = opted_in.then(|| BTreeMap::from([("weft.io/inject".into(), "enabled".into())]));
+    namespaces
+        .create(
+            &PostParams::default(),
+            &Namespace {
+                metadata: ObjectMeta {
+                    name: Some(name.into()),
+                    labels,
+                    ..ObjectMeta::default()
+                },
+                ..Namespace::default()
+            },
+        )
+        .await
+        .expect("create a namespace");
+}
+
+fn app_spec() -> PodSpec {
+    PodSpec {
+        containers: vec![Container {
+            name: "app".into(),
+            image: Some("registry.example/shop:1".into()),
+            ..Container::default()
+        }],
+        ..PodSpec::default()
+    }
+}
+
+fn pod(name: &str, labels: BTreeMap<String, String>) -> Pod {
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            labels: Some(labels),
+            ..ObjectMeta::default()
+        },
+        spec: Some(app_spec()),
+        ..Pod::default()
+    }
+}
+
+fn deployment(name: &str, replicas: i32) -> Deployment {
+    let labels = BTreeMap::from([("app".to_owned(), name.to_owned())]);
+    Deployment {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(DeploymentSpec {
+            replicas: Some(replicas),
+            selector: LabelSelector {
+                match_labels: Some(labels.clone()),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(app_spec()),
+            },
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    }
+}
+
+/// What a kubelet would do for a pod that started: bind it to the node and
+/// report it running and ready.
+async fn make_ready(client: &kube::Client, pod: &Pod) {
+    let ns = pod.metadata.namespace.clone().expect("a namespace");
+    let name = pod.metadata.name.clone().expect("a name");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    if pod.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_none() {
+        let binding = Binding {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                ..ObjectMeta::default()
+            },
+            target: ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Node".into()),
+                name: Some(NODE.into()),
+                ..ObjectReference::default()
+            },
+        };
+        let data = serde_json::to_vec(&binding).expect("a binding");
+        let request = http::Request::post(format!("/api/v1/namespaces/{ns}/pods/{name}/binding"))
+            .header("content-type", "application/json")
+            .body(data)
+            .expect("a request");
+        let _: serde_json::Value = client
+            .request(request)
+            .await
+            .expect("bind the pod to the node");
+    }
+    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::now(),
+    );
+    let status = PodStatus {
+        phase: Some("Running".into()),
+        pod_ip: Some("198.18.0.10".into()),
+        conditions: Some(
+            ["Ready", "ContainersReady", "Initialized", "PodScheduled"]
+                .into_iter()
+                .map(|t| PodCondition {
+                    type_: t.into(),
+                    status: "True".into(),
+                    last_transition_time: Some(now.clone()),
+                    ..PodCondition::default()
+                })
+                .collect(),
+        ),
+        ..PodStatus::default()
+    };
+    pods.patch_status(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({ "status": status })),
+    )
+    .await
+    .expect("write the pod's status");
+}
+
+async fn wait_for<T, F, Fut>(mut probe: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(value) = probe().await {
+            return Some(value);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+fn sibling_binary(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_weft"))
+        .with_file_name(name)
+}
