@@ -142,7 +142,12 @@ pub fn webhook(settings: &Settings) -> crate::webhook::WebhookFigure {
         settings.duration.max(Duration::from_secs(10))
     };
     let figure = crate::webhook::measure(settings.warmup, duration);
-    if let crate::webhook::WebhookFigure::Measured { latency_us: l, errors, .. } = &figure {
+    if let crate::webhook::WebhookFigure::Measured {
+        latency_us: l,
+        errors,
+        ..
+    } = &figure
+    {
         progress(format_args!(
             "webhook: p50 {:.0}µs  p99 {:.0}µs  p99.9 {:.0}µs  errors {errors}",
             l.p50, l.p99, l.p999

@@ -5,8 +5,7 @@
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::DynamicObject;
 use kube::core::admission::{
-    AdmissionRequest, AdmissionResponse, AdmissionReview, META_API_VERSION_V1, META_KIND,
-    Operation,
+    AdmissionRequest, AdmissionResponse, AdmissionReview, META_API_VERSION_V1, META_KIND, Operation,
 };
 
 use crate::metrics::Outcome;
@@ -62,7 +61,11 @@ pub fn decode(body: &[u8]) -> Result<Review, DecodeError> {
     let is_pod = request.kind.group.is_empty()
         && request.kind.version == "v1"
         && request.kind.kind == "Pod"
-        && request.sub_resource.as_deref().unwrap_or_default().is_empty();
+        && request
+            .sub_resource
+            .as_deref()
+            .unwrap_or_default()
+            .is_empty();
     if !is_pod || request.operation != Operation::Create {
         return Ok(Review::Other(Box::new(request)));
     }
@@ -92,8 +95,7 @@ pub fn decode(body: &[u8]) -> Result<Review, DecodeError> {
 pub fn answer(
     request: &AdmissionRequest<DynamicObject>,
     decision: Decision,
-) -> Result<(AdmissionReview<DynamicObject>, Outcome), kube::core::admission::SerializePatchError>
-{
+) -> Result<(AdmissionReview<DynamicObject>, Outcome), kube::core::admission::SerializePatchError> {
     let allowed = AdmissionResponse::from(request);
     let (response, outcome) = match decision {
         Decision::Inject(patch) => (allowed.with_patch(patch)?, Outcome::Injected),
@@ -115,8 +117,22 @@ pub fn answer(
     Ok((response.into_review(), outcome))
 }
 
+/// The review as JSON, with the patch as the API server reads a `[]byte`:
+/// base64 text (kube-core's own serialization writes an array of numbers).
+pub fn encode(review: &AdmissionReview<DynamicObject>) -> Result<Vec<u8>, serde_json::Error> {
+    use base64::Engine as _;
+    let mut value = serde_json::to_value(review)?;
+    if let Some(patch) = review.response.as_ref().and_then(|r| r.patch.as_ref()) {
+        value["response"]["patch"] =
+            serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(patch));
+    }
+    serde_json::to_vec(&value)
+}
+
 /// The response to a request the webhook does not decide on: allowed unchanged.
-pub fn allow_unchanged(request: &AdmissionRequest<DynamicObject>) -> AdmissionReview<DynamicObject> {
+pub fn allow_unchanged(
+    request: &AdmissionRequest<DynamicObject>,
+) -> AdmissionReview<DynamicObject> {
     AdmissionResponse::from(request).into_review()
 }
 
@@ -166,7 +182,10 @@ mod tests {
         let not_json = decode(b"{").err().expect("refused").to_string();
         assert!(not_json.contains("not an AdmissionReview"), "{not_json}");
         let v1beta1 = POD_CREATE.replace("admission.k8s.io/v1", "admission.k8s.io/v1beta1");
-        let e = decode(v1beta1.as_bytes()).err().expect("refused").to_string();
+        let e = decode(v1beta1.as_bytes())
+            .err()
+            .expect("refused")
+            .to_string();
         assert!(e.contains("admissionReviewVersions"), "{e}");
         let no_request = r#"{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1"}"#;
         assert!(matches!(
@@ -174,7 +193,10 @@ mod tests {
             Err(DecodeError::NoRequest)
         ));
         let bad_pod = POD_CREATE.replace("\"containers\":[", "\"containers\":[7,");
-        let e = decode(bad_pod.as_bytes()).err().expect("refused").to_string();
+        let e = decode(bad_pod.as_bytes())
+            .err()
+            .expect("refused")
+            .to_string();
         assert!(e.contains("not a valid Pod"), "{e}");
     }
 
@@ -200,10 +222,15 @@ mod tests {
         });
         let (review, outcome) = answer(&create.request, skip).expect("answer");
         assert_eq!(outcome, Outcome::Skipped("host-network"));
-        let response = review.response.expect("response");
-        assert!(response.allowed);
-        let sent: json_patch::Patch =
-            serde_json::from_slice(&response.patch.expect("a patch")).expect("JSON patch");
+        let wire: serde_json::Value =
+            serde_json::from_slice(&encode(&review).expect("encodes")).expect("JSON");
+        assert_eq!(wire["response"]["allowed"], true);
+        assert_eq!(wire["response"]["patchType"], "JSONPatch");
+        use base64::Engine as _;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(wire["response"]["patch"].as_str().expect("base64 text"))
+            .expect("base64");
+        let sent: json_patch::Patch = serde_json::from_slice(&bytes).expect("JSON patch");
         assert_eq!(sent, patch);
     }
 }

@@ -163,11 +163,11 @@ pub async fn start(parts: Parts) -> Result<Running, StartError> {
         shutdown.clone(),
         tracker.clone(),
     ));
-    tracker.spawn(admin.clone().serve(
-        admin_listener,
-        shutdown.clone(),
-        tracker.clone(),
-    ));
+    tracker.spawn(
+        admin
+            .clone()
+            .serve(admin_listener, shutdown.clone(), tracker.clone()),
+    );
     tracing::info!(%webhook_addr, %admin_addr, "injector serving");
     Ok(Running {
         webhook_addr,

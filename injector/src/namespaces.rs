@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
-use kube::runtime::watcher;
 use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher;
 
 use crate::metrics::Metrics;
 use crate::mutate::NamespaceInfo;
@@ -220,9 +220,8 @@ mod tests {
     fn ns(name: &str, label: Option<&str>) -> Namespace {
         let mut namespace = Namespace::default();
         namespace.metadata.name = Some(name.into());
-        namespace.metadata.labels = label.map(|v| {
-            BTreeMap::from([(weft_api::consts::INJECT_KEY.to_string(), v.to_string())])
-        });
+        namespace.metadata.labels = label
+            .map(|v| BTreeMap::from([(weft_api::consts::INJECT_KEY.to_string(), v.to_string())]));
         namespace
     }
 

@@ -15,9 +15,7 @@ pub type Contents = Vec<Vec<u8>>;
 pub fn read_all(paths: &[PathBuf]) -> Result<Contents, String> {
     paths
         .iter()
-        .map(|path| {
-            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
-        })
+        .map(|path| std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display())))
         .collect()
 }
 

@@ -241,7 +241,7 @@ fn json_answer(
     review: &kube::core::admission::AdmissionReview<kube::core::DynamicObject>,
     outcome: Outcome,
 ) -> Answer {
-    match serde_json::to_vec(review) {
+    match admission::encode(review) {
         Ok(body) => Answer {
             status: StatusCode::OK,
             json: true,

@@ -223,7 +223,10 @@ mod tests {
             "--config",
             "--log-format",
         ] {
-            assert!(errors.iter().any(|e| e.starts_with(flag)), "{flag}: {errors:#?}");
+            assert!(
+                errors.iter().any(|e| e.starts_with(flag)),
+                "{flag}: {errors:#?}"
+            );
         }
     }
 

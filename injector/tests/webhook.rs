@@ -65,9 +65,7 @@ impl SecretDir {
 
 fn serving_leaf(ca: &TestCa) -> weft_tests::pki::Leaf {
     let mut spec = LeafSpec::identity("spiffe://cluster.local/ns/weft-system/sa/weft-injector");
-    spec.sans = vec![SanType::DnsName(
-        SERVER_NAME.try_into().expect("DNS name"),
-    )];
+    spec.sans = vec![SanType::DnsName(SERVER_NAME.try_into().expect("DNS name"))];
     ca.issue_spec(&spec)
 }
 
@@ -99,7 +97,10 @@ async fn start(decide: Decide) -> Harness {
     index.reset([
         namespace(
             "shop",
-            &[(weft_api::consts::INJECT_KEY, weft_api::consts::INJECT_ENABLED)],
+            &[(
+                weft_api::consts::INJECT_KEY,
+                weft_api::consts::INJECT_ENABLED,
+            )],
         ),
         namespace("plain", &[]),
     ]);
@@ -135,6 +136,10 @@ fn connector(ca: &TestCa) -> TlsConnector {
         .expect("TLS 1.3")
         .with_root_certificates(roots)
         .with_no_client_auth();
+    let mut config = config;
+    // Every connection a full handshake: a resumed session shows the
+    // certificate of the session it resumes, not the one being served now.
+    config.resumption = rustls::client::Resumption::disabled();
     TlsConnector::from(Arc::new(config))
 }
 
@@ -217,7 +222,12 @@ async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
         .expect("request");
     let response = sender.send_request(request).await.expect("response");
     let status = response.status().as_u16();
-    let body = response.into_body().collect().await.expect("body").to_bytes();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
@@ -233,10 +243,13 @@ where
     }
 }
 
-/// Applies the response's `patch` (the AdmissionResponse's `[]byte`, sent as
-/// an array of bytes) to the pod as it was sent.
+/// Applies the response's `patch` (the AdmissionResponse's `[]byte`, which
+/// JSON carries as base64 text) to the pod as it was sent.
 fn apply_patch(original: &Value, patch: &Value) -> Value {
-    let bytes: Vec<u8> = serde_json::from_value(patch.clone()).expect("the patch is bytes");
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(patch.as_str().expect("the patch is base64 text"))
+        .expect("base64");
     let patch: json_patch::Patch = serde_json::from_slice(&bytes).expect("a JSON patch");
     let mut pod = original.clone();
     json_patch::patch(&mut pod, &patch).expect("the patch applies to the pod as sent");
@@ -265,6 +278,33 @@ async fn injects_a_pod_of_an_opted_in_namespace() {
     assert!(
         metrics.contains(r#"weft_injector_admissions_total{outcome="injected",reason="none"} 1"#),
         "{metrics}"
+    );
+    h.running.shutdown().await;
+}
+
+/// The decision's patch reaches the API server intact, whatever `mutate` says:
+/// the server's part of injection, checked with a decision of our own.
+#[tokio::test]
+async fn the_decision_patch_is_sent_and_applies_to_the_pod_as_sent() {
+    let decide: Decide = Arc::new(|_pod, _ns, config| {
+        let patch = json!([{
+            "op": "add",
+            "path": "/metadata/annotations/weft.io~1injected-by",
+            "value": config.version,
+        }]);
+        Decision::Inject(serde_json::from_value(patch).expect("a JSON patch"))
+    });
+    let h = start(decide).await;
+    let body = pod_create("shop");
+    let (status, answer) = review(&h, &body).await;
+    assert_eq!(status, 200);
+    let response = response_of(&answer);
+    assert_eq!(response["allowed"], true);
+    assert_eq!(response["patchType"], "JSONPatch");
+    let pod = apply_patch(&body["request"]["object"], &response["patch"]);
+    assert_eq!(
+        pod["metadata"]["annotations"][weft_api::consts::INJECTED_BY_ANNOTATION],
+        InjectConfig::default().version
     );
     h.running.shutdown().await;
 }
@@ -307,7 +347,10 @@ async fn skips_pods_left_unmeshed_with_their_reason() {
 #[tokio::test]
 async fn a_denial_carries_403_and_the_message() {
     let decide: Decide = Arc::new(|_pod, ns, _config| {
-        Decision::Deny(format!("pods in {} cannot be injected: fix the ports", ns.name))
+        Decision::Deny(format!(
+            "pods in {} cannot be injected: fix the ports",
+            ns.name
+        ))
     });
     let h = start(decide).await;
     let (status, answer) = review(&h, &pod_create("shop")).await;
@@ -351,7 +394,12 @@ async fn malformed_bodies_and_other_requests() {
     );
     let mut v1beta1 = pod_create("shop");
     v1beta1["apiVersion"] = json!("admission.k8s.io/v1beta1");
-    let (status, body) = post(&mut sender, path, serde_json::to_vec(&v1beta1).expect("json")).await;
+    let (status, body) = post(
+        &mut sender,
+        path,
+        serde_json::to_vec(&v1beta1).expect("json"),
+    )
+    .await;
     assert_eq!(status, 400);
     assert!(String::from_utf8_lossy(&body).contains("admission.k8s.io/v1"));
 
@@ -366,7 +414,8 @@ async fn malformed_bodies_and_other_requests() {
         "metadata": {"name": "checkout", "namespace": "shop"},
         "spec": {"ports": [{"port": 80, "targetPort": 8080}], "selector": {"app": "checkout"}}});
     for body in [update, service] {
-        let (status, answer) = post(&mut sender, path, serde_json::to_vec(&body).expect("json")).await;
+        let (status, answer) =
+            post(&mut sender, path, serde_json::to_vec(&body).expect("json")).await;
         assert_eq!(status, 200);
         let response = response_of(&answer);
         assert_eq!(response["allowed"], true);
@@ -458,8 +507,12 @@ async fn serving_certificate_rotation_while_requests_flow() {
                 if !keep {
                     sender = connect(&connector, addr).await.0;
                 }
-                let (status, answer) =
-                    post(&mut sender, weft_api::consts::injector::INJECT_PATH, body.clone()).await;
+                let (status, answer) = post(
+                    &mut sender,
+                    weft_api::consts::injector::INJECT_PATH,
+                    body.clone(),
+                )
+                .await;
                 if status == 200 && response_of(&answer)["allowed"] == true {
                     ok.fetch_add(1, Ordering::SeqCst);
                 } else {
@@ -494,7 +547,8 @@ async fn serving_certificate_rotation_while_requests_flow() {
     let mut serial = first_serial.clone();
     for _ in 0..2 {
         let next = serving_leaf(&h.ca);
-        h.secret.write(&next.chain_pem, &next.key_pem, h.ca.anchors_pem());
+        h.secret
+            .write(&next.chain_pem, &next.key_pem, h.ca.anchors_pem());
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         let seen = loop {
             let (_, seen) = connect(&connector, addr).await;

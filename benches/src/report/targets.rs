@@ -206,10 +206,7 @@ pub fn evaluate(report: &Report) -> Vec<Verdict> {
         } => verdict(
             target,
             Some(latency_us.p99 < 5_000.0 && *errors == 0),
-            format!(
-                "p99 {:.2} ms, {errors} errors",
-                latency_us.p99 / 1e3
-            ),
+            format!("p99 {:.2} ms, {errors} errors", latency_us.p99 / 1e3),
         ),
         crate::webhook::WebhookFigure::NotMeasured { reason } => {
             verdict(target, None, reason.clone())
