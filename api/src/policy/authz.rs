@@ -8,6 +8,14 @@ use super::error::{FieldPath, PolicyError, Problem};
 use super::route::prefix_matches;
 use crate::Identity;
 
+/// What a workload's proxy asks `Inbound.Watch` about: one port of itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboundRequest {
+    /// `<namespace>/<pod name>` in Kubernetes, the workload's name in local mode.
+    pub workload: String,
+    pub port: u16,
+}
+
 /// A workload port's inbound policy, as `Inbound.Watch` pushes it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct InboundPolicy {

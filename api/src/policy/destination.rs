@@ -11,6 +11,13 @@ use super::{
 };
 use crate::Identity;
 
+/// What a proxy asks `Discovery.Watch` about: a target, and who is asking.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiscoveryRequest {
+    pub target: Target,
+    pub caller: Identity,
+}
+
 /// A target's state. Each snapshot replaces the previous one whole; `version`
 /// grows with every change the controller makes.
 #[derive(Debug, Clone, PartialEq)]

@@ -23,12 +23,14 @@ pub use resilience::{
 pub mod authz;
 pub mod destination;
 pub mod route;
+mod wire;
 
 pub use authz::{
     Authorization, AuthorizationPolicy, Decision, HttpMatch, IdentityPattern, InboundMode,
-    InboundPolicy, LabelExpression, LabelSelector, PolicyTarget, PortRef, Principal, ProtocolHint,
+    InboundPolicy, InboundRequest, LabelExpression, LabelSelector, PolicyTarget, PortRef,
+    Principal, ProtocolHint,
 };
-pub use destination::{Backend, DestinationState, Endpoint, Target};
+pub use destination::{Backend, DestinationState, DiscoveryRequest, Endpoint, Target};
 pub use route::{
     BackendRef, GrpcRouteMatch, HeaderMatch, HttpRouteMatch, PathMatch, Route, RouteMatch,
     RouteTimeouts,
