@@ -9,7 +9,11 @@
 use std::path::{Path, PathBuf};
 
 /// The protocol files, relative to `proto/`.
-const PROTOS: &[&str] = &["weft/v1/identity.proto"];
+const PROTOS: &[&str] = &[
+    "weft/v1/identity.proto",
+    "weft/v1/discovery.proto",
+    "weft/v1/inbound.proto",
+];
 
 fn crate_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

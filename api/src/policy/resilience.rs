@@ -399,6 +399,11 @@ pub enum LoadBalancer {
 }
 
 impl LoadBalancer {
+    /// The default peak-EWMA decay.
+    pub const DEFAULT_DECAY: Duration = Duration::from_secs(10);
+    /// The default latency assumed before an endpoint's first response.
+    pub const DEFAULT_RTT: Duration = Duration::from_millis(30);
+
     pub fn validate(&self, path: &FieldPath) -> Result<(), PolicyError> {
         match self {
             Self::PeakEwma { decay, default_rtt } => {
@@ -415,8 +420,8 @@ impl Default for LoadBalancer {
     /// Peak EWMA with a 10 s decay and 30 ms assumed latency (as Linkerd).
     fn default() -> Self {
         Self::PeakEwma {
-            decay: Duration::from_secs(10),
-            default_rtt: Duration::from_millis(30),
+            decay: Self::DEFAULT_DECAY,
+            default_rtt: Self::DEFAULT_RTT,
         }
     }
 }
