@@ -5,10 +5,13 @@
 //!   `config.weft.io/` annotations).
 //! - [`mutate`]: the pure decision `mutate(pod, namespace, config) -> Decision`
 //!   (a JSON patch, a skip with its reason, or a denial), shared by the webhook and
-//!   `weft inject`; and [`uninject`], its reverse for manifests.
+//!   `weft inject`; and [`uninject`], its reverse for manifests. Inside it:
+//!   the opt-in truth table (`decide`), the checked `config.weft.io/*`
+//!   settings (`settings`), the added containers (`containers`) and the patch
+//!   of explicit `add` operations (`patch`).
 
 pub mod config;
 pub mod mutate;
 
-pub use config::InjectConfig;
-pub use mutate::{Decision, NamespaceInfo, SkipReason, Skipped, mutate, uninject};
+pub use config::{InjectConfig, Resources};
+pub use mutate::{Decision, NamespaceInfo, SkipReason, Skipped, is_injected, mutate, uninject};
