@@ -314,7 +314,7 @@ fn pod_mode_inline_anchors_wait_ready_and_no_shutdown_endpoint() {
         .filter(|(k, _)| k != env::TRUST_ANCHORS_FILE)
         .collect();
     vars.extend([
-        (env::TRUST_ANCHORS.into(), ca.anchors_pem()),
+        (env::TRUST_ANCHORS.into(), ca.anchors_pem().to_owned()),
         (env::SHUTDOWN_ENDPOINT.into(), "false".into()),
         (env::INBOUND_ADDR.into(), free_addr().to_string()),
         (env::ADMIN_ADDR.into(), admin.to_string()),
