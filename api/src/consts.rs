@@ -114,6 +114,21 @@ pub mod env {
     /// Destination ports relayed as opaque TCP without protocol detection
     /// (server-speaks-first protocols), comma separated. Default none.
     pub const OPAQUE_PORTS: &str = "WEFT_PROXY_OPAQUE_PORTS";
+
+    // --- Injection (issue 10, inject-core) ---
+    /// The trust anchors as PEM text (the injector inlines the bundle: pods of
+    /// other namespaces cannot mount the mesh namespace's ConfigMap). Exactly
+    /// one of this and `TRUST_ANCHORS_FILE` is set; inline anchors are not
+    /// reloaded (a rotation reaches a pod when it is created again).
+    pub const TRUST_ANCHORS: &str = "WEFT_PROXY_TRUST_ANCHORS";
+    /// Whether `POST /shutdown` on the admin server stops the proxy: `true` or
+    /// `false`. Default `true`; the injector sets `false` except for the classic
+    /// sidecar of a Job's pod, whose workload ends its proxy that way.
+    pub const SHUTDOWN_ENDPOINT: &str = "WEFT_PROXY_SHUTDOWN_ENDPOINT";
+    /// The default inbound policy of the workload: one of
+    /// [`super::inject::INBOUND_POLICIES`]. Set by the injector from
+    /// `config.weft.io/default-inbound-policy`; not enforced by the proxy yet.
+    pub const DEFAULT_INBOUND_POLICY: &str = "WEFT_PROXY_DEFAULT_INBOUND_POLICY";
 }
 
 /// Environment variables `weft-init` reads when the matching flag is not given
@@ -176,8 +191,7 @@ pub mod install {
     /// Field manager of `weft install --apply` (server-side apply).
     pub const FIELD_MANAGER: &str = "weft";
     /// Namespaces whose pods are never sent to the webhook (besides the mesh's own).
-    pub const NEVER_INJECTED_NAMESPACES: &[&str] =
-        &["kube-system", "kube-public", "kube-node-lease"];
+    pub const NEVER_INJECTED_NAMESPACES: &[&str] = &super::inject::PROTECTED_NAMESPACES;
     /// The label the API server sets on every namespace, valued with its name.
     pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
     /// Standard labels set on every object of an installation.
@@ -187,4 +201,98 @@ pub mod install {
     pub const CRD_PLURALS: &[&str] = &["resiliencepolicies", "authorizationpolicies"];
     /// The Gateway API CRD weft needs (a prerequisite, installed by the user).
     pub const GATEWAY_HTTPROUTE_CRD: &str = "httproutes.gateway.networking.k8s.io";
+}
+
+// --- Injection (issue 10, inject-core) ---
+
+/// What the injector adds to a pod, and the annotations that configure it.
+pub mod inject {
+    /// The proxy's container (native sidecar in `initContainers`, or the first
+    /// of `containers`).
+    pub const PROXY_CONTAINER: &str = "weft-proxy";
+    /// The init container that installs the interception rules.
+    pub const INIT_CONTAINER: &str = "weft-init";
+    /// The projected ServiceAccount token volume (audience
+    /// [`super::IDENTITY_TOKEN_AUDIENCE`]), mounted read-only into the proxy.
+    pub const TOKEN_VOLUME: &str = "weft-identity-token";
+    /// Where the token volume is mounted in the proxy.
+    pub const TOKEN_MOUNT_PATH: &str = "/var/run/secrets/weft.io/identity";
+    /// The token's file name in that volume.
+    pub const TOKEN_FILE: &str = "token";
+    /// A writable `/run` for `weft-init` (the xtables lock), whose root
+    /// filesystem is read-only.
+    pub const INIT_RUN_VOLUME: &str = "weft-init-run";
+    /// Annotation recording why a pod that asked for the mesh was not injected
+    /// (a skip reason's label, e.g. `host-network`).
+    pub const SKIPPED_ANNOTATION: &str = "weft.io/inject-skipped";
+    /// The proxy's admin port, as it is named in the pod.
+    pub const ADMIN_PORT_NAME: &str = "weft-admin";
+    /// The proxy's inbound port, as it is named in the pod.
+    pub const INBOUND_PORT_NAME: &str = "weft-inbound";
+    /// Namespaces never injected (besides the mesh's own).
+    pub const PROTECTED_NAMESPACES: [&str; 3] = ["kube-system", "kube-public", "kube-node-lease"];
+    /// Labels the Job controller puts on its pods.
+    pub const JOB_NAME_LABELS: [&str; 2] = ["batch.kubernetes.io/job-name", "job-name"];
+    /// The proxy binary's flag that waits until the proxy is ready (the classic
+    /// sidecar's postStart hook: the image has no shell).
+    pub const WAIT_READY_FLAG: &str = "--wait-ready";
+    /// The values of `config.weft.io/default-inbound-policy`.
+    pub const INBOUND_POLICIES: [&str; 4] = ["allow-all", "mesh-only", "deny", "audit"];
+
+    /// `config.weft.io/` annotations (on the pod, or inherited from its
+    /// namespace; the pod's win).
+    pub mod annotation {
+        /// Inbound ports not redirected to the proxy (`22,8000-8100`).
+        pub const SKIP_INBOUND_PORTS: &str = "config.weft.io/skip-inbound-ports";
+        /// Outbound destination ports not redirected (`25,587`).
+        pub const SKIP_OUTBOUND_PORTS: &str = "config.weft.io/skip-outbound-ports";
+        /// Destination subnets not redirected (`10.96.0.0/12,fd00::/8`).
+        pub const SKIP_SUBNETS: &str = "config.weft.io/skip-subnets";
+        /// Destination ports relayed opaque, without protocol detection (`3306,6379`).
+        pub const OPAQUE_PORTS: &str = "config.weft.io/opaque-ports";
+        /// The proxy's resources (Kubernetes quantities).
+        pub const PROXY_CPU_REQUEST: &str = "config.weft.io/proxy-cpu-request";
+        pub const PROXY_CPU_LIMIT: &str = "config.weft.io/proxy-cpu-limit";
+        pub const PROXY_MEMORY_REQUEST: &str = "config.weft.io/proxy-memory-request";
+        pub const PROXY_MEMORY_LIMIT: &str = "config.weft.io/proxy-memory-limit";
+        /// The proxy's log filter (`info`, `warn,weft_proxy=debug`).
+        pub const LOG_LEVEL: &str = "config.weft.io/log-level";
+        /// The workload's default inbound policy (one of
+        /// [`super::INBOUND_POLICIES`]).
+        pub const DEFAULT_INBOUND_POLICY: &str = "config.weft.io/default-inbound-policy";
+
+        /// Every annotation of the prefix the injector understands.
+        pub const ALL: [&str; 10] = [
+            SKIP_INBOUND_PORTS,
+            SKIP_OUTBOUND_PORTS,
+            SKIP_SUBNETS,
+            OPAQUE_PORTS,
+            PROXY_CPU_REQUEST,
+            PROXY_CPU_LIMIT,
+            PROXY_MEMORY_REQUEST,
+            PROXY_MEMORY_LIMIT,
+            LOG_LEVEL,
+            DEFAULT_INBOUND_POLICY,
+        ];
+    }
+
+    /// Prometheus' scrape annotations, set on an injected pod that has none.
+    pub mod prometheus {
+        pub const SCRAPE: &str = "prometheus.io/scrape";
+        pub const PORT: &str = "prometheus.io/port";
+        pub const PATH: &str = "prometheus.io/path";
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn config_annotations_carry_the_prefix() {
+            for key in super::annotation::ALL {
+                assert!(
+                    key.starts_with(crate::consts::CONFIG_ANNOTATION_PREFIX),
+                    "{key}"
+                );
+            }
+        }
+    }
 }

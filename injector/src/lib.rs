@@ -5,7 +5,10 @@
 //!   `config.weft.io/` annotations).
 //! - [`mutate`]: the pure decision `mutate(pod, namespace, config) -> Decision`
 //!   (a JSON patch, a skip with its reason, or a denial), shared by the webhook and
-//!   `weft inject`; and [`uninject`], its reverse for manifests.
+//!   `weft inject`; and [`uninject`], its reverse for manifests. Inside it:
+//!   the opt-in truth table (`decide`), the checked `config.weft.io/*`
+//!   settings (`settings`), the added containers (`containers`) and the patch
+//!   of explicit `add` operations (`patch`).
 //!
 //! The webhook server (binary `weft-injector`):
 //! - [`settings`]: the command line, every flag checked at once.
@@ -30,5 +33,5 @@ pub mod server;
 pub mod settings;
 pub mod tls_reload;
 
-pub use config::InjectConfig;
-pub use mutate::{Decision, NamespaceInfo, SkipReason, Skipped, mutate, uninject};
+pub use config::{InjectConfig, Resources};
+pub use mutate::{Decision, NamespaceInfo, SkipReason, Skipped, is_injected, mutate, uninject};

@@ -194,6 +194,10 @@ pub async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Body> {
             StatusCode::METHOD_NOT_ALLOWED,
             "use GET /log-level, or PUT /log-level with a filter such as `info,weft_proxy=debug` as the body\n",
         ),
+        (&Method::POST, "/shutdown") if !admin.config.settings.shutdown_endpoint => text(
+            StatusCode::FORBIDDEN,
+            "POST /shutdown is turned off for this proxy (WEFT_PROXY_SHUTDOWN_ENDPOINT=false); stop the pod instead\n",
+        ),
         (&Method::POST, "/shutdown") => {
             tracing::info!("shutdown requested through the admin server");
             admin.shutdown.cancel();
@@ -319,6 +323,7 @@ pub fn config_json(admin: &Admin) -> Value {
             "connect": s.connect_timeout.as_secs_f64(),
             "shutdown_grace": s.shutdown_grace.as_secs_f64(),
         },
+        "shutdown_endpoint": s.shutdown_endpoint,
         "certificate": certificate,
         "trust_anchors": admin.tls.trust_anchors().len(),
         "log_level": admin.extras.log_level.as_ref().map(LogLevel::current),

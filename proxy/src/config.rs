@@ -19,8 +19,8 @@ pub struct Config {
     pub proxy: ProxyConfig,
     /// Where the workload certificate comes from.
     pub identity: IdentitySource,
-    /// PEM bundle of trust anchors, reloaded when it changes.
-    pub trust_anchors_file: PathBuf,
+    /// The trust anchors: a PEM file reloaded when it changes, or PEM text.
+    pub trust_anchors: TrustAnchorsSource,
     /// How often the trust anchor file is checked (default 5 s).
     pub trust_anchors_reload: Duration,
     /// Log filter (`WEFT_PROXY_LOG`, default `info`).
@@ -43,6 +43,25 @@ pub enum IdentitySource {
     },
 }
 
+/// Where the trust anchors come from: exactly one of
+/// `WEFT_PROXY_TRUST_ANCHORS_FILE` and `WEFT_PROXY_TRUST_ANCHORS`.
+#[derive(Clone, PartialEq, Eq)]
+pub enum TrustAnchorsSource {
+    /// A PEM bundle file, reloaded when it changes.
+    File(PathBuf),
+    /// The PEM bundle itself (what the injector puts into a pod); never reloaded.
+    Inline(String),
+}
+
+impl fmt::Debug for TrustAnchorsSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::File(path) => f.debug_tuple("File").field(path).finish(),
+            Self::Inline(pem) => write!(f, "Inline({} bytes)", pem.len()),
+        }
+    }
+}
+
 /// What the running proxy needs, independent of where credentials come from.
 #[derive(Clone, Debug)]
 pub struct ProxyConfig {
@@ -63,6 +82,9 @@ pub struct ProxyConfig {
     pub connect_timeout: Duration,
     /// How long in-flight work may take to drain at shutdown. Default 30 s.
     pub shutdown_grace: Duration,
+    /// Whether `POST /shutdown` stops the proxy (`WEFT_PROXY_SHUTDOWN_ENDPOINT`,
+    /// default true). Off in pods, except a Job's classic sidecar.
+    pub shutdown_endpoint: bool,
     /// What the program running the proxy adds to the admin server.
     pub admin: crate::admin::Extras,
 }
@@ -80,6 +102,7 @@ impl ProxyConfig {
             detect_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(3),
             shutdown_grace: Duration::from_secs(30),
+            shutdown_endpoint: true,
             admin: crate::admin::Extras::default(),
         }
     }
@@ -236,10 +259,13 @@ impl Config {
         if let Some(d) = p.seconds(env::SHUTDOWN_GRACE) {
             proxy.shutdown_grace = d;
         }
+        if let Some(on) = p.boolean(env::SHUTDOWN_ENDPOINT) {
+            proxy.shutdown_endpoint = on;
+        }
         proxy.upstreams = p.upstreams(env::UPSTREAMS);
         proxy.transparent = p.transparent(proxy.app == AppTarget::OriginalDst);
         let identity = p.identity_source();
-        let trust_anchors_file = p.required_path(env::TRUST_ANCHORS_FILE);
+        let trust_anchors = p.trust_anchors();
         let trust_anchors_reload = p
             .seconds(env::TRUST_ANCHORS_RELOAD)
             .unwrap_or(Duration::from_secs(5));
@@ -272,14 +298,14 @@ impl Config {
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
-        let (Some(identity), Some(trust_anchors_file)) = (identity, trust_anchors_file) else {
+        let (Some(identity), Some(trust_anchors)) = (identity, trust_anchors) else {
             // Reported above: a missing value always adds an error.
             return Err(ConfigErrors(errors));
         };
         Ok(Self {
             proxy,
             identity,
-            trust_anchors_file,
+            trust_anchors,
             trust_anchors_reload,
             log,
             log_json,
@@ -341,6 +367,53 @@ impl Parser<'_> {
             Some(p) => Some(PathBuf::from(p)),
             None => {
                 self.error(var, "is not set; it must name a PEM file".to_owned());
+                None
+            }
+        }
+    }
+
+    fn boolean(&mut self, var: &'static str) -> Option<bool> {
+        match self.get(var)? {
+            "true" => Some(true),
+            "false" => Some(false),
+            other => {
+                let other = other.to_owned();
+                self.error(var, format!("{other:?} is not \"true\" or \"false\""));
+                None
+            }
+        }
+    }
+
+    /// Exactly one of the anchors file and the inline anchors.
+    fn trust_anchors(&mut self) -> Option<TrustAnchorsSource> {
+        let file = self.get(env::TRUST_ANCHORS_FILE).map(PathBuf::from);
+        // PEM text: only blank values count as unset (its lines must stay).
+        let inline = self
+            .vars
+            .get(env::TRUST_ANCHORS)
+            .filter(|v| !v.trim().is_empty())
+            .cloned();
+        match (file, inline) {
+            (Some(path), None) => Some(TrustAnchorsSource::File(path)),
+            (None, Some(pem)) => Some(TrustAnchorsSource::Inline(pem)),
+            (Some(_), Some(_)) => {
+                self.error(
+                    env::TRUST_ANCHORS,
+                    format!(
+                        "is set together with {}; set exactly one (the PEM text, or a file holding it)",
+                        env::TRUST_ANCHORS_FILE
+                    ),
+                );
+                None
+            }
+            (None, None) => {
+                self.error(
+                    env::TRUST_ANCHORS_FILE,
+                    format!(
+                        "is not set, nor is {}; set exactly one: a PEM file of the trust anchors, or the PEM text itself",
+                        env::TRUST_ANCHORS
+                    ),
+                );
                 None
             }
         }
@@ -542,6 +615,49 @@ mod tests {
         assert_eq!(c.proxy.app, AppTarget::OriginalDst);
         assert_eq!(c.proxy.detect_timeout, Duration::from_secs(10));
         assert!(c.proxy.upstreams.is_empty());
+        assert!(c.proxy.shutdown_endpoint);
+        assert_eq!(c.trust_anchors, TrustAnchorsSource::File("/a.pem".into()));
+    }
+
+    #[test]
+    fn trust_anchors_come_from_exactly_one_of_file_and_text() {
+        let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        let mut v = vars(&FILES[..2]);
+        v.insert(env::TRUST_ANCHORS.into(), pem.into());
+        let c = Config::from_env(&v).unwrap();
+        assert_eq!(c.trust_anchors, TrustAnchorsSource::Inline(pem.into()));
+        assert_eq!(
+            format!("{:?}", c.trust_anchors),
+            format!("Inline({} bytes)", pem.len())
+        );
+
+        v.insert(env::TRUST_ANCHORS_FILE.into(), "/a.pem".into());
+        let text = Config::from_env(&v).unwrap_err().to_string();
+        assert!(
+            text.contains("WEFT_PROXY_TRUST_ANCHORS: is set together with WEFT_PROXY_TRUST_ANCHORS_FILE; set exactly one"),
+            "{text}"
+        );
+
+        let text = Config::from_env(&vars(&FILES[..2]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            text.contains("WEFT_PROXY_TRUST_ANCHORS_FILE: is not set, nor is WEFT_PROXY_TRUST_ANCHORS; set exactly one"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_shutdown_endpoint_can_be_turned_off() {
+        let mut v = vars(&FILES);
+        v.insert(env::SHUTDOWN_ENDPOINT.into(), "false".into());
+        assert!(!Config::from_env(&v).unwrap().proxy.shutdown_endpoint);
+        v.insert(env::SHUTDOWN_ENDPOINT.into(), "no".into());
+        let text = Config::from_env(&v).unwrap_err().to_string();
+        assert!(
+            text.contains("WEFT_PROXY_SHUTDOWN_ENDPOINT: \"no\" is not \"true\" or \"false\""),
+            "{text}"
+        );
     }
 
     #[test]

@@ -8,13 +8,36 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Config;
 use crate::admin::{Extras, LogLevel};
-use crate::config::IdentitySource;
+use crate::config::{IdentitySource, TrustAnchorsSource};
 use anyhow::Context;
 use tokio::signal::unix::{SignalKind, signal};
 use weft_api::tls::{Credentials, MeshTls, TrustAnchors};
 
 /// Runs the proxy until it is stopped; the exit code says how it ended.
+///
+/// `weft-proxy --wait-ready [SECONDS]` instead waits until the proxy of this
+/// pod is ready (see [`wait_ready`]): the classic sidecar's postStart hook,
+/// since the image has no shell.
 pub fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(first) = args.first() {
+        if first != weft_api::consts::inject::WAIT_READY_FLAG || args.len() > 2 {
+            eprintln!(
+                "usage: weft-proxy (configured by WEFT_PROXY_* variables), or weft-proxy {} [SECONDS]",
+                weft_api::consts::inject::WAIT_READY_FLAG
+            );
+            return ExitCode::from(2);
+        }
+        let timeout = match args.get(1).map(|s| s.parse::<u64>()) {
+            None => DEFAULT_WAIT_READY,
+            Some(Ok(secs)) => std::time::Duration::from_secs(secs),
+            Some(Err(_)) => {
+                eprintln!("weft-proxy: {:?} is not a number of seconds", args[1]);
+                return ExitCode::from(2);
+            }
+        };
+        return wait_ready(&std::env::vars().collect(), timeout);
+    }
     let mut config = match Config::from_process_env() {
         Ok(config) => config,
         Err(errors) => {
@@ -57,8 +80,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let read = |path: &std::path::Path, what: &str| {
         std::fs::read(path).with_context(|| format!("cannot read the {what} {}", path.display()))
     };
-    let anchors = TrustAnchors::from_pem(&read(&config.trust_anchors_file, "trust anchors")?)
-        .with_context(|| format!("in {}", config.trust_anchors_file.display()))?;
+    let anchors = match &config.trust_anchors {
+        TrustAnchorsSource::File(path) => TrustAnchors::from_pem(&read(path, "trust anchors")?)
+            .with_context(|| format!("in {}", path.display()))?,
+        TrustAnchorsSource::Inline(pem) => TrustAnchors::from_pem(pem.as_bytes())
+            .with_context(|| format!("in {}", weft_api::consts::env::TRUST_ANCHORS))?,
+    };
     let tls = MeshTls::new(anchors);
     match &config.identity {
         IdentitySource::Files {
@@ -83,7 +110,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
     }
 
     let background = CancellationToken::new();
-    let anchors_path = config.trust_anchors_file.clone();
+    let anchors_path = match &config.trust_anchors {
+        TrustAnchorsSource::File(path) => Some(path.clone()),
+        TrustAnchorsSource::Inline(_) => None,
+    };
     let anchors_every = config.trust_anchors_reload;
     let grace = config.proxy.shutdown_grace;
     let proxy = crate::start(config.proxy, tls.clone()).await?;
@@ -95,12 +125,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
             background.clone(),
         ));
     }
-    tokio::spawn(crate::identity::watch_trust_anchors(
-        anchors_path,
-        tls,
-        anchors_every,
-        background.clone(),
-    ));
+    if let Some(anchors_path) = anchors_path {
+        tokio::spawn(crate::identity::watch_trust_anchors(
+            anchors_path,
+            tls,
+            anchors_every,
+            background.clone(),
+        ));
+    }
     let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
     tokio::select! {
@@ -176,8 +208,11 @@ fn process_settings(config: &Config) -> serde_json::Map<String, serde_json::Valu
     [
         ("identity_source", identity_source),
         (
-            "trust_anchors_file",
-            json!(config.trust_anchors_file.display().to_string()),
+            "trust_anchors",
+            match &config.trust_anchors {
+                TrustAnchorsSource::File(path) => json!({"file": path.display().to_string()}),
+                TrustAnchorsSource::Inline(pem) => json!({"inline_bytes": pem.len()}),
+            },
         ),
         (
             "trust_anchors_reload_seconds",
@@ -193,4 +228,65 @@ fn process_settings(config: &Config) -> serde_json::Map<String, serde_json::Valu
     .into_iter()
     .map(|(key, value)| (key.to_owned(), value))
     .collect()
+}
+
+/// How long `--wait-ready` waits by default.
+const DEFAULT_WAIT_READY: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Polls `http://127.0.0.1:<admin port>/ready` (the port of
+/// `WEFT_PROXY_ADMIN_ADDR` in `vars`, default 15191) every 200 ms until it
+/// answers 200 or `timeout` passes. Exit code 0: ready; 1: not ready in time.
+pub fn wait_ready(
+    vars: &std::collections::HashMap<String, String>,
+    timeout: std::time::Duration,
+) -> ExitCode {
+    let port = vars
+        .get(weft_api::consts::env::ADMIN_ADDR)
+        .and_then(|a| a.trim().parse::<std::net::SocketAddr>().ok())
+        .map_or(weft_api::consts::PROXY_ADMIN_PORT, |a| a.port());
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = std::time::Instant::now() + timeout;
+    let mut last: String;
+    loop {
+        match ready_status(addr) {
+            Ok(200) => {
+                eprintln!("weft-proxy: the proxy on {addr} is ready");
+                return ExitCode::SUCCESS;
+            }
+            Ok(status) => last = format!("/ready answered {status}"),
+            Err(error) => last = format!("cannot reach {addr}: {error}"),
+        }
+        if std::time::Instant::now() >= deadline {
+            eprintln!(
+                "weft-proxy: the proxy was not ready within {} s ({last}); see the weft-proxy container's log",
+                timeout.as_secs()
+            );
+            return ExitCode::FAILURE;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// One `GET /ready` over HTTP/1.0: the status code.
+fn ready_status(addr: std::net::SocketAddr) -> std::io::Result<u16> {
+    use std::io::{Read, Write};
+    let step = std::time::Duration::from_secs(1);
+    let mut tcp = std::net::TcpStream::connect_timeout(&addr, step)?;
+    tcp.set_read_timeout(Some(step))?;
+    tcp.set_write_timeout(Some(step))?;
+    tcp.write_all(b"GET /ready HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut head = [0u8; 16];
+    let mut read = 0;
+    while read < head.len() {
+        match tcp.read(&mut head[read..])? {
+            0 => break,
+            n => read += n,
+        }
+    }
+    // "HTTP/1.1 200 OK": the status is the second word.
+    std::str::from_utf8(&head[..read])
+        .ok()
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| std::io::Error::other("not an HTTP response"))
 }

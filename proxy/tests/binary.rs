@@ -300,3 +300,63 @@ async fn admin_shows_config_and_changes_the_log_level() {
     .unwrap();
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// What an injected pod relies on: anchors given as PEM text, `/shutdown`
+/// turned off, and `weft-proxy --wait-ready` (the classic sidecar's postStart
+/// hook) exiting 0 once the proxy is ready and 1 when none answers in time.
+#[test]
+fn pod_mode_inline_anchors_wait_ready_and_no_shutdown_endpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("weft test");
+    let admin = free_addr();
+    let mut vars: Vec<(String, String)> = write_identity(dir.path(), "pod", &ca, SERVER_ID)
+        .into_iter()
+        .filter(|(k, _)| k != env::TRUST_ANCHORS_FILE)
+        .collect();
+    vars.extend([
+        (env::TRUST_ANCHORS.into(), ca.anchors_pem().to_owned()),
+        (env::SHUTDOWN_ENDPOINT.into(), "false".into()),
+        (env::INBOUND_ADDR.into(), free_addr().to_string()),
+        (env::ADMIN_ADDR.into(), admin.to_string()),
+        (env::APP_ADDR.into(), "127.0.0.1:9".into()),
+    ]);
+    let _proxy = spawn(&vars, Stdio::null());
+
+    let wait = Command::new(BIN)
+        .args(["--wait-ready", "20"])
+        .env(env::ADMIN_ADDR, admin.to_string())
+        .output()
+        .unwrap();
+    assert_eq!(wait.status.code(), Some(0), "{wait:?}");
+    assert_eq!(http_get(admin, "/ready").unwrap().0, 200);
+
+    let (status, text) = http_request(admin, "POST", "/shutdown", "").unwrap();
+    assert_eq!(status, 403, "{text}");
+    assert!(
+        text.contains("WEFT_PROXY_SHUTDOWN_ENDPOINT=false"),
+        "{text}"
+    );
+    let (_, text) = http_get(admin, "/config").unwrap();
+    let config: serde_json::Value = serde_json::from_str(body_of(&text)).unwrap();
+    assert_eq!(
+        config["process"]["trust_anchors"]["inline_bytes"],
+        ca.anchors_pem().len(),
+        "{config:#}"
+    );
+    assert_eq!(config["shutdown_endpoint"], false, "{config:#}");
+    // Still serving after the refused shutdown.
+    assert_eq!(http_get(admin, "/live").unwrap().0, 200);
+
+    // Nothing listens on this port: not ready in time, exit 1.
+    let nobody = free_addr();
+    let started = Instant::now();
+    let wait = Command::new(BIN)
+        .args(["--wait-ready", "1"])
+        .env(env::ADMIN_ADDR, nobody.to_string())
+        .output()
+        .unwrap();
+    assert_eq!(wait.status.code(), Some(1), "{wait:?}");
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    let err = String::from_utf8_lossy(&wait.stderr);
+    assert!(err.contains("was not ready within 1 s"), "{err}");
+}

@@ -6,6 +6,8 @@
 //! - [`mesh`]: proxies started in process on 127.0.0.1 and wired as pairs.
 //! - [`control`]: a local controller in process, and proxy pairs certified
 //!   by it (`weft_proxy::identity`), for the identity tests.
+//! - [`kube_validate`]: Kubernetes manifests checked offline against the API's
+//!   JSON schemas of several versions (`kubernetes-validate`).
 //! - [`load`]: continuous HTTP traffic that counts every request.
 //! - [`netns`]: pods made of network namespaces on a bridge, for the
 //!   transparent-interception tests (`tests/netns_intercept.rs`, root only).
@@ -14,6 +16,7 @@
 
 pub mod apps;
 pub mod control;
+pub mod kube_validate;
 pub mod load;
 pub mod mesh;
 pub mod netns;
