@@ -270,7 +270,10 @@ fn weft_install_renders_each_object_once_and_validates() {
     assert_eq!(items.len(), documents(&weft(&["install"])).len());
     // The validator does not open Lists: one JSON document per item.
     let file = dir.path().join("install-json.yaml");
-    let items: Vec<String> = items.iter().map(|i| serde_json::to_string(i).unwrap()).collect();
+    let items: Vec<String> = items
+        .iter()
+        .map(|i| serde_json::to_string(i).unwrap())
+        .collect();
     std::fs::write(&file, items.join("\n---\n")).unwrap();
     files.push(file);
     validate_files(&files, VERSIONS);

@@ -24,7 +24,7 @@ pub async fn run_checks(args: &CheckArgs) -> Vec<CheckResult> {
     };
     let info = match client.apiserver_version().await {
         Ok(info) => info,
-        Err(e) => return vec![eval::api_server(Err(e.to_string().as_str()))],
+        Err(e) => return vec![eval::api_server(Err(error_chain(&e).as_str()))],
     };
     let mut results = vec![eval::api_server(Ok(&info)), eval::version(&info)];
     let ns = args.namespace.as_str();
@@ -116,6 +116,20 @@ pub async fn run_checks(args: &CheckArgs) -> Vec<CheckResult> {
     results
 }
 
+/// An error and its sources, `: `-separated (kube's own message is terse).
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let next = e.to_string();
+        if !text.contains(&next) {
+            text = format!("{text}: {next}");
+        }
+        source = e.source();
+    }
+    text
+}
+
 async fn get<K>(api: &Api<K>, name: &str) -> Option<K>
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
@@ -167,7 +181,7 @@ async fn native_sidecar_probe(
     Api::<Pod>::namespaced(client.clone(), namespace)
         .create(&params, &pod)
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| error_chain(&e))
 }
 
 async fn namespaces(client: &kube::Client) -> CheckResult {

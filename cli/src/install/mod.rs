@@ -246,10 +246,9 @@ mod tests {
             let rules = doc.body["rules"].as_sequence().unwrap();
             assert_eq!(rules.len(), doc.rule_comments.len(), "{}", doc.name());
             let yaml = doc.to_yaml();
-            let mut lines = yaml.lines().peekable();
             let mut commented = 0;
             let mut previous = "";
-            while let Some(line) = lines.next() {
+            for line in yaml.lines() {
                 if line.starts_with("- apiGroups:") {
                     assert!(previous.starts_with("# "), "uncommented rule in:\n{yaml}");
                     commented += 1;
