@@ -4,7 +4,10 @@ use std::time::SystemTime;
 
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Namespace, Pod, PodSpec, Secret};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, Container, Namespace, Pod, PodSpec, SeccompProfile, Secret,
+    SecurityContext,
+};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Api;
@@ -152,9 +155,26 @@ async fn native_sidecar_probe(
     namespace: &str,
     account: Option<&str>,
 ) -> Result<Pod, String> {
+    // Locked down to the `restricted` Pod Security profile, which `weft install`
+    // enforces on the mesh namespace: the probe is judged on its sidecar field
+    // alone, never refused for its security context.
     let container = |name: &str| Container {
         name: name.to_owned(),
         image: Some("registry.k8s.io/pause:3.10".to_owned()),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            run_as_non_root: Some(true),
+            run_as_user: Some(i64::from(consts::PROXY_UID)),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".to_owned()]),
+                ..Capabilities::default()
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".to_owned(),
+                ..SeccompProfile::default()
+            }),
+            ..SecurityContext::default()
+        }),
         ..Container::default()
     };
     let pod = Pod {
