@@ -11,6 +11,9 @@ use super::{PolicyStatus, ServiceRef};
 /// label selector picks (`podSelector`): exactly one of the two. A request is
 /// allowed when one rule matches it; `allowPlaintext` also lets in callers with
 /// no mesh identity.
+// Each `printcolumn(...)` repeats `type_ = "string"`, which clippy takes for a
+// duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "policy.weft.io",

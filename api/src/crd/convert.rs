@@ -14,8 +14,12 @@ use crate::policy::{
         Authorization, HttpMatch, IdentityPattern, LabelExpression, LabelSelector, PolicyTarget,
         PortRef, Principal,
     },
-    error::parse_duration,
 };
+
+/// Parses a duration string, naming `path` when it does not parse.
+fn parse_duration(path: &FieldPath, text: &str) -> Result<std::time::Duration, PolicyError> {
+    policy::duration::parse(text).map_err(|e| path.error(Problem::Duration(e)))
+}
 
 fn spec() -> FieldPath {
     FieldPath::root("spec")

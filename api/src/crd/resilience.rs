@@ -10,6 +10,9 @@ use super::{PolicyStatus, ServiceRef, schema};
 /// How proxies send requests to a Service: a retry budget, the retry policy of
 /// routes that set none, per-endpoint circuit breaking, timeouts and load
 /// balancing. Durations are written as in the Gateway API (`500ms`, `10s`).
+// Each `printcolumn(...)` repeats `type_ = "string"`, which clippy takes for a
+// duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "policy.weft.io",

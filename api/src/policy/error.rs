@@ -121,14 +121,6 @@ where
     Err(path.error(problem))
 }
 
-/// Parses a duration string, naming `path` when it does not parse.
-pub(crate) fn parse_duration(
-    path: &FieldPath,
-    text: &str,
-) -> Result<std::time::Duration, PolicyError> {
-    super::duration::parse(text).map_err(|e| path.error(Problem::Duration(e)))
-}
-
 /// Checks that a duration is not zero.
 pub(crate) fn check_nonzero(
     path: &FieldPath,
