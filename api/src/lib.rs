@@ -9,6 +9,8 @@
 //!   typed refusal), converted from the wire types at the edge.
 //! - [`control`]: the client side of the control protocol: a gRPC channel to the
 //!   controller over TLS that checks the controller's identity.
+//! - [`dns`]: names to addresses without the C library (static binaries in
+//!   empty images): literal IPs, `/etc/hosts`, then `/etc/resolv.conf` with hickory.
 //! - [`proto`]: the generated wire types of package `weft.v1` (checked in; see
 //!   `tests/proto_generated.rs`).
 //! - [`tls`]: the one place where mesh TLS is configured (TLS 1.3 only, aws-lc-rs,
@@ -18,6 +20,7 @@
 pub mod certify;
 pub mod consts;
 pub mod control;
+pub mod dns;
 pub mod identity;
 pub mod proto;
 pub mod tls;

@@ -6,6 +6,8 @@
 //! - [`mesh`]: proxies started in process on 127.0.0.1 and wired as pairs.
 //! - [`control`]: a local controller in process, and proxy pairs certified
 //!   by it (`weft_proxy::identity`), for the identity tests.
+//! - [`dns`]: a tiny UDP DNS server answering for given names, standing in
+//!   for a cluster's DNS (`tests/static_binaries.rs`, `tests/dns.rs`).
 //! - [`load`]: continuous HTTP traffic that counts every request.
 //! - [`netns`]: pods made of network namespaces on a bridge, for the
 //!   transparent-interception tests (`tests/netns_intercept.rs`, root only).
@@ -14,6 +16,7 @@
 
 pub mod apps;
 pub mod control;
+pub mod dns;
 pub mod load;
 pub mod mesh;
 pub mod netns;
