@@ -164,7 +164,7 @@ impl Resolver {
     }
 
     /// The addresses the hosts file gives `name` as it is written.
-    fn from_hosts(&self, name: &str, port: u16) -> Option<Vec<SocketAddr>> {
+    fn in_hosts_file(&self, name: &str, port: u16) -> Option<Vec<SocketAddr>> {
         let name = Name::from_str_relaxed(name).ok()?;
         let addrs: Vec<SocketAddr> = [RecordType::A, RecordType::AAAA]
             .into_iter()
@@ -191,7 +191,7 @@ impl Resolver {
             Host::Ip(ip) => return Ok(vec![SocketAddr::new(ip, port)]),
             Host::Name(name) => name,
         };
-        if let Some(addrs) = self.from_hosts(&name, port) {
+        if let Some(addrs) = self.in_hosts_file(&name, port) {
             tracing::debug!(host = %name, ?addrs, "resolved from the hosts file");
             return Ok(addrs);
         }
