@@ -6,17 +6,21 @@
 //! anchors of the caller's [`MeshTls`], and presents its own certificate when it
 //! has one (before its first `Certify` it has none, and the controller's
 //! endpoint does not ask for one).
+//!
+//! The controller's name (in a pod `weft-controller.weft-system.svc:8090`) is
+//! resolved by [`crate::dns`], not the C library, each time the channel
+//! (re)connects.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use rustls_pki_types::ServerName;
-use tokio::net::TcpStream;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::certify::{Certified, CertifyRequest, ProtoError, Refusal};
 use crate::consts::{CONTROLLER_SERVICE_ACCOUNT, MESH_NAMESPACE, alpn};
+use crate::dns::{self, Resolver};
 use crate::identity::{Identity, IdentityError};
 use crate::proto::weft_v1::identity_client::IdentityClient;
 use crate::tls::MeshTls;
@@ -70,24 +74,35 @@ pub struct ControlClient {
 impl ControlClient {
     /// A client of the controller at `addr` (`host:port`), which must prove
     /// `expected` (normally [`controller_identity`]).
+    /// Names are resolved with the host's or pod's files ([`Resolver::system`]).
     pub fn new(addr: &str, tls: Arc<MeshTls>, expected: Identity) -> Result<Self, ControlError> {
+        Self::with_resolver(addr, tls, expected, Resolver::system())
+    }
+
+    /// [`ControlClient::new`] with the resolver given (tests point one at
+    /// their own name server).
+    pub fn with_resolver(
+        addr: &str,
+        tls: Arc<MeshTls>,
+        expected: Identity,
+        resolver: Resolver,
+    ) -> Result<Self, ControlError> {
         let bad = |reason: String| ControlError::BadAddress {
             addr: addr.to_owned(),
             reason,
         };
+        let (host, _port) = dns::split_host_port(addr).map_err(|e| match e {
+            dns::DnsError::BadAddress { reason, .. } => bad(reason),
+            other => bad(other.to_string()),
+        })?;
+        let host = match host {
+            dns::Host::Ip(ip) => ip.to_string(),
+            dns::Host::Name(name) => name,
+        };
+        // The URI is only tonic's bookkeeping: the connector below dials.
         let endpoint = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| bad(e.to_string()))?
             .timeout(REQUEST_TIMEOUT);
-        let host = endpoint
-            .uri()
-            .host()
-            .ok_or_else(|| bad("it has no host".into()))?
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
-        if endpoint.uri().port_u16().is_none() {
-            return Err(bad("it has no port".into()));
-        }
         // Mesh verification ignores the name (it checks the identity); rustls
         // still wants one for the handshake.
         let server_name = ServerName::try_from(host).map_err(|e| bad(e.to_string()))?;
@@ -95,11 +110,13 @@ impl ControlClient {
         let connect_identity = expected.clone();
         let connector = tower::service_fn(move |_uri: http::Uri| {
             let addr = connect_addr.clone();
+            let resolver = resolver.clone();
             let config = tls.client_config(&connect_identity, alpn::H2);
             let server_name = server_name.clone();
             async move {
                 let connect = async {
-                    let tcp = TcpStream::connect(&addr).await?;
+                    // Resolved again on every (re)connect.
+                    let tcp = resolver.connect(&addr).await?;
                     tcp.set_nodelay(true)?;
                     tokio_rustls::TlsConnector::from(config)
                         .connect(server_name, tcp)

@@ -16,6 +16,8 @@
 //! - [`crd`] (feature `k8s`): the `policy.weft.io` custom resources
 //!   (`ResiliencePolicy`, `AuthorizationPolicy`), converted into the policy
 //!   model; their YAML in `deploy/crds/` is generated (see `tests/crds_generated.rs`).
+//! - [`dns`]: names to addresses without the C library (static binaries in
+//!   empty images): literal IPs, `/etc/hosts`, then `/etc/resolv.conf` with hickory.
 //! - [`proto`]: the generated wire types of package `weft.v1` (checked in; see
 //!   `tests/proto_generated.rs`).
 //! - [`tls`]: the one place where mesh TLS is configured (TLS 1.3 only, aws-lc-rs,
@@ -28,6 +30,7 @@ pub mod consts;
 pub mod control;
 #[cfg(feature = "k8s")]
 pub mod crd;
+pub mod dns;
 pub mod identity;
 pub mod policy;
 pub mod proto;

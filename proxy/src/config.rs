@@ -440,10 +440,10 @@ impl Parser<'_> {
                 key_file: key_file?,
             });
         };
-        if !addr.contains(':') {
+        if let Err(e) = weft_api::dns::split_host_port(&addr) {
             self.error(
                 env::CONTROLLER_ADDR,
-                format!("{addr:?} has no port; expected host:port, e.g. weft-controller.weft-system:8090"),
+                format!("{e}; expected host:port, e.g. weft-controller.weft-system.svc:8090"),
             );
         }
         let identity = match self.identity(env::IDENTITY) {

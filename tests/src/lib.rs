@@ -8,6 +8,8 @@
 //!   by it (`weft_proxy::identity`), for the identity tests.
 //! - [`kube_validate`]: Kubernetes manifests checked offline against the API's
 //!   JSON schemas of several versions (`kubernetes-validate`).
+//! - [`dns`]: a tiny UDP DNS server answering for given names, standing in
+//!   for a cluster's DNS (`tests/static_binaries.rs`, `tests/dns.rs`).
 //! - [`load`]: continuous HTTP traffic that counts every request.
 //! - [`netns`]: pods made of network namespaces on a bridge, for the
 //!   transparent-interception tests (`tests/netns_intercept.rs`, root only).
@@ -17,6 +19,7 @@
 pub mod apps;
 pub mod control;
 pub mod kube_validate;
+pub mod dns;
 pub mod load;
 pub mod mesh;
 pub mod netns;
