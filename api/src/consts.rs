@@ -126,7 +126,7 @@ pub mod env {
     /// sidecar of a Job's pod, whose workload ends its proxy that way.
     pub const SHUTDOWN_ENDPOINT: &str = "WEFT_PROXY_SHUTDOWN_ENDPOINT";
     /// The default inbound policy of the workload: one of
-    /// [`super::inject::INBOUND_POLICIES`]. Set by the injector from
+    /// `weft_api::policy::InboundMode`. Set by the injector from
     /// `config.weft.io/default-inbound-policy`; not enforced by the proxy yet.
     pub const DEFAULT_INBOUND_POLICY: &str = "WEFT_PROXY_DEFAULT_INBOUND_POLICY";
 }
@@ -236,8 +236,6 @@ pub mod inject {
     /// The proxy binary's flag that waits until the proxy is ready (the classic
     /// sidecar's postStart hook: the image has no shell).
     pub const WAIT_READY_FLAG: &str = "--wait-ready";
-    /// The values of `config.weft.io/default-inbound-policy`.
-    pub const INBOUND_POLICIES: [&str; 4] = ["allow-all", "mesh-only", "deny", "audit"];
 
     /// `config.weft.io/` annotations (on the pod, or inherited from its
     /// namespace; the pod's win).
@@ -258,7 +256,7 @@ pub mod inject {
         /// The proxy's log filter (`info`, `warn,weft_proxy=debug`).
         pub const LOG_LEVEL: &str = "config.weft.io/log-level";
         /// The workload's default inbound policy (one of
-        /// [`super::INBOUND_POLICIES`]).
+        /// `weft_api::policy::InboundMode`).
         pub const DEFAULT_INBOUND_POLICY: &str = "config.weft.io/default-inbound-policy";
 
         /// Every annotation of the prefix the injector understands.

@@ -36,59 +36,13 @@ fn have(tool: &str, arg: &str) -> bool {
     }
 }
 
-/// API groups served by CRDs, absent from the validator's built-in schemas:
-/// objects of these groups are skipped; an unknown kind of any other group fails.
-const CRD_GROUPS: &[&str] = &["policy.weft.io", "gateway.networking.k8s.io"];
-
-/// Validates every document of `paths` against each Kubernetes version of
-/// `versions` (`1.28` or `1.28.0`) with `kubernetes-validate --strict`.
-/// Objects of CRD-served groups (no built-in schema) are skipped; any other
-/// object without a schema fails, as does every validation error.
+/// Validates `paths` with the shared offline validator (objects of CRD groups,
+/// which it has no schema for, are skipped there; any other unknown kind fails).
 fn validate_files(paths: &[PathBuf], versions: &[&str]) {
-    if !have("kubernetes-validate", "--version") {
-        return;
-    }
-    for version in versions {
-        let version = if version.matches('.').count() == 1 {
-            format!("{version}.0")
-        } else {
-            (*version).to_owned()
-        };
-        let out = Command::new("kubernetes-validate")
-            .args(["--strict", "-k", &version])
-            .args(paths)
-            .output()
-            .expect("kubernetes-validate runs");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let mut problems = Vec::new();
-        for line in text.lines() {
-            if line.starts_with("ERROR") {
-                problems.push(line.to_owned());
-            } else if line.starts_with("WARN") {
-                let crd = line.contains("Couldn't find schema for kind")
-                    && CRD_GROUPS
-                        .iter()
-                        .any(|g| line.contains(&format!("api version {g}/")));
-                if !crd {
-                    problems.push(line.to_owned());
-                }
-            }
-        }
-        assert!(
-            problems.is_empty() && (out.status.success() || text.contains("Couldn't find schema")),
-            "kubernetes-validate -k {version} failed ({}):\n{}\n---\n{text}",
-            out.status,
-            problems.join("\n")
-        );
-        assert!(
-            text.contains("passed"),
-            "kubernetes-validate -k {version} validated nothing:\n{text}"
-        );
-    }
+    let versions: Vec<String> = versions.iter().map(|v| format!("{v}.0")).collect();
+    let versions: Vec<&str> = versions.iter().map(String::as_str).collect();
+    weft_tests::kube_validate::validate_files(paths, &versions)
+        .unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 fn weft(args: &[&str]) -> String {

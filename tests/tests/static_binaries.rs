@@ -63,6 +63,11 @@ const BINARIES: &[Binary] = &[
         name: "weft-controller",
         smoke: Some((&["--help"], "serve")),
     },
+    Binary {
+        package: "weft-injector",
+        name: "weft-injector",
+        smoke: Some((&["--help"], "--cert-file")),
+    },
 ];
 
 const CONTROLLER_NAME: &str = "weft-controller.weft-system.svc";

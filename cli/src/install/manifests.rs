@@ -208,13 +208,6 @@ pub fn injector(opts: &InstallOptions) -> Result<Vec<Document>, RenderError> {
         metadata: meta(names::INJECTOR_CONFIGMAP, ns),
         data: Some(BTreeMap::from([
             (names::INJECTOR_CONFIG_KEY.to_owned(), config_yaml),
-            // Read by the mesh once the default inbound mode is wired through
-            // (DESIGN.md, "Policy model"); kept beside the injector's file so
-            // that an older injector never meets an unknown key in it.
-            (
-                "defaultInboundMode".to_owned(),
-                opts.default_inbound_mode.as_str().to_owned(),
-            ),
         ])),
         ..ConfigMap::default()
     };

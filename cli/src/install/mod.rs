@@ -64,7 +64,8 @@ pub struct InstallArgs {
     #[arg(long, value_enum, default_value_t = FailurePolicy::Fail)]
     pub failure_policy: FailurePolicy,
     /// The mesh-wide default inbound mode.
-    #[arg(long, value_enum, default_value_t = InboundMode::AllowAll)]
+    /// `allow-all` (default), `mesh-only`, `deny` or `audit`.
+    #[arg(long, value_parser = options::parse_inbound_mode, default_value = "allow-all")]
     pub default_inbound_mode: InboundMode,
     /// Use the issuer in this directory (`tls.crt`, `tls.key`, `ca.crt`)
     /// instead of generating a trust anchor and an issuer.

@@ -6,25 +6,11 @@ use std::time::Duration;
 use weft_api::consts::{self, install as names};
 use weft_injector::config::InjectConfig;
 
-/// The mesh-wide default inbound mode (DESIGN.md, "Policy model").
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum InboundMode {
-    #[default]
-    AllowAll,
-    MeshOnly,
-    Deny,
-    Audit,
-}
+pub use weft_api::policy::InboundMode;
 
-impl InboundMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::AllowAll => "allow-all",
-            Self::MeshOnly => "mesh-only",
-            Self::Deny => "deny",
-            Self::Audit => "audit",
-        }
-    }
+/// `--default-inbound-mode`: parsed by the policy model's own parser.
+pub fn parse_inbound_mode(text: &str) -> Result<InboundMode, String> {
+    text.parse::<InboundMode>().map_err(|e| e.to_string())
 }
 
 /// What the API server does when the webhook cannot be reached.
@@ -183,6 +169,7 @@ impl InstallOptions {
                 consts::CONTROLLER_GRPC_PORT
             ),
             native_sidecars: self.native_sidecars,
+            default_inbound_policy: self.default_inbound_mode.as_str().to_owned(),
             ..InjectConfig::default()
         }
     }

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use k8s_openapi::api::core::v1::{Pod, ResourceRequirements};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use weft_api::consts::{CONFIG_ANNOTATION_PREFIX, env, init_env, inject};
+use weft_api::policy::InboundMode;
 use weft_proxy::iptables::{InitConfig, PortRange, Subnet};
 
 use super::{NamespaceInfo, quantity};
@@ -155,10 +156,11 @@ pub(super) fn read(
         "defaultInboundPolicy",
         &config.default_inbound_policy,
     );
-    if !inject::INBOUND_POLICIES.contains(&v.text) {
+    if v.text.parse::<InboundMode>().is_err() {
+        let modes: Vec<&str> = InboundMode::ALL.iter().map(|m| m.as_str()).collect();
         return Err(v.problem(
             "it is not an inbound policy",
-            &format!("one of {}", inject::INBOUND_POLICIES.join(", ")),
+            &format!("one of {}", modes.join(", ")),
         ));
     }
     let default_inbound_policy = v.text.to_owned();
