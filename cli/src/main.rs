@@ -6,6 +6,7 @@
 //!
 //! - `demo/`: `weft demo`, a whole mesh on one machine.
 //! - `audit.rs`: `weft audit certs`, the issuance audit trail as a table or JSON.
+//! - `inject.rs`: `weft inject` / `weft uninject`, the injection applied to manifests.
 //! - `output.rs`: `--output table|json`.
 
 // A binary: `pub` inside it marks what a module offers to its siblings.
@@ -13,6 +14,7 @@
 
 mod audit;
 mod demo;
+mod inject;
 mod output;
 
 use std::process::ExitCode;
@@ -36,6 +38,11 @@ enum Command {
     /// Audit what the mesh did.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Adds the weft proxy to the pods and pod templates of a manifest
+    /// (multi-document YAML in, on stdout out), as the injector would.
+    Inject(inject::InjectArgs),
+    /// Removes what `weft inject` added from a manifest.
+    Uninject(inject::UninjectArgs),
     /// Runs the weft proxy, configured by environment (WEFT_PROXY_*).
     #[command(name = "__proxy", hide = true)]
     Proxy,
@@ -55,6 +62,8 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Inject(args) => inject::inject(&args),
+        Command::Uninject(args) => inject::uninject(&args),
         Command::Proxy => {
             demo::procs::exit_with_parent();
             weft_proxy::run::main()
