@@ -198,10 +198,10 @@ fn object(doc: &mut Yaml, op: &Op<'_>) -> usize {
     let kind = str_at(doc, &["kind"]).unwrap_or("").to_owned();
     let name = str_at(doc, &["metadata", "name"]).unwrap_or("").to_owned();
     let label = format!("{}/{name}", kind.to_lowercase());
-    if kind.ends_with("List") {
-        if let Some(Yaml::Sequence(items)) = doc.get_mut("items") {
-            return items.iter_mut().map(|item| object(item, op)).sum();
-        }
+    if kind.ends_with("List")
+        && let Some(Yaml::Sequence(items)) = doc.get_mut("items")
+    {
+        return items.iter_mut().map(|item| object(item, op)).sum();
     }
     let template_path: &[&str] = match kind.as_str() {
         "Pod" => &[],
