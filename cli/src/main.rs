@@ -8,6 +8,7 @@
 //! - `audit.rs`: `weft audit certs`, the issuance audit trail as a table or JSON.
 //! - `install/`: `weft install`, the mesh's Kubernetes objects (and `deploy/`).
 //! - `check/`: `weft check`, is the cluster ready for the mesh, is the mesh healthy.
+//! - `inject.rs`: `weft inject` / `weft uninject`, the injection applied to manifests.
 //! - `output.rs`: `--output table|json`.
 
 // A binary: `pub` inside it marks what a module offers to its siblings.
@@ -17,6 +18,7 @@ mod audit;
 mod check;
 mod demo;
 mod install;
+mod inject;
 mod output;
 
 use std::process::ExitCode;
@@ -49,6 +51,11 @@ enum Command {
     /// directory: how `deploy/` is generated.
     #[command(name = "__write-deploy", hide = true)]
     WriteDeploy { dir: std::path::PathBuf },
+    /// Adds the weft proxy to the pods and pod templates of a manifest
+    /// (multi-document YAML in, on stdout out), as the injector would.
+    Inject(inject::InjectArgs),
+    /// Removes what `weft inject` added from a manifest.
+    Uninject(inject::UninjectArgs),
     /// Runs the weft proxy, configured by environment (WEFT_PROXY_*).
     #[command(name = "__proxy", hide = true)]
     Proxy,
@@ -83,6 +90,8 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Inject(args) => inject::inject(&args),
+        Command::Uninject(args) => inject::uninject(&args),
         Command::Proxy => {
             demo::procs::exit_with_parent();
             weft_proxy::run::main()

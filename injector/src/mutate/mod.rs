@@ -219,10 +219,11 @@ fn additions(
             annotations.insert(key.to_owned(), value);
         }
     }
-    if !native && !existing.contains_key(DEFAULT_CONTAINER_ANNOTATION) {
-        if let Some(first) = spec.containers.first() {
-            annotations.insert(DEFAULT_CONTAINER_ANNOTATION.to_owned(), first.name.clone());
-        }
+    if !native
+        && !existing.contains_key(DEFAULT_CONTAINER_ANNOTATION)
+        && let Some(first) = spec.containers.first()
+    {
+        annotations.insert(DEFAULT_CONTAINER_ANNOTATION.to_owned(), first.name.clone());
     }
     let (init_containers, container) = if native {
         (vec![init, proxy], None)

@@ -280,12 +280,15 @@ fn opaque_ports(v: &Value<'_>) -> Result<Vec<u16>, String> {
     }
 }
 
+/// A request and a limit, each optional.
+type RequestAndLimit = (Option<String>, Option<String>);
+
 /// A request and a limit, each optional, the request no more than the limit.
 fn resource_pair(
     request: &Value<'_>,
     limit: &Value<'_>,
     expected: &str,
-) -> Result<(Option<String>, Option<String>), String> {
+) -> Result<RequestAndLimit, String> {
     let one = |v: &Value<'_>| -> Result<Option<(String, f64)>, String> {
         if v.text.is_empty() {
             return Ok(None);
@@ -295,21 +298,19 @@ fn resource_pair(
             .map_err(|p| v.problem(&p, expected))
     };
     let (req, lim) = (one(request)?, one(limit)?);
-    if let (Some((_, r)), Some((_, l))) = (&req, &lim) {
-        if r > l {
-            return Err(request.problem(
-                &format!("it is more than the limit {:?}", limit.text),
-                "a request no larger than its limit",
-            ));
-        }
+    if let (Some((_, r)), Some((_, l))) = (&req, &lim)
+        && r > l
+    {
+        return Err(request.problem(
+            &format!("it is more than the limit {:?}", limit.text),
+            "a request no larger than its limit",
+        ));
     }
     Ok((req.map(|(t, _)| t), lim.map(|(t, _)| t)))
 }
 
 /// `ResourceRequirements` from (resource, (request, limit)) pairs.
-fn requirements<const N: usize>(
-    pairs: [(&str, (Option<String>, Option<String>)); N],
-) -> ResourceRequirements {
+fn requirements<const N: usize>(pairs: [(&str, RequestAndLimit); N]) -> ResourceRequirements {
     let mut requests = BTreeMap::new();
     let mut limits = BTreeMap::new();
     for (name, (request, limit)) in pairs {
