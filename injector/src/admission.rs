@@ -32,7 +32,7 @@ pub enum DecodeError {
 /// A decoded review.
 pub enum Review {
     /// A pod CREATE: the one operation the webhook decides on.
-    PodCreate(PodCreate),
+    PodCreate(Box<PodCreate>),
     /// Anything else (another resource, another operation, a subresource): allowed unchanged.
     Other(Box<AdmissionRequest<DynamicObject>>),
 }
@@ -84,11 +84,11 @@ pub fn decode(body: &[u8]) -> Result<Review, DecodeError> {
         .filter(|n| !n.is_empty())
         .or_else(|| pod.metadata.namespace.clone())
         .unwrap_or_default();
-    Ok(Review::PodCreate(PodCreate {
+    Ok(Review::PodCreate(Box::new(PodCreate {
         request: Box::new(request),
         pod,
         namespace,
-    }))
+    })))
 }
 
 /// The response to a pod CREATE given the decision, and what to count.
@@ -153,7 +153,7 @@ mod tests {
 
     fn pod_create() -> PodCreate {
         match decode(POD_CREATE.as_bytes()).expect("decodes") {
-            Review::PodCreate(create) => create,
+            Review::PodCreate(create) => *create,
             Review::Other(_) => panic!("a pod CREATE"),
         }
     }

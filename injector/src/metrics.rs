@@ -116,7 +116,7 @@ impl Metrics {
         let mut registry = Registry::default();
         let admissions = Family::<Labels, Counter>::default();
         let duration = Family::<Labels, Histogram>::new_with_constructor(
-            (|| Histogram::new(DURATION_BUCKETS.into_iter())) as fn() -> Histogram,
+            (|| Histogram::new(DURATION_BUCKETS)) as fn() -> Histogram,
         );
         let serving_cert_expiry = Gauge::<i64, AtomicI64>::default();
         let serving_cert_reloads = Family::<Labels, Counter>::default();
