@@ -17,8 +17,8 @@
 mod audit;
 mod check;
 mod demo;
-mod install;
 mod inject;
+mod install;
 mod output;
 
 use std::process::ExitCode;

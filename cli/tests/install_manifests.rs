@@ -41,8 +41,7 @@ fn have(tool: &str, arg: &str) -> bool {
 fn validate_files(paths: &[PathBuf], versions: &[&str]) {
     let versions: Vec<String> = versions.iter().map(|v| format!("{v}.0")).collect();
     let versions: Vec<&str> = versions.iter().map(String::as_str).collect();
-    weft_tests::kube_validate::validate_files(paths, &versions)
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    weft_tests::kube_validate::validate_files(paths, &versions).unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 fn weft(args: &[&str]) -> String {

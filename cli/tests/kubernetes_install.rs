@@ -223,7 +223,11 @@ fn assert_classic_sidecar(pod: &Pod) {
     let first = spec.containers.first().expect("a container");
     assert_ne!(first.name, "app", "{name}: the proxy placed first");
     assert!(
-        first.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()).is_some(),
+        first
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.post_start.as_ref())
+            .is_some(),
         "{name}: the classic proxy waits for readiness in postStart"
     );
 }
@@ -354,8 +358,8 @@ fn weft(args: &[&str], kubeconfig: &Path, more: &[&str]) -> std::process::Output
 
 /// The Gateway API CRDs, a documented prerequisite of weft.
 fn gateway_api_crds(kubeconfig: &Path) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/gateway-api/v1.5.1/standard");
+    let dir =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/gateway-api/v1.5.1/standard");
     let out = Command::new("kubectl")
         .arg("--kubeconfig")
         .arg(kubeconfig)
@@ -462,7 +466,12 @@ async fn make_ready(client: &kube::Client, pod: &Pod) {
     let ns = pod.metadata.namespace.clone().expect("a namespace");
     let name = pod.metadata.name.clone().expect("a name");
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    if pod.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_none() {
+    if pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_ref())
+        .is_none()
+    {
         let binding = Binding {
             metadata: ObjectMeta {
                 name: Some(name.clone()),
@@ -485,9 +494,8 @@ async fn make_ready(client: &kube::Client, pod: &Pod) {
             .await
             .expect("bind the pod to the node");
     }
-    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-        k8s_openapi::jiff::Timestamp::now(),
-    );
+    let now =
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now());
     let status = PodStatus {
         phase: Some("Running".into()),
         pod_ip: Some("198.18.0.10".into()),
@@ -538,6 +546,5 @@ fn free_port() -> u16 {
 }
 
 fn sibling_binary(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_weft"))
-        .with_file_name(name)
+    Path::new(env!("CARGO_BIN_EXE_weft")).with_file_name(name)
 }

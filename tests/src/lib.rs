@@ -18,8 +18,8 @@
 
 pub mod apps;
 pub mod control;
-pub mod kube_validate;
 pub mod dns;
+pub mod kube_validate;
 pub mod load;
 pub mod mesh;
 pub mod netns;

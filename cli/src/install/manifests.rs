@@ -206,9 +206,10 @@ pub fn injector(opts: &InstallOptions) -> Result<Vec<Document>, RenderError> {
     let config_yaml = serde_yaml::to_string(&opts.inject_config()).unwrap_or_default();
     let config = ConfigMap {
         metadata: meta(names::INJECTOR_CONFIGMAP, ns),
-        data: Some(BTreeMap::from([
-            (names::INJECTOR_CONFIG_KEY.to_owned(), config_yaml),
-        ])),
+        data: Some(BTreeMap::from([(
+            names::INJECTOR_CONFIG_KEY.to_owned(),
+            config_yaml,
+        )])),
         ..ConfigMap::default()
     };
     let config_file = format!("{INJECTOR_CONFIG_DIR}/{}", names::INJECTOR_CONFIG_KEY);

@@ -249,7 +249,10 @@ mod tests {
                 Some(&["pods".to_owned()][..])
             );
             let service = w.client_config.service.unwrap();
-            assert_eq!(service.path.as_deref(), Some(weft_api::consts::injector::INJECT_PATH));
+            assert_eq!(
+                service.path.as_deref(),
+                Some(weft_api::consts::injector::INJECT_PATH)
+            );
             assert_eq!(w.client_config.ca_bundle.unwrap().0, b"PEM");
         }
         assert!(doc.comment.contains("failurePolicy Fail"));
