@@ -23,21 +23,28 @@ pub(crate) struct Admin {
 impl Admin {
     pub(crate) async fn serve(self, listener: TcpListener) {
         let admin = Arc::new(self);
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                continue;
-            };
-            let admin = admin.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| {
-                    let admin = admin.clone();
-                    async move { Ok::<_, Infallible>(admin.handle(&req)) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), service)
-                    .await;
-            });
-        }
+        // The workspace's one accept loop: an accept error (out of file
+        // descriptors) backs off instead of spinning. The admin server runs
+        // until the controller's task is dropped.
+        weft_api::accept::accept_loop(
+            listener,
+            "controller-admin",
+            tokio_util::sync::CancellationToken::new(),
+            tokio_util::task::TaskTracker::new(),
+            move |tcp, _| {
+                let admin = admin.clone();
+                async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        let admin = admin.clone();
+                        async move { Ok::<_, Infallible>(admin.handle(&req)) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), service)
+                        .await;
+                }
+            },
+        )
+        .await;
     }
 
     fn handle(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {

@@ -150,19 +150,18 @@ pub async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<TlsConn>>(64);
     let acceptor = TlsAcceptor::from(tls);
-    let accept_loop = tokio::spawn(async move {
-        loop {
-            let (tcp, remote) = match listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
+    // The workspace's one accept loop (it backs off on errors such as running
+    // out of file descriptors); tonic owns the connections once handshaken.
+    let stop_accepting = tokio_util::sync::CancellationToken::new();
+    let accept_loop = tokio::spawn(weft_api::accept::accept_loop(
+        listener,
+        "controller-grpc",
+        stop_accepting.clone(),
+        tokio_util::task::TaskTracker::new(),
+        move |tcp, remote| {
             let acceptor = acceptor.clone();
             let tx = tx.clone();
-            tokio::spawn(async move {
+            async move {
                 let _ = tcp.set_nodelay(true);
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
@@ -173,14 +172,15 @@ pub async fn serve(
                     }
                     Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
                 }
-            });
-        }
-    });
+            }
+        },
+    ));
     let incoming = tokio_stream::wrappers::ReceiverStream::new(rx);
     let result = tonic::transport::Server::builder()
         .add_service(IdentityServer::new(identity))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
+    stop_accepting.cancel();
     accept_loop.abort();
     result
 }
