@@ -94,7 +94,7 @@ fn main() -> ExitCode {
         Command::Uninject(args) => inject::uninject(&args),
         Command::Proxy => {
             demo::procs::exit_with_parent();
-            weft_proxy::run::main()
+            weft_proxy::run::main_with_args(Vec::new())
         }
         Command::DemoApp(args) => demo::run_app(args),
     }

@@ -19,7 +19,13 @@ use weft_api::tls::{Credentials, MeshTls, TrustAnchors};
 /// pod is ready (see [`wait_ready`]): the classic sidecar's postStart hook,
 /// since the image has no shell.
 pub fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    main_with_args(std::env::args().skip(1).collect())
+}
+
+/// [`main`] with the arguments given (those after the program name): a
+/// program that embeds the proxy under a subcommand of its own (`weft __proxy`)
+/// passes what follows its subcommand.
+pub fn main_with_args(args: Vec<String>) -> ExitCode {
     if let Some(first) = args.first() {
         if first != weft_api::consts::inject::WAIT_READY_FLAG || args.len() > 2 {
             eprintln!(
