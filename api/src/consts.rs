@@ -190,8 +190,6 @@ pub mod install {
     pub const WEBHOOK_CONFIGURATION: &str = "weft-injector";
     /// Field manager of `weft install --apply` (server-side apply).
     pub const FIELD_MANAGER: &str = "weft";
-    /// Namespaces whose pods are never sent to the webhook (besides the mesh's own).
-    pub const NEVER_INJECTED_NAMESPACES: &[&str] = &super::inject::PROTECTED_NAMESPACES;
     /// The label the API server sets on every namespace, valued with its name.
     pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
     /// Standard labels set on every object of an installation.

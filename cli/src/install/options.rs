@@ -176,7 +176,7 @@ impl InstallOptions {
 
     /// The namespaces whose pods never reach the webhook.
     pub fn never_injected_namespaces(&self) -> Vec<String> {
-        names::NEVER_INJECTED_NAMESPACES
+        consts::inject::PROTECTED_NAMESPACES
             .iter()
             .map(|ns| (*ns).to_owned())
             .chain([self.namespace.clone()])
