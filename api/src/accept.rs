@@ -1,10 +1,18 @@
 //! The one accept loop of the workspace: every TCP listener of the proxy, the
-//! controller and the injector accepts through [`accept_loop`].
+//! controller and the injector accepts through [`accept_loop`]; the plain
+//! HTTP/1.1 admin servers of the controller and the injector are [`serve_http1`].
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -41,6 +49,32 @@ pub async fn accept_loop<F, Fut>(
         };
         tracker.spawn(handle(tcp, client));
     }
+}
+
+/// Serves plain HTTP/1.1 on `listener` through [`accept_loop`], answering each
+/// request with `handle` (a whole response, computed at once: admin endpoints).
+pub async fn serve_http1<H>(
+    listener: TcpListener,
+    what: &'static str,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    handle: Arc<H>,
+) where
+    H: Fn(&Request<Incoming>) -> Response<Full<Bytes>> + Send + Sync + 'static,
+{
+    accept_loop(listener, what, shutdown, tracker, move |tcp, _| {
+        let handle = handle.clone();
+        async move {
+            let service = hyper::service::service_fn(move |req| {
+                let response = handle(&req);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), service)
+                .await;
+        }
+    })
+    .await;
 }
 
 #[cfg(test)]

@@ -1,7 +1,6 @@
 //! The admin server (port 9990): `/live`, `/ready` (the controller holds a
 //! valid certificate of its own) and `/metrics` (Prometheus text format).
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -9,7 +8,6 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use weft_api::tls::MeshTls;
 
@@ -23,26 +21,13 @@ pub(crate) struct Admin {
 impl Admin {
     pub(crate) async fn serve(self, listener: TcpListener) {
         let admin = Arc::new(self);
-        // The workspace's one accept loop: an accept error (out of file
-        // descriptors) backs off instead of spinning. The admin server runs
-        // until the controller's task is dropped.
-        weft_api::accept::accept_loop(
+        // The admin server runs until the controller's task is dropped.
+        weft_api::accept::serve_http1(
             listener,
             "controller-admin",
             tokio_util::sync::CancellationToken::new(),
             tokio_util::task::TaskTracker::new(),
-            move |tcp, _| {
-                let admin = admin.clone();
-                async move {
-                    let service = hyper::service::service_fn(move |req| {
-                        let admin = admin.clone();
-                        async move { Ok::<_, Infallible>(admin.handle(&req)) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tcp), service)
-                        .await;
-                }
-            },
+            Arc::new(move |req: &Request<Incoming>| admin.handle(req)),
         )
         .await;
     }

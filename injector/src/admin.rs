@@ -5,7 +5,6 @@
 //! is synced and trust anchors are known (an injected proxy without anchors
 //! could trust nobody); otherwise 503 naming what is missing.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -13,7 +12,6 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -54,18 +52,14 @@ impl Admin {
         shutdown: CancellationToken,
         tracker: TaskTracker,
     ) {
-        weft_api::accept::accept_loop(listener, "admin", shutdown, tracker, move |tcp, _| {
-            let admin = self.clone();
-            async move {
-                let service = hyper::service::service_fn(move |req| {
-                    let admin = admin.clone();
-                    async move { Ok::<_, Infallible>(admin.handle(&req)) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), service)
-                    .await;
-            }
-        })
+        let admin = self;
+        weft_api::accept::serve_http1(
+            listener,
+            "injector-admin",
+            shutdown,
+            tracker,
+            Arc::new(move |req: &Request<Incoming>| admin.handle(req)),
+        )
         .await;
     }
 
