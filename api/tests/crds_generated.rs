@@ -6,6 +6,8 @@
 //! After changing a CRD type, update the files with
 //! `WEFT_UPDATE_CRDS=1 cargo test -p weft-api --features k8s --test crds_generated`.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -42,22 +44,7 @@ fn rendered() -> Vec<(String, String)> {
 }
 
 fn read_checked_in(dir: &Path) -> Vec<(String, String)> {
-    let mut files: Vec<(String, String)> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("{} is readable: {e}", dir.display()))
-        .map(|entry| entry.expect("a directory entry").path())
-        .filter(|path| path.extension().is_some_and(|e| e == "yaml"))
-        .map(|path| {
-            let name = path
-                .file_name()
-                .expect("a file name")
-                .to_string_lossy()
-                .into_owned();
-            let text = std::fs::read_to_string(&path).expect("the YAML is UTF-8");
-            (name, text)
-        })
-        .collect();
-    files.sort();
-    files
+    support::read_files(dir, ".yaml")
 }
 
 #[test]
@@ -77,27 +64,12 @@ fn checked_in_crds_match_the_rust_types() {
         return;
     }
     let checked_in = read_checked_in(&dir);
-    let names = |files: &[(String, String)]| files.iter().map(|f| f.0.clone()).collect::<Vec<_>>();
-    assert_eq!(
-        names(&checked_in),
-        names(&fresh),
-        "the files in deploy/crds differ from the CRD types; run \
-         `WEFT_UPDATE_CRDS=1 cargo test -p weft-api --features k8s --test crds_generated`"
+    support::assert_current(
+        "deploy/crds",
+        &checked_in,
+        &fresh,
+        "WEFT_UPDATE_CRDS=1 cargo test -p weft-api --features k8s --test crds_generated",
     );
-    for ((name, old), (_, new)) in checked_in.iter().zip(&fresh) {
-        if old != new {
-            let line = old
-                .lines()
-                .zip(new.lines())
-                .position(|(a, b)| a != b)
-                .unwrap_or_else(|| old.lines().count().min(new.lines().count()));
-            panic!(
-                "deploy/crds/{name} is stale (first difference at line {}); run \
-                 `WEFT_UPDATE_CRDS=1 cargo test -p weft-api --features k8s --test crds_generated`",
-                line + 1
-            );
-        }
-    }
 }
 
 #[test]

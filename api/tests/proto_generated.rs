@@ -6,6 +6,8 @@
 //! After editing a `.proto` file, update the checked-in code with
 //! `WEFT_UPDATE_PROTO=1 cargo test -p weft-api --test proto_generated`.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 
 /// The protocol files, relative to `proto/`.
@@ -35,22 +37,7 @@ fn generate(out_dir: &Path) {
 }
 
 fn generated_files(dir: &Path) -> Vec<(String, String)> {
-    let mut files: Vec<(String, String)> = std::fs::read_dir(dir)
-        .expect("the output directory is readable")
-        .map(|entry| {
-            let path = entry.expect("directory entry").path();
-            let name = path
-                .file_name()
-                .expect("a file name")
-                .to_string_lossy()
-                .into_owned();
-            let text = std::fs::read_to_string(&path).expect("generated code is UTF-8");
-            (name, text)
-        })
-        .filter(|(name, _)| name.ends_with(".rs"))
-        .collect();
-    files.sort();
-    files
+    support::read_files(dir, ".rs")
 }
 
 #[test]
@@ -69,25 +56,10 @@ fn checked_in_code_matches_the_protos() {
     let fresh = generated_files(fresh_dir.path());
     let checked_in = generated_files(&checked_in_dir);
     assert!(!fresh.is_empty(), "generation produced no file");
-    let names = |files: &[(String, String)]| files.iter().map(|f| f.0.clone()).collect::<Vec<_>>();
-    assert_eq!(
-        names(&checked_in),
-        names(&fresh),
-        "the generated files in api/src/proto differ from the protos; run \
-         `WEFT_UPDATE_PROTO=1 cargo test -p weft-api --test proto_generated`"
+    support::assert_current(
+        "api/src/proto",
+        &checked_in,
+        &fresh,
+        "WEFT_UPDATE_PROTO=1 cargo test -p weft-api --test proto_generated",
     );
-    for ((name, old), (_, new)) in checked_in.iter().zip(&fresh) {
-        if old != new {
-            let line = old
-                .lines()
-                .zip(new.lines())
-                .position(|(a, b)| a != b)
-                .unwrap_or_else(|| old.lines().count().min(new.lines().count()));
-            panic!(
-                "api/src/proto/{name} is stale (first difference at line {}); run \
-                 `WEFT_UPDATE_PROTO=1 cargo test -p weft-api --test proto_generated`",
-                line + 1
-            );
-        }
-    }
 }
