@@ -5,7 +5,7 @@
 use std::path::Path;
 
 /// The files of `dir` whose names end with `suffix`, as (name, text), sorted.
-pub fn read_files(dir: &Path, suffix: &str) -> Vec<(String, String)> {
+pub(crate) fn read_files(dir: &Path, suffix: &str) -> Vec<(String, String)> {
     let mut files: Vec<(String, String)> = std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("{} is readable: {e}", dir.display()))
         .map(|entry| entry.expect("a directory entry").path())
@@ -28,7 +28,7 @@ pub fn read_files(dir: &Path, suffix: &str) -> Vec<(String, String)> {
 /// Fails unless `checked_in` equals `fresh` (both sorted by name): `what` names
 /// the checked-in directory (`api/src/proto`), `update` the command that
 /// rewrites it.
-pub fn assert_current(
+pub(crate) fn assert_current(
     what: &str,
     checked_in: &[(String, String)],
     fresh: &[(String, String)],
