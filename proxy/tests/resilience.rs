@@ -489,3 +489,93 @@ async fn a_slow_backend_behind_a_request_timeout_answers_504_in_time() {
         "answered in {elapsed:?}"
     );
 }
+
+/// A gRPC-shaped HTTP/2 server: trailers-only `grpc-status: 14` (UNAVAILABLE)
+/// to its first `failures` calls, `grpc-status: 0` after.
+async fn grpc_app(failures: u64, hits: Arc<AtomicU64>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let hits = hits.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let hits = hits.clone();
+                    async move {
+                        let n = hits.fetch_add(1, Ordering::Relaxed);
+                        let _ = req.into_body().collect().await;
+                        let rsp = Response::builder()
+                            .header("content-type", "application/grpc")
+                            .header("grpc-status", if n < failures { "14" } else { "0" })
+                            .body(Full::new(Bytes::new()))
+                            .unwrap();
+                        Ok::<_, Infallible>(rsp)
+                    }
+                });
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_call_is_retried_on_a_configured_grpc_status() {
+    let mut mesh = Mesh::new();
+    let hits = Arc::new(AtomicU64::new(0));
+    let app = grpc_app(2, hits.clone()).await;
+    let server = server_proxy(mesh.ca.mesh_tls(SERVER_ID), app).await;
+    let endpoint = Endpoint {
+        addr: server.inbound_addr,
+        identity: Some(SERVER_ID.parse().unwrap()),
+        zone: None,
+    };
+    mesh.servers.push(server);
+    let mut route = retry_route(2, &[]);
+    route.retry.as_mut().unwrap().on = RetryOn::new(
+        [weft_api::policy::RetryCondition::Grpc(
+            weft_api::policy::GrpcCode::from_code(14).unwrap(),
+        )],
+        &[],
+    );
+    let s = state(vec![backend("checkout", 1, vec![endpoint])], vec![route]);
+    let (client, entry, _tx) = mesh.client(s).await;
+    let tcp = TcpStream::connect(entry).await.unwrap();
+    let (mut tx, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = Request::post("http://checkout/shop.v1.Checkout/PlaceOrder")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Full::new(Bytes::from_static(&[0, 0, 0, 0, 0])))
+        .unwrap();
+    let rsp = tx.send_request(req).await.unwrap();
+    assert_eq!(
+        rsp.headers()
+            .get("grpc-status")
+            .map(|v| v.to_str().unwrap()),
+        Some("0"),
+        "{rsp:?}"
+    );
+    assert_eq!(
+        hits.load(Ordering::Relaxed),
+        3,
+        "two UNAVAILABLE answers, then OK"
+    );
+    let text = metrics(&client).await;
+    assert_eq!(
+        total(&text, "weft_proxy_retries_total", "reason=\"grpc\""),
+        2.0,
+        "{text}"
+    );
+}
