@@ -246,7 +246,18 @@ async fn once(
     };
     let flight = endpoint.start();
     let sent = Instant::now();
-    let result = forward(outbound, &upstream.name, mesh, req.map(incoming)).await;
+    let connect_timeout = resolved
+        .state
+        .connect_timeout
+        .unwrap_or(outbound.connect_timeout);
+    let result = forward(
+        outbound,
+        &upstream.name,
+        mesh,
+        req.map(incoming),
+        connect_timeout,
+    )
+    .await;
     let rtt = sent.elapsed();
     let rsp = match result {
         Ok(rsp) => {
@@ -377,6 +388,7 @@ pub async fn forward(
     target: &str,
     endpoint: &Endpoint,
     req: Request<Body>,
+    connect_timeout: std::time::Duration,
 ) -> Result<Response<Body>, ForwardError> {
     let (mut parts, body) = req.into_parts();
     let from_http1 = to_peer(target, &mut parts)?;
@@ -385,6 +397,7 @@ pub async fn forward(
         endpoint,
         Request::from_parts(parts, body),
         from_http1,
+        connect_timeout,
     )
     .await
 }
@@ -396,11 +409,12 @@ pub(crate) async fn send(
     endpoint: &Endpoint,
     mut req: Request<Body>,
     from_http1: bool,
+    connect_timeout: std::time::Duration,
 ) -> Result<Response<Body>, ForwardError> {
     let mut attempts = 0;
     let rsp = loop {
         attempts += 1;
-        let conn = peer_connection(outbound, endpoint).await?;
+        let conn = peer_connection(outbound, endpoint, connect_timeout).await?;
         let mut tx = conn.tx.clone();
         match tx.try_send_request(req).await {
             Ok(rsp) => break rsp,
@@ -433,6 +447,7 @@ const TLS_FAILURE_WAIT: std::time::Duration = std::time::Duration::from_millis(2
 pub(crate) async fn peer_connection(
     outbound: &Outbound,
     endpoint: &Endpoint,
+    connect_timeout: std::time::Duration,
 ) -> Result<pool::Conn, ForwardError> {
     outbound
         .pool
@@ -442,7 +457,7 @@ pub(crate) async fn peer_connection(
                 &outbound.metrics,
                 endpoint,
                 alpn::H2,
-                outbound.connect_timeout,
+                connect_timeout,
             )
             .await?;
             pool::handshake(io)

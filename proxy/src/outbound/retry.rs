@@ -105,6 +105,7 @@ async fn tries(
     let state = &resolved.state;
     let policy = route.retry.as_ref().filter(|p| p.attempts > 0);
     let runtime = upstream.runtime();
+    let connect_timeout = state.connect_timeout.unwrap_or(outbound.connect_timeout);
     if policy.is_some() {
         runtime.deposit(&state.retry_budget);
     }
@@ -153,7 +154,7 @@ async fn tries(
         let sent = Instant::now();
         // Connect first: a try that cannot connect never sent the body.
         let attempt = async {
-            peer_connection(outbound, &mesh).await?;
+            peer_connection(outbound, &mesh, connect_timeout).await?;
             let body = match first.take() {
                 Some(body) => body,
                 None => match copy.as_ref().and_then(|c| lock(c).replay()) {
@@ -168,7 +169,7 @@ async fn tries(
             *req.uri_mut() = parts.uri.clone();
             *req.version_mut() = parts.version;
             *req.headers_mut() = parts.headers.clone();
-            send(outbound, &mesh, req, from_http1).await
+            send(outbound, &mesh, req, from_http1, connect_timeout).await
         };
         let result = match route.timeouts.backend_request {
             Some(limit) => match tokio::time::timeout(limit, attempt).await {

@@ -24,26 +24,27 @@ pub(super) async fn forward<I>(
         return;
     };
     let addr = endpoint.addr();
+    let connect_timeout = resolved
+        .state
+        .connect_timeout
+        .unwrap_or(outbound.connect_timeout);
     let result = match endpoint.mesh.as_ref() {
         Some(mesh) => match connect_mesh(
             &outbound.tls,
             &outbound.metrics,
             mesh,
             alpn::OPAQUE,
-            outbound.connect_timeout,
+            connect_timeout,
         )
         .await
         {
             Ok(mut peer) => Ok(tokio::io::copy_bidirectional(&mut io, &mut peer).await),
             Err(error) => Err(error.to_string()),
         },
-        None => match tokio::time::timeout(outbound.connect_timeout, connect_tcp(addr)).await {
+        None => match tokio::time::timeout(connect_timeout, connect_tcp(addr)).await {
             Ok(Ok(mut peer)) => Ok(tokio::io::copy_bidirectional(&mut io, &mut peer).await),
             Ok(Err(error)) => Err(error.to_string()),
-            Err(_) => Err(format!(
-                "connecting took longer than {:?}",
-                outbound.connect_timeout
-            )),
+            Err(_) => Err(format!("connecting took longer than {:?}", connect_timeout)),
         },
     };
     match result {
