@@ -129,6 +129,8 @@ pub mod env {
     /// `weft_api::policy::InboundMode`. Set by the injector from
     /// `config.weft.io/default-inbound-policy`; not enforced by the proxy yet.
     pub const DEFAULT_INBOUND_POLICY: &str = "WEFT_PROXY_DEFAULT_INBOUND_POLICY";
+    /// The largest request body (bytes) buffered so it can be retried; default 65536.
+    pub const RETRY_BUFFER_BYTES: &str = "WEFT_PROXY_RETRY_BUFFER_BYTES";
 }
 
 /// Environment variables `weft-init` reads when the matching flag is not given

@@ -12,15 +12,15 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use weft_api::tls::MeshTls;
 
-use crate::config::{AppTarget, ProxyConfig, Target};
+use crate::config::{AppTarget, ProxyConfig};
 use crate::http::{Body, full, serve_http1};
 use crate::lock;
 use crate::metrics::Metrics;
+use crate::outbound::Upstream;
 
 /// The largest log filter `PUT /log-level` accepts.
 const MAX_LOG_FILTER: usize = 4096;
@@ -104,7 +104,7 @@ pub struct RunningConfig {
     pub inbound_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub outbound_addrs: Vec<SocketAddr>,
-    pub upstreams: Vec<(SocketAddr, watch::Receiver<Arc<Target>>)>,
+    pub upstreams: Vec<(SocketAddr, Arc<Upstream>)>,
 }
 
 /// Serves the admin API until `stop`.
@@ -267,18 +267,66 @@ fn seconds_until(t: SystemTime) -> i64 {
     }
 }
 
-fn target_json(target: &Target) -> Value {
+fn secs(d: Option<std::time::Duration>) -> Value {
+    d.map_or(Value::Null, |d| json!(d.as_secs_f64()))
+}
+
+/// An upstream as `/config` shows it: the snapshot in force (version, routes,
+/// backends with weights) and each endpoint's latency and ejection state.
+fn target_json(upstream: &Upstream) -> Value {
+    let state = upstream.state.borrow().clone();
+    let runtime = upstream.runtime();
     json!({
-        "name": target.name,
-        "opaque": target.opaque,
-        "backends": target.backends.iter().map(|b| json!({
+        "name": upstream.name,
+        "opaque": upstream.opaque,
+        "version": state.version,
+        "target": state.target.to_string(),
+        "routes": state.routes.iter().map(|r| json!({
+            "name": r.name,
+            "matches": r.matches.iter().map(|m| format!("{m:?}")).collect::<Vec<_>>(),
+            "backends": r.backends.iter().map(|b| json!({"name": b.name, "weight": b.weight})).collect::<Vec<_>>(),
+            "timeouts_seconds": {
+                "request": secs(r.timeouts.request),
+                "backend_request": secs(r.timeouts.backend_request),
+            },
+            "retry": r.retry.as_ref().map(|p| json!({
+                "attempts": p.attempts,
+                "on": p.on.conditions().iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "statuses": p.on.statuses,
+                "backoff_seconds": {"base": p.backoff.base.as_secs_f64(), "max": p.backoff.max.as_secs_f64()},
+            })),
+        })).collect::<Vec<_>>(),
+        "backends": state.backends.iter().map(|b| json!({
             "name": b.name,
             "weight": b.weight,
-            "endpoints": b.endpoints.iter().map(|e| json!({
-                "addr": e.addr.to_string(),
-                "identity": e.identity.to_string(),
-            })).collect::<Vec<_>>(),
+            "endpoints": b.endpoints.iter().map(|e| {
+                let rt = runtime.endpoint(e.addr).map(|rt| rt.snapshot());
+                json!({
+                    "addr": e.addr.to_string(),
+                    "identity": e.identity.as_ref().map(ToString::to_string),
+                    "zone": e.zone,
+                    "ewma_seconds": secs(rt.as_ref().and_then(|r| r.ewma)),
+                    "pending": rt.as_ref().map_or(0, |r| r.pending),
+                    "consecutive_failures": rt.as_ref().map_or(0, |r| r.consecutive_failures),
+                    "ejected": rt.as_ref().is_some_and(|r| r.ejected_for.is_some()),
+                    "ejected_for_seconds": secs(rt.as_ref().and_then(|r| r.ejected_for)),
+                    "ejections": rt.as_ref().map_or(0, |r| r.ejections),
+                })
+            }).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
+        "retry_budget": {
+            "ratio": state.retry_budget.ratio,
+            "min_per_second": state.retry_budget.min_per_second,
+            "window_seconds": state.retry_budget.window.as_secs_f64(),
+        },
+        "circuit_breaker": state.circuit_breaker.map(|c| json!({
+            "consecutive_failures": c.consecutive_failures,
+            "base_ejection_seconds": c.base_ejection_time.as_secs_f64(),
+            "max_ejection_seconds": c.max_ejection_time.as_secs_f64(),
+            "max_ejected_percent": c.max_ejected_percent,
+        })),
+        "load_balancer": format!("{:?}", state.load_balancer),
+        "connect_timeout_seconds": secs(state.connect_timeout),
     })
 }
 
@@ -313,7 +361,7 @@ pub fn config_json(admin: &Admin) -> Value {
         },
         "admin": c.admin_addr.to_string(),
         "upstreams": c.upstreams.iter().map(|(listen, target)| {
-            let mut t = target_json(&target.borrow());
+            let mut t = target_json(target);
             t["listen"] = json!(listen.to_string());
             t
         }).collect::<Vec<_>>(),

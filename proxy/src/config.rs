@@ -85,6 +85,9 @@ pub struct ProxyConfig {
     /// Whether `POST /shutdown` stops the proxy (`WEFT_PROXY_SHUTDOWN_ENDPOINT`,
     /// default true). Off in pods, except a Job's classic sidecar.
     pub shutdown_endpoint: bool,
+    /// The largest request body buffered for retries (`WEFT_PROXY_RETRY_BUFFER_BYTES`,
+    /// default 64 KiB); a larger body is never retried.
+    pub retry_buffer_bytes: usize,
     /// What the program running the proxy adds to the admin server.
     pub admin: crate::admin::Extras,
 }
@@ -103,6 +106,7 @@ impl ProxyConfig {
             connect_timeout: Duration::from_secs(3),
             shutdown_grace: Duration::from_secs(30),
             shutdown_endpoint: true,
+            retry_buffer_bytes: 64 * 1024,
             admin: crate::admin::Extras::default(),
         }
     }
@@ -261,6 +265,18 @@ impl Config {
         }
         if let Some(on) = p.boolean(env::SHUTDOWN_ENDPOINT) {
             proxy.shutdown_endpoint = on;
+        }
+        if let Some(v) = p.get(env::RETRY_BUFFER_BYTES) {
+            match v.parse::<usize>() {
+                Ok(n) => proxy.retry_buffer_bytes = n,
+                Err(_) => {
+                    let v = v.to_owned();
+                    p.error(
+                        env::RETRY_BUFFER_BYTES,
+                        format!("{v:?} is not a byte count; use a whole number such as 65536"),
+                    );
+                }
+            }
         }
         proxy.upstreams = p.upstreams(env::UPSTREAMS);
         proxy.transparent = p.transparent(proxy.app == AppTarget::OriginalDst);

@@ -57,6 +57,11 @@ pub enum ProxyError {
     MeshIdentityRequired,
     /// The target has no endpoint to send to.
     NoEndpoints,
+    /// The route's request timeout, or its per-try timeout, ran out.
+    Timeout,
+    /// The endpoint is not meshed (no identity) and the proxy does not reach
+    /// it in plaintext for this protocol.
+    NotMeshed,
 }
 
 impl ProxyError {
@@ -70,18 +75,21 @@ impl ProxyError {
             Self::AppUnavailable => "app-unavailable",
             Self::MeshIdentityRequired => "mesh-identity-required",
             Self::NoEndpoints => "no-endpoints",
+            Self::Timeout => "timeout",
+            Self::NotMeshed => "endpoint-not-meshed",
         }
     }
 
     pub fn status(self) -> StatusCode {
         match self {
             Self::MeshIdentityRequired => StatusCode::FORBIDDEN,
-            Self::ConnectTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::ConnectTimeout | Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Self::NoEndpoints => StatusCode::SERVICE_UNAVAILABLE,
             Self::IdentityMismatch
             | Self::ConnectRefused
             | Self::TlsFailure
             | Self::PeerUnavailable
+            | Self::NotMeshed
             | Self::AppUnavailable => StatusCode::BAD_GATEWAY,
         }
     }
@@ -89,9 +97,9 @@ impl ProxyError {
     /// The gRPC status code for the same cause.
     fn grpc_status(self) -> u16 {
         match self {
-            Self::MeshIdentityRequired => 7, // PERMISSION_DENIED
-            Self::ConnectTimeout => 4,       // DEADLINE_EXCEEDED
-            _ => 14,                         // UNAVAILABLE
+            Self::MeshIdentityRequired => 7,           // PERMISSION_DENIED
+            Self::ConnectTimeout | Self::Timeout => 4, // DEADLINE_EXCEEDED
+            _ => 14,                                   // UNAVAILABLE
         }
     }
 }

@@ -43,7 +43,7 @@ pub mod transport;
 pub use config::{
     AppTarget, Backend, Config, ConfigError, Endpoint, ProxyConfig, Target, Transparent, Upstream,
 };
-pub use proxy::{ProxyHandle, StartError, start};
+pub use proxy::{ProxyHandle, StartError, start, start_with};
 
 /// Locks `m`. A poisoned lock only means a panic elsewhere while it was held;
 /// every value the proxy keeps under a `std` mutex is valid at every point

@@ -49,6 +49,53 @@ pub struct RequestLabels {
     pub peer_identity: Arc<str>,
 }
 
+/// The labels outbound requests add: the backend that served the request and
+/// the route it took (empty for the target's default route). Inbound
+/// requests have neither, and encode no label for them.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
+pub struct RouteLabels {
+    pub outbound: Option<(Arc<str>, Arc<str>)>,
+}
+
+impl EncodeLabelSet for RouteLabels {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelSetEncoder<'_>,
+    ) -> std::fmt::Result {
+        match &self.outbound {
+            Some((backend, route)) => [("backend", &**backend), ("route", &**route)]
+                .as_slice()
+                .encode(encoder),
+            None => Ok(()),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RetryLabels {
+    target: Arc<str>,
+    backend: Arc<str>,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct TargetLabels {
+    target: Arc<str>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct BackendLabels {
+    target: Arc<str>,
+    backend: Arc<str>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct EndpointLabels {
+    target: Arc<str>,
+    backend: Arc<str>,
+    endpoint: String,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct TcpLabels {
     pub direction: Direction,
@@ -94,8 +141,12 @@ fn latency_histogram() -> Histogram {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    requests: Family<RequestLabels, Counter>,
-    latency: Family<RequestLabels, Histogram, fn() -> Histogram>,
+    requests: Family<(RequestLabels, RouteLabels), Counter>,
+    latency: Family<(RequestLabels, RouteLabels), Histogram, fn() -> Histogram>,
+    retries: Family<RetryLabels, Counter>,
+    budget_exhausted: Family<TargetLabels, Counter>,
+    ejected: Family<EndpointLabels, Gauge>,
+    ejections: Family<BackendLabels, Counter>,
     tcp_open: Family<TcpLabels, Counter>,
     tcp_close: Family<TcpLabels, Counter>,
     tcp_active: Family<TcpLabels, Gauge>,
@@ -125,8 +176,32 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("weft");
         let requests = Family::default();
-        let latency: Family<RequestLabels, Histogram, fn() -> Histogram> =
+        let latency: Family<(RequestLabels, RouteLabels), Histogram, fn() -> Histogram> =
             Family::new_with_constructor(latency_histogram);
+        let retries = Family::default();
+        let budget_exhausted = Family::default();
+        let ejected = Family::default();
+        let ejections = Family::default();
+        registry.register(
+            "proxy_retries",
+            "Outbound retries by target, backend of the failed try, and reason",
+            retries.clone(),
+        );
+        registry.register(
+            "proxy_retry_budget_exhausted",
+            "Outbound retries not made because the target's retry budget was spent",
+            budget_exhausted.clone(),
+        );
+        registry.register(
+            "proxy_endpoint_ejected",
+            "1 while the circuit breaker keeps an endpoint out of load balancing",
+            ejected.clone(),
+        );
+        registry.register(
+            "proxy_ejections",
+            "Endpoints ejected by the circuit breaker, by target and backend",
+            ejections.clone(),
+        );
         let tcp_open = Family::default();
         let tcp_close = Family::default();
         let tcp_active = Family::default();
@@ -205,6 +280,10 @@ impl Metrics {
             registry,
             requests,
             latency,
+            retries,
+            budget_exhausted,
+            ejected,
+            ejections,
             tcp_open,
             tcp_close,
             tcp_active,
@@ -245,10 +324,72 @@ impl Metrics {
 
     /// Records one request and the latency of its response.
     pub fn request(&self, labels: &RequestLabels, latency: Duration) {
-        self.requests.get_or_create(labels).inc();
+        let labels = (labels.clone(), RouteLabels::default());
+        self.requests.get_or_create(&labels).inc();
         self.latency
-            .get_or_create(labels)
+            .get_or_create(&labels)
             .observe(latency.as_secs_f64());
+    }
+
+    /// Records one outbound request, with the backend and route that served it.
+    pub fn outbound_request(
+        &self,
+        labels: RequestLabels,
+        backend: Arc<str>,
+        route: Arc<str>,
+        latency: Duration,
+    ) {
+        let labels = (
+            labels,
+            RouteLabels {
+                outbound: Some((backend, route)),
+            },
+        );
+        self.requests.get_or_create(&labels).inc();
+        self.latency
+            .get_or_create(&labels)
+            .observe(latency.as_secs_f64());
+    }
+
+    /// Counts a retry of a try to `backend` that failed for `reason`.
+    pub fn retried(&self, target: &Arc<str>, backend: &Arc<str>, reason: &'static str) {
+        self.retries
+            .get_or_create(&RetryLabels {
+                target: target.clone(),
+                backend: backend.clone(),
+                reason,
+            })
+            .inc();
+    }
+
+    /// Counts a retry the budget did not allow.
+    pub fn retry_budget_exhausted(&self, target: &Arc<str>) {
+        self.budget_exhausted
+            .get_or_create(&TargetLabels {
+                target: target.clone(),
+            })
+            .inc();
+    }
+
+    /// The ejection gauge of one endpoint.
+    pub fn endpoint_ejected(&self, target: &str, backend: &str, endpoint: &str) -> Gauge {
+        self.ejected
+            .get_or_create(&EndpointLabels {
+                target: Arc::from(target),
+                backend: Arc::from(backend),
+                endpoint: endpoint.to_owned(),
+            })
+            .clone()
+    }
+
+    /// Counts an ejection.
+    pub fn ejected(&self, target: &str, backend: &str) {
+        self.ejections
+            .get_or_create(&BackendLabels {
+                target: Arc::from(target),
+                backend: Arc::from(backend),
+            })
+            .inc();
     }
 
     /// Records a completed TLS handshake.

@@ -1,5 +1,6 @@
 //! Starting and stopping a proxy.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +10,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use weft_api::consts::env;
+use weft_api::policy::DestinationState;
 use weft_api::tls::MeshTls;
 
 use crate::admin::{self, Admin};
@@ -73,7 +75,18 @@ impl ProxyHandle {
 
 /// Binds every listener of `config` and starts serving. TLS credentials may
 /// be installed in `tls` before or after: until then the proxy is not ready.
+/// Every upstream serves its static target (see [`start_with`]).
 pub async fn start(config: ProxyConfig, tls: Arc<MeshTls>) -> Result<ProxyHandle, StartError> {
+    start_with(config, tls, HashMap::new()).await
+}
+
+/// Like [`start`], but the upstreams named in `states` serve the snapshots of
+/// that watch (discovery's) instead of their static targets.
+pub async fn start_with(
+    config: ProxyConfig,
+    tls: Arc<MeshTls>,
+    mut states: HashMap<String, watch::Receiver<Arc<DestinationState>>>,
+) -> Result<ProxyHandle, StartError> {
     let metrics = Arc::new(Metrics::new());
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -133,18 +146,24 @@ pub async fn start(config: ProxyConfig, tls: Arc<MeshTls>) -> Result<ProxyHandle
         metrics.clone(),
         config.connect_timeout,
         config.detect_timeout,
+        config.retry_buffer_bytes,
     );
     let mut upstream_addrs = Vec::new();
     let mut upstream_targets = Vec::new();
     for (target, listen, listener) in upstream_listeners {
         upstream_addrs.push((target.name.clone(), listen));
-        // Static for now: discovery will send new versions on this channel.
-        let (_updates, target) = watch::channel(Arc::new(target));
-        upstream_targets.push((listen, target.clone()));
+        let upstream = Arc::new(match states.remove(&target.name) {
+            Some(state) => outbound::Upstream::new(target.name.clone(), target.opaque, state),
+            // The static configuration: an explicit, never-changing override.
+            None => {
+                outbound::Upstream::fixed(target.name.clone(), target.opaque, target.to_state())
+            }
+        });
+        upstream_targets.push((listen, upstream.clone()));
         tracker.spawn(outbound::serve_upstream(
             outbound.clone(),
             listener,
-            target,
+            upstream,
             shutdown.clone(),
             tracker.clone(),
         ));

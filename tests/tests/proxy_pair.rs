@@ -297,7 +297,7 @@ async fn proxies_negotiate_x25519mlkem768_and_report_requests() {
     );
     assert_eq!(sample(&server, &inbound_req), Some(1.0), "{server}");
     let outbound_req = format!(
-        "weft_requests_total{{direction=\"outbound\",status_code=\"200\",tls=\"true\",peer_identity=\"{}\"}}",
+        "weft_requests_total{{direction=\"outbound\",status_code=\"200\",tls=\"true\",peer_identity=\"{}\",backend=\"checkout\",route=\"\"}}",
         weft_tests::mesh::SERVER_ID
     );
     assert_eq!(sample(&client, &outbound_req), Some(1.0), "{client}");

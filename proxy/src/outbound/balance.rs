@@ -1,42 +1,147 @@
-//! Choosing where a request goes: a backend by weight (the traffic split), then
-//! an endpoint of that backend.
+//! Choosing where a request goes: the route it matches, a backend by weight
+//! (the traffic split), then an endpoint of that backend by power of two
+//! choices over peak-EWMA latency (or round robin), among endpoints the
+//! circuit breaker has not ejected.
+
+use std::sync::Arc;
+use std::time::Instant;
 
 use rand::Rng;
+use weft_api::policy::{LoadBalancer, Route};
 
-use crate::config::{Endpoint, Target};
+use super::upstream::{EndpointRuntime, Resolved, Runtime};
 
-/// Picks a backend with probability proportional to its weight, then one of
-/// its endpoints uniformly. `None` when no backend with weight has endpoints.
-pub fn pick(target: &Target) -> Option<&Endpoint> {
-    let mut rng = rand::rng();
-    let live = || {
-        target
-            .backends
-            .iter()
-            .filter(|b| b.weight > 0 && !b.endpoints.is_empty())
+/// The route a request takes: the first whose matches match (a route with no
+/// matches takes every request). `None`: the target's backends by weight.
+pub fn route<'a>(
+    routes: &'a [Route],
+    method: &str,
+    path: &str,
+    headers: &http::HeaderMap,
+) -> Option<(usize, &'a Route)> {
+    if routes.is_empty() {
+        return None;
+    }
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
     };
-    let total: u64 = live().map(|b| u64::from(b.weight)).sum();
+    routes.iter().enumerate().find(|(_, r)| {
+        r.matches.is_empty() || r.matches.iter().any(|m| m.matches(method, path, header))
+    })
+}
+
+/// Picks a backend (an index into the snapshot's backends) with probability
+/// proportional to its weight: the route's backend refs when it has some,
+/// else the target's backends. Backends with no endpoints are skipped.
+pub(crate) fn backend(resolved: &Resolved, route: Option<&Route>) -> Option<usize> {
+    let state = &resolved.state;
+    let has_endpoints = |i: usize| resolved.backends.get(i).is_some_and(|e| !e.is_empty());
+    let mut rng = rand::rng();
+    match route.filter(|r| !r.backends.is_empty()) {
+        Some(route) => {
+            let live = || {
+                route.backends.iter().filter_map(|r| {
+                    let i = state.backends.iter().position(|b| b.name == r.name)?;
+                    (r.weight > 0 && has_endpoints(i)).then_some((i, r.weight))
+                })
+            };
+            weighted(&mut rng, live)
+        }
+        None => {
+            let live = || {
+                state
+                    .backends
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, b)| b.weight > 0 && has_endpoints(*i))
+                    .map(|(i, b)| (i, b.weight))
+            };
+            weighted(&mut rng, live)
+        }
+    }
+}
+
+fn weighted<I: Iterator<Item = (usize, u32)>>(
+    rng: &mut impl Rng,
+    live: impl Fn() -> I,
+) -> Option<usize> {
+    let total: u64 = live().map(|(_, w)| u64::from(w)).sum();
     if total == 0 {
         return None;
     }
     let mut ticket = rng.random_range(0..total);
-    let backend = live().find(|b| {
-        let w = u64::from(b.weight);
-        if ticket < w {
-            true
-        } else {
-            ticket -= w;
-            false
-        }
-    })?;
-    let i = rng.random_range(0..backend.endpoints.len());
-    backend.endpoints.get(i)
+    live()
+        .find(|(_, w)| {
+            let w = u64::from(*w);
+            if ticket < w {
+                true
+            } else {
+                ticket -= w;
+                false
+            }
+        })
+        .map(|(i, _)| i)
+}
+
+/// Picks an endpoint of `endpoints` not ejected (all of them when every one
+/// is ejected: the breaker never leaves a backend with nothing).
+pub(crate) fn endpoint(
+    runtime: &Runtime,
+    endpoints: &[Arc<EndpointRuntime>],
+    lb: &LoadBalancer,
+    avoid: Option<&Arc<EndpointRuntime>>,
+) -> Option<Arc<EndpointRuntime>> {
+    let now = Instant::now();
+    match endpoints.len() {
+        0 => return None,
+        1 => return endpoints.first().cloned(),
+        _ => {}
+    }
+    let usable =
+        |e: &&Arc<EndpointRuntime>| e.available(now) && avoid.is_none_or(|a| !Arc::ptr_eq(a, e));
+    if let LoadBalancer::RoundRobin = lb {
+        let start = runtime.next_round_robin();
+        let n = endpoints.len();
+        return (0..n)
+            .map(|k| &endpoints[(start + k) % n])
+            .find(usable)
+            .or_else(|| endpoints.get(start % n))
+            .cloned();
+    }
+    let mut rng = rand::rng();
+    let n = endpoints.len();
+    let a = &endpoints[rng.random_range(0..n)];
+    let mut b = &endpoints[rng.random_range(0..n - 1)];
+    if Arc::ptr_eq(a, b) {
+        b = &endpoints[n - 1];
+    }
+    match (usable(&a), usable(&b)) {
+        (true, true) => Some(if a.cost(lb) <= b.cost(lb) { a } else { b }.clone()),
+        (true, false) => Some(a.clone()),
+        (false, true) => Some(b.clone()),
+        // Both drawn are out: the least loaded of those usable, if any.
+        (false, false) => endpoints
+            .iter()
+            .filter(usable)
+            .min_by(|x, y| x.cost(lb).total_cmp(&y.cost(lb)))
+            .or_else(|| {
+                endpoints
+                    .iter()
+                    .find(|e| e.available(now))
+                    .or(endpoints.first())
+            })
+            .cloned(),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Backend;
+    use crate::config::{Backend, Endpoint, Target};
+    use crate::outbound::upstream::Upstream;
 
     fn ep(port: u16) -> Endpoint {
         Endpoint {
@@ -73,9 +178,11 @@ mod tests {
                 },
             ],
         };
+        let upstream = Upstream::fixed("checkout", false, target.to_state());
+        let resolved = upstream.resolve();
         let mut counts = [0u32; 4];
         for _ in 0..20_000 {
-            counts[pick(&target).unwrap().addr.port() as usize - 1] += 1;
+            counts[backend(&resolved, None).unwrap()] += 1;
         }
         assert_eq!(counts[2] + counts[3], 0);
         let share = f64::from(counts[1]) / 20_000.0;
@@ -89,6 +196,54 @@ mod tests {
             opaque: false,
             backends: vec![],
         };
-        assert!(pick(&target).is_none());
+        let upstream = Upstream::fixed("x", false, target.to_state());
+        assert!(backend(&upstream.resolve(), None).is_none());
+    }
+
+    #[test]
+    fn power_of_two_choices_prefers_the_faster_endpoint() {
+        let target = Target {
+            name: "x".into(),
+            opaque: false,
+            backends: vec![Backend {
+                name: "x".into(),
+                weight: 1,
+                endpoints: vec![ep(1), ep(2)],
+            }],
+        };
+        let upstream = Upstream::fixed("x", false, target.to_state());
+        let resolved = upstream.resolve();
+        let lb = LoadBalancer::default();
+        let metrics = crate::metrics::Metrics::new();
+        let ctx = super::super::upstream::BreakerContext {
+            breaker: None,
+            siblings: &resolved.backends[0],
+            metrics: &metrics,
+            target: "x",
+            backend: "x",
+        };
+        let eps = &resolved.backends[0];
+        eps[0].record(
+            std::time::Duration::from_millis(100),
+            super::super::upstream::Outcome::Success,
+            &lb,
+            &ctx,
+        );
+        eps[1].record(
+            std::time::Duration::from_millis(1),
+            super::super::upstream::Outcome::Success,
+            &lb,
+            &ctx,
+        );
+        let fast = (0..1000)
+            .filter(|_| {
+                endpoint(upstream.runtime(), eps, &lb, None)
+                    .unwrap()
+                    .addr()
+                    .port()
+                    == 2
+            })
+            .count();
+        assert_eq!(fast, 1000, "with two endpoints both are always compared");
     }
 }

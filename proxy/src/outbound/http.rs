@@ -9,8 +9,13 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use weft_api::consts::{ORIG_PROTO_HEADER, alpn};
 
+use std::sync::Arc;
+
+use weft_api::policy::Route;
+
+use super::upstream::{BreakerContext, EndpointRuntime, Outcome, Resolved, Upstream};
 use super::{Outbound, balance, pool};
-use crate::config::{Endpoint, Target};
+use crate::config::Endpoint;
 use crate::http::{Body, ProxyError, error_response, incoming, is_grpc, strip_hop_by_hop};
 use crate::metrics::{Direction, RequestLabels};
 use crate::transport::{ConnectError, connect_mesh};
@@ -41,7 +46,7 @@ pub enum ForwardError {
 }
 
 impl ForwardError {
-    fn kind(&self) -> ProxyError {
+    pub(crate) fn kind(&self) -> ProxyError {
         match self {
             Self::Connect(e) => e.kind(),
             Self::PeerTls { .. } => ProxyError::TlsFailure,
@@ -68,72 +73,278 @@ impl ForwardError {
     }
 }
 
-/// Handles one request from the app to `target`. Never fails: errors become
+/// Where a request went and what came back.
+pub(crate) struct Done {
+    pub rsp: Response<Body>,
+    /// The backend (index into the snapshot's backends) of the last try.
+    pub backend: Option<usize>,
+    pub endpoint: Option<Arc<EndpointRuntime>>,
+}
+
+impl Done {
+    pub(crate) fn error(error: ProxyError, detail: &str, grpc: bool) -> Self {
+        Self {
+            rsp: error_response(error, detail, grpc),
+            backend: None,
+            endpoint: None,
+        }
+    }
+}
+
+/// Handles one request from the app to `upstream`. Never fails: errors become
 /// responses naming the cause in `weft-proxy-error`.
+///
+/// The snapshot is read per request, so a keep-alive connection follows a new
+/// weight on its next request. A route with retries or timeouts takes the
+/// boxed [`super::retry`] path; any other request is one try.
 pub async fn handle(
     outbound: &Outbound,
-    target: &Target,
+    upstream: &Upstream,
     req: Request<Incoming>,
 ) -> Response<Body> {
     let start = Instant::now();
     let grpc = is_grpc(&req);
-    let Some(endpoint) = balance::pick(target) else {
-        return error_response(
-            ProxyError::NoEndpoints,
-            &format!("service {} has no endpoints", target.name),
-            grpc,
-        );
-    };
-    let result = if req.version() != Version::HTTP_2 && crate::http::wants_upgrade(&req) {
+    let resolved = upstream.resolve();
+    let route = balance::route(
+        &resolved.state.routes,
+        req.method().as_str(),
+        req.uri().path(),
+        req.headers(),
+    );
+    let resilient = route.is_some_and(|(_, r)| {
+        r.retry.as_ref().is_some_and(|p| p.attempts > 0)
+            || r.timeouts.request.is_some()
+            || r.timeouts.backend_request.is_some()
+    });
+    let done = if req.version() != Version::HTTP_2 && crate::http::wants_upgrade(&req) {
         // Rare: boxed so that the future of every request stays small.
-        Box::pin(forward_upgrade(outbound, endpoint, req)).await
+        Box::pin(upgrade(
+            outbound,
+            upstream,
+            &resolved,
+            route.map(|r| r.1),
+            req,
+            grpc,
+        ))
+        .await
+    } else if resilient {
+        Box::pin(super::retry::resilient(
+            outbound,
+            upstream,
+            &resolved,
+            route.map(|r| r.1),
+            req,
+            grpc,
+        ))
+        .await
     } else {
-        forward(outbound, target, endpoint, req).await
-    };
-    let rsp = match result {
-        Ok(rsp) => rsp,
-        Err(error) => {
-            tracing::warn!(
-                target = %target.name,
-                endpoint = %endpoint.addr,
-                identity = %endpoint.identity,
-                %error,
-                "outbound request failed"
-            );
-            error_response(error.kind(), &error.to_string(), grpc)
-        }
+        once(outbound, upstream, &resolved, route.map(|r| r.1), req, grpc).await
     };
     let elapsed = start.elapsed();
-    outbound.metrics.request(
-        &RequestLabels {
+    let backend = done
+        .backend
+        .and_then(|i| resolved.backend_names.get(i))
+        .cloned()
+        .unwrap_or_else(|| Arc::from(""));
+    let route_name = route
+        .and_then(|(i, _)| resolved.route_names.get(i))
+        .cloned()
+        .unwrap_or_else(|| Arc::from(""));
+    let peer_identity = done
+        .endpoint
+        .as_ref()
+        .and_then(|e| e.endpoint.identity.as_ref())
+        .map_or_else(|| Arc::from(""), |i| i.uri());
+    let status = done.rsp.status().as_u16();
+    outbound.metrics.outbound_request(
+        RequestLabels {
             direction: Direction::Outbound,
-            status_code: rsp.status().as_u16(),
-            tls: true,
-            peer_identity: endpoint.identity.uri(),
+            status_code: status,
+            tls: done.endpoint.as_ref().is_none_or(|e| e.mesh.is_some()),
+            peer_identity,
         },
+        backend,
+        route_name,
         elapsed,
     );
     tracing::debug!(
-        target = %target.name,
-        endpoint = %endpoint.addr,
-        status = rsp.status().as_u16(),
+        target = %upstream.name,
+        endpoint = ?done.endpoint.as_ref().map(|e| e.addr()),
+        status,
         headers_us = elapsed.as_micros() as u64,
         "outbound request"
     );
-    rsp
+    done.rsp
 }
 
-/// Sends a request over the peer's multiplexed HTTP/2 connection. An HTTP/1
-/// request travels as HTTP/2 with `weft-orig-proto: HTTP/1.1`, so that the
-/// peer's proxy gives the app HTTP/1.1 again.
-pub async fn forward(
+/// Picks a backend and an endpoint for a try, avoiding `avoid` when it can.
+pub(crate) fn pick(
+    upstream: &Upstream,
+    resolved: &Resolved,
+    route: Option<&Route>,
+    avoid: Option<&Arc<EndpointRuntime>>,
+) -> Option<(usize, Arc<EndpointRuntime>)> {
+    let b = balance::backend(resolved, route)?;
+    let endpoints = resolved.backends.get(b)?;
+    let e = balance::endpoint(
+        upstream.runtime(),
+        endpoints,
+        &resolved.state.load_balancer,
+        avoid,
+    )?;
+    Some((b, e))
+}
+
+/// Records a try's outcome in the endpoint's latency and breaker state.
+pub(crate) fn record(
     outbound: &Outbound,
-    target: &Target,
-    endpoint: &Endpoint,
+    upstream: &Upstream,
+    resolved: &Resolved,
+    backend: usize,
+    endpoint: &EndpointRuntime,
+    rtt: std::time::Duration,
+    failed: bool,
+) {
+    let ctx = BreakerContext {
+        breaker: resolved.state.circuit_breaker.as_ref(),
+        siblings: resolved.backends.get(backend).map_or(&[], Vec::as_slice),
+        metrics: &outbound.metrics,
+        target: &upstream.name,
+        backend: resolved.backend_names.get(backend).map_or("", |b| b),
+    };
+    let outcome = if failed {
+        Outcome::Failure
+    } else {
+        Outcome::Success
+    };
+    endpoint.record(rtt, outcome, &resolved.state.load_balancer, &ctx);
+}
+
+/// The message for a target with nothing to send to.
+pub(crate) fn no_endpoints(upstream: &Upstream, grpc: bool) -> Done {
+    Done::error(
+        ProxyError::NoEndpoints,
+        &format!("service {} has no endpoints", upstream.name),
+        grpc,
+    )
+}
+
+/// One try, no retries: the path of every request whose route retries nothing.
+async fn once(
+    outbound: &Outbound,
+    upstream: &Upstream,
+    resolved: &Resolved,
+    route: Option<&Route>,
     req: Request<Incoming>,
-) -> Result<Response<Body>, ForwardError> {
-    let from_http1 = req.version() != Version::HTTP_2;
-    let (mut parts, body) = req.into_parts();
+    grpc: bool,
+) -> Done {
+    let Some((backend, endpoint)) = pick(upstream, resolved, route, None) else {
+        return no_endpoints(upstream, grpc);
+    };
+    let Some(mesh) = endpoint.mesh.as_ref() else {
+        return not_meshed(&endpoint, backend, grpc);
+    };
+    let flight = endpoint.start();
+    let sent = Instant::now();
+    let connect_timeout = resolved
+        .state
+        .connect_timeout
+        .unwrap_or(outbound.connect_timeout);
+    let result = forward(
+        outbound,
+        &upstream.name,
+        mesh,
+        req.map(incoming),
+        connect_timeout,
+    )
+    .await;
+    let rtt = sent.elapsed();
+    let rsp = match result {
+        Ok(rsp) => {
+            let failed = rsp.status().is_server_error();
+            record(
+                outbound, upstream, resolved, backend, &endpoint, rtt, failed,
+            );
+            rsp
+        }
+        Err(error) => {
+            record(outbound, upstream, resolved, backend, &endpoint, rtt, true);
+            failure_response(upstream, mesh, &error, grpc)
+        }
+    };
+    drop(flight);
+    Done {
+        rsp,
+        backend: Some(backend),
+        endpoint: Some(endpoint),
+    }
+}
+
+pub(crate) fn failure_response(
+    upstream: &Upstream,
+    endpoint: &Endpoint,
+    error: &ForwardError,
+    grpc: bool,
+) -> Response<Body> {
+    tracing::warn!(
+        target = %upstream.name,
+        endpoint = %endpoint.addr,
+        identity = %endpoint.identity,
+        %error,
+        "outbound request failed"
+    );
+    error_response(error.kind(), &error.to_string(), grpc)
+}
+
+/// An endpoint without an identity: not meshed. Plaintext HTTP to it is not
+/// supported yet, so the request is answered 502 `endpoint-not-meshed`.
+pub(crate) fn not_meshed(endpoint: &Arc<EndpointRuntime>, backend: usize, grpc: bool) -> Done {
+    let mut done = Done::error(
+        ProxyError::NotMeshed,
+        &format!(
+            "endpoint {} has no mesh identity; the proxy sends HTTP only over mesh mTLS",
+            endpoint.addr()
+        ),
+        grpc,
+    );
+    done.backend = Some(backend);
+    done.endpoint = Some(endpoint.clone());
+    done
+}
+
+async fn upgrade(
+    outbound: &Outbound,
+    upstream: &Upstream,
+    resolved: &Resolved,
+    route: Option<&Route>,
+    req: Request<Incoming>,
+    grpc: bool,
+) -> Done {
+    let Some((backend, endpoint)) = pick(upstream, resolved, route, None) else {
+        return no_endpoints(upstream, grpc);
+    };
+    let Some(mesh) = endpoint.mesh.as_ref() else {
+        return not_meshed(&endpoint, backend, grpc);
+    };
+    let rsp = match forward_upgrade(outbound, mesh, req).await {
+        Ok(rsp) => rsp,
+        Err(error) => failure_response(upstream, mesh, &error, grpc),
+    };
+    Done {
+        rsp,
+        backend: Some(backend),
+        endpoint: Some(endpoint),
+    }
+}
+
+/// Turns the app's request into the HTTP/2 request sent to the peer. An
+/// HTTP/1 request travels as HTTP/2 with `weft-orig-proto: HTTP/1.1`, so that
+/// the peer's proxy gives the app HTTP/1.1 again.
+pub(crate) fn to_peer(
+    target: &str,
+    parts: &mut http::request::Parts,
+) -> Result<bool, ForwardError> {
+    let from_http1 = parts.version != Version::HTTP_2;
     if from_http1 {
         let authority = parts
             .headers
@@ -141,7 +352,7 @@ pub async fn forward(
             .and_then(|h| h.to_str().ok())
             .map(str::to_owned)
             .or_else(|| parts.uri.authority().map(|a| a.to_string()))
-            .unwrap_or_else(|| target.name.clone());
+            .unwrap_or_else(|| target.to_owned());
         strip_hop_by_hop(&mut parts.headers);
         parts.headers.remove(header::HOST);
         parts.headers.insert(
@@ -168,11 +379,42 @@ pub async fn forward(
             })?;
         parts.version = Version::HTTP_2;
     }
-    let mut req = Request::from_parts(parts, incoming(body));
+    Ok(from_http1)
+}
+
+/// Sends a request over the peer's multiplexed HTTP/2 connection.
+pub async fn forward(
+    outbound: &Outbound,
+    target: &str,
+    endpoint: &Endpoint,
+    req: Request<Body>,
+    connect_timeout: std::time::Duration,
+) -> Result<Response<Body>, ForwardError> {
+    let (mut parts, body) = req.into_parts();
+    let from_http1 = to_peer(target, &mut parts)?;
+    send(
+        outbound,
+        endpoint,
+        Request::from_parts(parts, body),
+        from_http1,
+        connect_timeout,
+    )
+    .await
+}
+
+/// Sends a request already in its peer form (see [`to_peer`]). A request the
+/// connection closed before writing is sent once more on a new connection.
+pub(crate) async fn send(
+    outbound: &Outbound,
+    endpoint: &Endpoint,
+    mut req: Request<Body>,
+    from_http1: bool,
+    connect_timeout: std::time::Duration,
+) -> Result<Response<Body>, ForwardError> {
     let mut attempts = 0;
     let rsp = loop {
         attempts += 1;
-        let conn = peer_connection(outbound, endpoint).await?;
+        let conn = peer_connection(outbound, endpoint, connect_timeout).await?;
         let mut tx = conn.tx.clone();
         match tx.try_send_request(req).await {
             Ok(rsp) => break rsp,
@@ -202,9 +444,10 @@ pub async fn forward(
 /// How long a failed request waits for its connection to report a TLS cause.
 const TLS_FAILURE_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
 
-async fn peer_connection(
+pub(crate) async fn peer_connection(
     outbound: &Outbound,
     endpoint: &Endpoint,
+    connect_timeout: std::time::Duration,
 ) -> Result<pool::Conn, ForwardError> {
     outbound
         .pool
@@ -214,7 +457,7 @@ async fn peer_connection(
                 &outbound.metrics,
                 endpoint,
                 alpn::H2,
-                outbound.connect_timeout,
+                connect_timeout,
             )
             .await?;
             pool::handshake(io)
@@ -266,12 +509,7 @@ async fn forward_upgrade(
 mod tests {
     use super::*;
 
-    type Args = (
-        &'static Outbound,
-        &'static Target,
-        &'static Endpoint,
-        Request<Incoming>,
-    );
+    type Args = (&'static Outbound, &'static Upstream, Request<Incoming>);
 
     /// The size of the future `f` returns, without calling it.
     fn future_size<T, F: FnOnce(Args) -> T>(_: F) -> usize {
@@ -284,7 +522,7 @@ mod tests {
     /// 8.8 KB with them inline).
     #[test]
     fn the_request_future_stays_small() {
-        let handle = future_size(|(o, t, _, r)| handle(o, t, r));
+        let handle = future_size(|(o, u, r)| handle(o, u, r));
         assert!(handle <= 3 * 1024, "the request future is {handle} bytes");
     }
 }

@@ -1,11 +1,23 @@
 //! The outbound side: traffic from the app to other services.
 //!
+//! Each target is an [`Upstream`]: its name, whether it is opaque, a
+//! `watch::Receiver<Arc<DestinationState>>` (discovery's snapshot, or a fixed
+//! one made from the static configuration with `config::Target::to_state`),
+//! and its [`upstream::Runtime`]: per-endpoint peak-EWMA latency, in-flight
+//! counts and circuit-breaker state (kept by address across snapshots), and
+//! the target's retry budget.
+//!
 //! An upstream listener accepts the app's connection, detects its protocol, and
-//! then, for each HTTP request (or once for an opaque connection), chooses a
-//! backend and an endpoint of the target ([`balance`]) and sends it over mesh
-//! mTLS: HTTP multiplexed on one HTTP/2 connection per peer ([`pool`]), opaque
-//! TCP and connection upgrades on their own connection. Routes, timeouts,
-//! retries and circuit breaking slot in around [`http::forward`].
+//! then, for each HTTP request (or once for an opaque connection), reads the
+//! snapshot in force (so a keep-alive connection follows a new weight on its
+//! next request), matches the route, picks a backend by weight and an endpoint
+//! by power of two choices over peak EWMA among those not ejected
+//! ([`balance`]), and sends it over mesh mTLS: HTTP multiplexed on one HTTP/2
+//! connection per peer ([`pool`]), opaque TCP and connection upgrades on their
+//! own connection. A route with retries or timeouts takes the boxed path of
+//! [`retry`]; every other request is one try ([`http::handle`]). Endpoints
+//! without an identity (not meshed) get opaque TCP in plaintext; HTTP to them
+//! is answered 502 `endpoint-not-meshed`.
 //!
 //! In a pod, the [`transparent`] listener takes the app's redirected TCP,
 //! finds its original destination, and serves it the same way when it is
@@ -14,8 +26,12 @@
 pub mod balance;
 pub mod http;
 pub mod pool;
+mod retry;
 mod tcp;
 pub mod transparent;
+pub mod upstream;
+
+pub use upstream::Upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,12 +39,11 @@ use std::time::Duration;
 
 use hyper::service::service_fn;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use weft_api::tls::MeshTls;
 
-use crate::config::{Endpoint, Target};
+use crate::config::Endpoint;
 use crate::detect::{self, Protocol};
 use crate::metrics::{Direction, Metrics, TcpLabels};
 
@@ -40,6 +55,8 @@ pub struct Outbound {
     pub(crate) pool: pool::H2Pool<Endpoint>,
     pub(crate) connect_timeout: Duration,
     pub(crate) detect_timeout: Duration,
+    /// The largest request body kept for retries.
+    pub(crate) retry_buffer: usize,
 }
 
 impl Outbound {
@@ -48,6 +65,7 @@ impl Outbound {
         metrics: Arc<Metrics>,
         connect_timeout: Duration,
         detect_timeout: Duration,
+        retry_buffer: usize,
     ) -> Arc<Self> {
         Arc::new(Self {
             tls,
@@ -55,6 +73,7 @@ impl Outbound {
             pool: pool::H2Pool::default(),
             connect_timeout,
             detect_timeout,
+            retry_buffer,
         })
     }
 }
@@ -63,7 +82,7 @@ impl Outbound {
 pub async fn serve_upstream(
     outbound: Arc<Outbound>,
     listener: TcpListener,
-    target: watch::Receiver<Arc<Target>>,
+    upstream: Arc<Upstream>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
@@ -76,7 +95,7 @@ pub async fn serve_upstream(
         move |tcp, client| {
             handle_connection(
                 outbound.clone(),
-                target.borrow().clone(),
+                upstream.clone(),
                 tcp,
                 client,
                 stop.clone(),
@@ -88,7 +107,7 @@ pub async fn serve_upstream(
 
 async fn handle_connection(
     outbound: Arc<Outbound>,
-    target: Arc<Target>,
+    target: Arc<Upstream>,
     tcp: TcpStream,
     client: SocketAddr,
     shutdown: CancellationToken,
@@ -157,13 +176,16 @@ async fn handle_connection(
     }
 }
 
-/// The metrics label for a target's peer: the identity of its first endpoint,
-/// which is the identity of every endpoint until targets carry several.
-fn peer_label(target: &Target) -> Arc<str> {
+/// The metrics label for a connection's peer: the identity of the target's
+/// first meshed endpoint when the connection opens (requests carry their own
+/// endpoint's identity).
+fn peer_label(target: &Upstream) -> Arc<str> {
     target
+        .state
+        .borrow()
         .backends
         .iter()
-        .flat_map(|b| b.endpoints.first())
-        .next()
-        .map_or_else(|| Arc::from(""), |e| e.identity.uri())
+        .flat_map(|b| b.endpoints.iter())
+        .find_map(|e| e.identity.as_ref())
+        .map_or_else(|| Arc::from(""), |i| i.uri())
 }

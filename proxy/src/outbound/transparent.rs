@@ -94,8 +94,10 @@ async fn handle(
     let local = tcp.local_addr().unwrap_or(orig);
     match route(config, own_ports, orig, local) {
         Route::Mesh(target) => {
-            tracing::debug!(%client, %orig, identity = %super::peer_label(&target), "meshed destination");
-            super::handle_connection(outbound, Arc::new(target), tcp, client, shutdown).await;
+            tracing::debug!(%client, %orig, identity = ?target.backends.first().and_then(|b| b.endpoints.first()).map(|e| &e.identity), "meshed destination");
+            let upstream =
+                super::Upstream::fixed(target.name.clone(), target.opaque, target.to_state());
+            super::handle_connection(outbound, Arc::new(upstream), tcp, client, shutdown).await;
         }
         Route::PassThrough(orig) => pass_through(&outbound, tcp, client, orig).await,
         Route::Refuse(reason) => {
