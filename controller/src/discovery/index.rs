@@ -24,7 +24,7 @@
 //!
 //! A pod IP target gets a one-endpoint state; any other `ip:port` is
 //! [`NotInMesh`]. A Service that does not exist (yet) gets a state with no
-//! endpoints that fills in when it appears.
+//! backends that fills in when it appears.
 //!
 //! Bad policy: an HTTPRoute, GRPCRoute or ResiliencePolicy that does not
 //! convert keeps its last good version in force (or none, if it never had
@@ -850,7 +850,11 @@ impl Index {
         attached.sort_by(|a, b| (a.1.created, a.0).cmp(&(b.1.created, b.0)));
         let falls_through = !attached.iter().any(|(_, _, r)| r.catches_all());
         let mut backends: Vec<Backend> = Vec::new();
-        if falls_through {
+        // A Service that does not exist and no route: no backends at all.
+        let exists = self
+            .services
+            .contains_key(&(namespace.to_owned(), name.to_owned()));
+        if falls_through && (exists || !attached.is_empty()) {
             backends.push(Backend {
                 name: name.to_owned(),
                 weight: 1,
