@@ -198,8 +198,15 @@ fn a_bad_route_keeps_the_last_good_one_and_says_which_field() {
         .subscribe(&target("checkout:80"), &caller("shop"))
         .expect("in mesh");
     rx.borrow_and_update();
+    index.publish();
+    let mut statuses_changed = index.statuses_changed();
+    statuses_changed.borrow_and_update();
     index.apply(split(90, -5, 2));
     index.publish();
+    assert!(
+        statuses_changed.has_changed().expect("alive"),
+        "a status to write"
+    );
     assert!(
         fresh(&mut rx).is_none(),
         "the last good route stays in force"
