@@ -175,7 +175,7 @@ async fn run(kubeconfig: PathBuf, admin: kube::Client, ns: String) {
     let accepted = wait_route_condition(&routes, "checkout", "Accepted", "True").await;
     let resolved = wait_route_condition(&routes, "checkout", "ResolvedRefs", "True").await;
     eprintln!(
-        "route status: Accepted {} ({}), ResolvedRefs {} ({})",
+        "route status: Accepted=True ({}: {}), ResolvedRefs=True ({}: {})",
         accepted.0, accepted.1, resolved.0, resolved.1
     );
     assert_status_manager(&routes, "checkout").await;

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use weft_api::crd::ParentReference;
 use weft_api::crd::{GrpcRoute, HttpRoute, ResiliencePolicy};
 
-use super::index::{Kind, ObjectRef, Resource, SharedIndex};
+use super::index::{IndexSettings, Kind, ObjectRef, Resource, SharedIndex};
 use super::status::{self, StatusBook};
 
 /// Starts the watchers and the status writer; they run until `shutdown` is
@@ -54,6 +54,18 @@ pub fn spawn(
         tasks.shutdown().await;
         tracing::debug!("the Kubernetes discovery watchers stopped");
     })
+}
+
+/// Kubernetes mode's discovery in one call: a new [`SharedIndex`] fed by
+/// [`spawn`]'s watchers (with the status writer), until `shutdown`.
+pub fn start(
+    client: kube::Client,
+    settings: IndexSettings,
+    shutdown: CancellationToken,
+) -> SharedIndex {
+    let index = SharedIndex::new(settings, shutdown.clone());
+    drop(spawn(client, index.clone(), shutdown));
+    index
 }
 
 /// One watched kind: where it is served and how one object of it is decoded.
