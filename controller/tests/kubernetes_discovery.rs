@@ -66,6 +66,11 @@ async fn discovery_follows_a_real_api_server() {
         return;
     };
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    // `WEFT_TEST_LOG=weft_controller::discovery=debug` shows the backend's logs.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("WEFT_TEST_LOG"))
+        .with_test_writer()
+        .try_init();
     let admin = client(&kubeconfig, None).await;
     let ns = format!("weft-e2e-disc-{:06x}", rand::random::<u32>() & 0xff_ffff);
     let namespaces: Api<Namespace> = Api::all(admin.clone());
