@@ -3,8 +3,12 @@
 //! - [`index`]: the pure [`Index`] (Kubernetes objects in, one `watch` of a
 //!   full `DestinationState` per target out) and [`SharedIndex`], its
 //!   clonable, debounced handle that the backends feed.
+//! - [`kube`]: the Kubernetes backend (watchers feeding the index) and
+//!   [`status`], which writes the index's verdicts into the objects' status.
 
 pub mod index;
+pub mod kube;
+pub mod status;
 
 pub use index::{
     Index, IndexSettings, Kind, NotInMesh, ObjectRef, ObjectStatus, Resource, SharedIndex,
