@@ -18,9 +18,10 @@ pub mod bootstrap;
 pub mod ca;
 pub mod config;
 pub mod controller;
+pub mod discovery;
 pub mod grpc;
 pub mod metrics;
 pub mod token;
 pub mod token_review;
 
-pub use controller::{AuditEcho, Controller, Settings, StartError};
+pub use controller::{AuditEcho, Controller, Discovery, Settings, StartError};

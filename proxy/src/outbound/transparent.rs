@@ -1,8 +1,12 @@
 //! The transparent outbound listener: iptables (`weft-init`) redirects the
 //! app's outgoing TCP here. The original destination is read from the socket
-//! ([`crate::sockopt`]); a meshed destination (in the static map, until
-//! discovery) is served like an upstream, over mesh mTLS to that address,
-//! with protocol detection unless its port is opaque; any other destination is
+//! ([`crate::sockopt`]). A destination in the static map
+//! (`WEFT_PROXY_DESTINATIONS`, an explicit override) is served like an
+//! upstream, over mesh mTLS to that address; otherwise discovery is asked
+//! about the `ip:port` ([`crate::discovery::Discovery::lookup`]): a mesh
+//! target (a Service's cluster IP, a pod) is served with the target's current
+//! snapshot, with protocol detection unless its port is opaque; a destination
+//! the controller does not know (`NotFound`, cached for a few seconds) is
 //! passed through in plain TCP, untouched. A connection whose destination is
 //! the proxy itself (a loop) is refused.
 
@@ -15,6 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use super::Outbound;
 use crate::config::{Target, Transparent};
+use crate::discovery::{Discovery, Lookup, to_target};
 use crate::metrics::{Direction, TcpLabels};
 use crate::sockopt::original_dst;
 use crate::transport::connect_tcp;
@@ -24,6 +29,7 @@ use crate::transport::connect_tcp;
 pub async fn serve(
     outbound: Arc<Outbound>,
     config: Arc<Transparent>,
+    discovery: Option<Discovery>,
     own_ports: Arc<[u16]>,
     listener: TcpListener,
     shutdown: CancellationToken,
@@ -36,13 +42,25 @@ pub async fn serve(
         shutdown,
         tracker,
         move |tcp, client| {
-            let (outbound, config, own_ports, stop) = (
+            let (outbound, config, discovery, own_ports, stop) = (
                 outbound.clone(),
                 config.clone(),
+                discovery.clone(),
                 own_ports.clone(),
                 stop.clone(),
             );
-            async move { handle(outbound, &config, &own_ports, tcp, client, stop).await }
+            async move {
+                handle(
+                    outbound,
+                    &config,
+                    discovery.as_ref(),
+                    &own_ports,
+                    tcp,
+                    client,
+                    stop,
+                )
+                .await;
+            }
         },
     )
     .await;
@@ -75,9 +93,31 @@ fn route(config: &Transparent, own_ports: &[u16], orig: SocketAddr, local: Socke
     }
 }
 
+/// What discovery says about a destination the static map does not name.
+async fn discovered(discovery: &Discovery, config: &Transparent, orig: SocketAddr) -> Route {
+    match discovery
+        .lookup(&weft_api::policy::Target::Addr(orig))
+        .await
+    {
+        Lookup::Mesh(states) => {
+            let opaque = config.opaque_ports.contains(&orig.port());
+            // Bridge to today's data path (see `crate::discovery::bridge`).
+            let target = to_target(&orig.to_string(), opaque, &states.borrow());
+            if target.backends.iter().all(|b| b.endpoints.is_empty()) {
+                // Known, but no meshed endpoint: reach it as before.
+                Route::PassThrough(orig)
+            } else {
+                Route::Mesh(target)
+            }
+        }
+        Lookup::PassThrough => Route::PassThrough(orig),
+    }
+}
+
 async fn handle(
     outbound: Arc<Outbound>,
     config: &Transparent,
+    discovery: Option<&Discovery>,
     own_ports: &[u16],
     tcp: TcpStream,
     client: SocketAddr,
@@ -92,7 +132,11 @@ async fn handle(
         }
     };
     let local = tcp.local_addr().unwrap_or(orig);
-    match route(config, own_ports, orig, local) {
+    let mut route = route(config, own_ports, orig, local);
+    if let (Route::PassThrough(orig), Some(discovery)) = (&route, discovery) {
+        route = discovered(discovery, config, *orig).await;
+    }
+    match route {
         Route::Mesh(target) => {
             tracing::debug!(%client, %orig, identity = %super::peer_label(&target), "meshed destination");
             super::handle_connection(outbound, Arc::new(target), tcp, client, shutdown).await;
