@@ -28,6 +28,9 @@ pub const CONFIG_ANNOTATION_PREFIX: &str = "config.weft.io/";
 /// CRD group and version of weft's own policy resources.
 pub const CRD_GROUP: &str = "policy.weft.io";
 pub const CRD_VERSION: &str = "v1alpha1";
+/// The `controllerName` weft writes in an HTTPRoute's or GRPCRoute's
+/// `status.parents[]` (Gateway API: a domain-prefixed path).
+pub const ROUTE_CONTROLLER_NAME: &str = "policy.weft.io/weft-controller";
 /// Namespace the mesh's own components run in by default.
 pub const MESH_NAMESPACE: &str = "weft-system";
 /// Audience of the projected ServiceAccount token a proxy presents to Certify.

@@ -604,6 +604,11 @@ impl MeshTls {
             }))
             .with_cert_resolver(Arc::new(Resolver(self.state.clone())));
         config.alpn_protocols = vec![alpn.to_vec()];
+        // No resumption: a resumed session carries the client certificate of
+        // the session it resumes, and a caller's first session (its
+        // `Certify`) had none.
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
         Arc::new(config)
     }
 }

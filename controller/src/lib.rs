@@ -6,6 +6,8 @@
 //!   backends [`bootstrap`] (local mode's bootstrap tokens) and
 //!   [`token_review`] (Kubernetes TokenReview).
 //! - [`grpc`]: the `weft.v1.Identity` service, served by tonic over tokio-rustls.
+//! - [`discovery`]: the discovery index ([`discovery::SharedIndex`]) the
+//!   backends feed and `Discovery.Watch` reads.
 //! - [`audit`]: the hash-chained issuance audit trail (JSON lines) and its verifier.
 //! - [`metrics`]: issued, refused by reason, issuer expiry.
 //! - [`controller`]: starts all of it ([`Controller::start`]); `admin` serves

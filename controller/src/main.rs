@@ -33,9 +33,29 @@ async fn main() -> anyhow::Result<()> {
                     Arc::new(TokenReviewer::new(client, &config.settings.trust_domain))
                 }
             };
-            let controller =
-                Controller::start_with(config.settings, verifier, config.audit_echo).await?;
+            let stop = tokio_util::sync::CancellationToken::new();
+            let discovery = match &config.policy_dir {
+                Some(dir) => {
+                    let settings = weft_controller::discovery::IndexSettings {
+                        trust_domain: config.settings.trust_domain.clone(),
+                        ..Default::default()
+                    };
+                    Some(
+                        weft_controller::discovery::local::discovery(dir, settings, stop.clone())?
+                            .0,
+                    )
+                }
+                None => None,
+            };
+            let controller = Controller::start_with_discovery(
+                config.settings,
+                verifier,
+                config.audit_echo,
+                discovery,
+            )
+            .await?;
             shutdown_signal().await?;
+            stop.cancel();
             controller.shutdown().await;
             Ok(())
         }

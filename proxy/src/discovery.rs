@@ -72,7 +72,11 @@ pub struct Discovery {
 }
 
 struct Inner {
-    client: DiscoveryClient<Channel>,
+    /// Replaced by a new channel when the controller finds no client
+    /// certificate on the current one (it connected before there was one).
+    client: Mutex<DiscoveryClient<Channel>>,
+    config: DiscoveryConfig,
+    tls: Arc<MeshTls>,
     caller: Identity,
     controller: String,
     targets: Mutex<HashMap<Target, Entry>>,
@@ -104,15 +108,12 @@ impl Discovery {
         tls: Arc<MeshTls>,
         stop: CancellationToken,
     ) -> Result<Self, weft_api::control::ControlError> {
-        let client = weft_api::control::discovery_client(
-            &config.controller_addr,
-            tls,
-            &config.controller_identity,
-            weft_api::dns::Resolver::system(),
-        )?;
+        let client = new_client(config, &tls)?;
         Ok(Self {
             inner: Arc::new(Inner {
-                client,
+                client: Mutex::new(client),
+                config: config.clone(),
+                tls,
                 caller: config.identity.clone(),
                 controller: config.controller_addr.clone(),
                 targets: Mutex::new(HashMap::new()),
@@ -124,14 +125,15 @@ impl Discovery {
     /// The target's snapshots, at once: an empty snapshot (no backends, so
     /// requests are answered `no-endpoints`) until the controller's first one.
     /// For upstream listeners, which name their service.
+    /// A `NotFound` answer is asked again (with backoff) until the target appears.
     pub fn subscribe(&self, target: &Target) -> watch::Receiver<Arc<DestinationState>> {
-        self.entry(target).0
+        self.entry(target, true).0
     }
 
     /// Whether `target` is in the mesh, waiting up to [`FIRST_ANSWER_TIMEOUT`]
     /// for the controller's first answer. For the transparent listener.
     pub async fn lookup(&self, target: &Target) -> Lookup {
-        let (state, mut phase) = self.entry(target);
+        let (state, mut phase) = self.entry(target, false);
         let answered = tokio::time::timeout(
             FIRST_ANSWER_TIMEOUT,
             phase.wait_for(|p| *p != Phase::Waiting),
@@ -157,6 +159,7 @@ impl Discovery {
     fn entry(
         &self,
         target: &Target,
+        persistent: bool,
     ) -> (
         watch::Receiver<Arc<DestinationState>>,
         watch::Receiver<Phase>,
@@ -182,10 +185,43 @@ impl Discovery {
         tokio::spawn(stream_target(
             self.inner.clone(),
             target.clone(),
+            persistent,
             state_tx,
             phase_tx,
         ));
         (state, phase)
+    }
+}
+
+fn new_client(
+    config: &DiscoveryConfig,
+    tls: &Arc<MeshTls>,
+) -> Result<DiscoveryClient<Channel>, weft_api::control::ControlError> {
+    weft_api::control::discovery_client(
+        &config.controller_addr,
+        tls.clone(),
+        &config.controller_identity,
+        weft_api::dns::Resolver::system(),
+    )
+}
+
+impl Inner {
+    /// A new channel, whose handshake presents the certificate installed now.
+    fn reconnect(&self) {
+        match new_client(&self.config, &self.tls) {
+            Ok(client) => *lock(&self.client) = client,
+            Err(error) => tracing::warn!(%error, "cannot make a new channel to the controller"),
+        }
+    }
+
+    /// Waits until the proxy holds a certificate (the controller asks for it).
+    async fn certified(&self) {
+        while self.tls.credentials().is_none() {
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                () = self.stop.cancelled() => return,
+            }
+        }
     }
 }
 
@@ -214,11 +250,12 @@ pub fn backoff(failures: u32) -> Duration {
         .mul_f64(rand::rng().random::<f64>())
 }
 
-/// Keeps one target's stream open until the proxy stops (or the controller
-/// says the target is not in the mesh).
+/// Keeps one target's stream open until the proxy stops (or, unless
+/// `persistent`, the controller says the target is not in the mesh).
 async fn stream_target(
     inner: Arc<Inner>,
     target: Target,
+    persistent: bool,
     state: watch::Sender<Arc<DestinationState>>,
     phase: watch::Sender<Phase>,
 ) {
@@ -227,8 +264,9 @@ async fn stream_target(
         caller_identity: inner.caller.uri().to_string(),
     };
     let mut failures: u32 = 0;
+    inner.certified().await;
     loop {
-        let mut client = inner.client.clone();
+        let mut client = lock(&inner.client).clone();
         let opened = tokio::select! {
             opened = client.watch(request.clone()) => opened,
             () = inner.stop.cancelled() => return,
@@ -271,9 +309,16 @@ async fn stream_target(
             Err(status) if status.code() == tonic::Code::NotFound => {
                 tracing::debug!(%target, "not in the mesh");
                 phase.send_replace(Phase::NotInMesh);
-                return;
+                if !persistent {
+                    return;
+                }
             }
             Err(status) => {
+                if status.code() == tonic::Code::Unauthenticated {
+                    // The channel connected without a certificate (or with
+                    // one since replaced): the next attempt makes a new one.
+                    inner.reconnect();
+                }
                 if *phase.borrow() == Phase::Waiting {
                     phase.send_replace(Phase::Unavailable);
                 }

@@ -6,10 +6,16 @@
 //! (`spec.retryBudget.ratio: ...`) for the object's status conditions. The CRD
 //! YAML in `deploy/crds/` is generated from these types by
 //! `tests/crds_generated.rs`, which fails when it is stale.
+//!
+//! [`gateway`]: the Gateway API `HTTPRoute` and `GRPCRoute` (only the fields weft
+//! reads; not in [`crds`], users install the Gateway API from upstream), and
+//! their conversion into [`MeshRoute`]s (`route_convert.rs`).
 
 mod authorization;
 mod convert;
+pub mod gateway;
 mod resilience;
+mod route_convert;
 mod schema;
 mod status;
 
@@ -17,10 +23,17 @@ pub use authorization::{
     AuthorizationPolicy, AuthorizationPolicySpec, AuthorizationRule, FromSpec, HttpMatchSpec,
     ServiceAccountRef,
 };
+pub use gateway::{
+    BackendReference, GrpcMethodMatch, GrpcRoute, GrpcRouteMatch, GrpcRouteRule, GrpcRouteSpec,
+    HeaderMatch, HttpPathMatch, HttpRoute, HttpRouteMatch, HttpRouteRetry, HttpRouteRule,
+    HttpRouteSpec, HttpRouteTimeouts, ParentReference, RouteParentStatus, RouteStatus,
+    from_value_strict,
+};
 pub use resilience::{
     BackoffSpec, CircuitBreakerSpec, LoadBalancerAlgorithm, LoadBalancerSpec, ResiliencePolicy,
     ResiliencePolicySpec, RetryBudgetSpec, RetrySpec, TimeoutsSpec,
 };
+pub use route_convert::{MAX_WEIGHT, MeshRoute, MeshRule, ServiceBackend, ServiceParent};
 pub use status::{PolicyStatus, condition};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

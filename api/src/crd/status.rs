@@ -32,4 +32,9 @@ pub mod condition {
     pub const REASON_RESOLVED_REFS: &str = "ResolvedRefs";
     /// Reason of `ResolvedRefs=False`: the target does not exist.
     pub const REASON_TARGET_NOT_FOUND: &str = "TargetNotFound";
+    /// Reason of a route's `ResolvedRefs=False`: a backendRef names no Service
+    /// (that backend gets no endpoints; the route stays in force).
+    pub const REASON_BACKEND_NOT_FOUND: &str = "BackendNotFound";
+    /// Reason of a route's `Accepted=False` for a parent that does not exist.
+    pub const REASON_NO_MATCHING_PARENT: &str = "NoMatchingParent";
 }

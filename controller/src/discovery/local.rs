@@ -329,7 +329,6 @@ struct State {
 
 /// The local policy backend: loads the directory into the index and keeps
 /// doing so as it changes.
-#[derive(Debug)]
 pub struct LocalPolicy {
     dir: PathBuf,
     index: SharedIndex,
@@ -343,6 +342,14 @@ pub struct DirError {
     dir: PathBuf,
     #[source]
     source: std::io::Error,
+}
+
+impl std::fmt::Debug for LocalPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalPolicy")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
 }
 
 impl LocalPolicy {
@@ -425,8 +432,8 @@ impl LocalPolicy {
                 let key = key_of(&value, &origin);
                 match parse(value) {
                     Ok(parsed) => {
-                        if let Some(key) = key
-                            && let Some(earlier) = objects.get(&key)
+                        if let Some(key) = &key
+                            && let Some(earlier) = objects.get(key)
                             && earlier.refused.is_none()
                         {
                             refusals.push(Refusal {
@@ -567,7 +574,17 @@ impl LocalPolicy {
             .index
             .statuses()
             .iter()
-            .map(|s| serde_json::to_value(s).unwrap_or_else(|e| json!(e.to_string())))
+            .map(|s| {
+                json!({
+                    "object": s.object.to_string(),
+                    "conditions": s.conditions.iter().map(|c| json!({
+                        "type": c.type_,
+                        "status": if c.status { "True" } else { "False" },
+                        "reason": c.reason,
+                        "message": c.message,
+                    })).collect::<Vec<_>>(),
+                })
+            })
             .collect();
         json!({
             "policy_dir": self.dir.display().to_string(),
@@ -579,14 +596,33 @@ impl LocalPolicy {
     }
 }
 
+/// Local mode's discovery: an index fed from `dir`, polled every [`POLL`]
+/// until `stop`, ready for [`crate::Controller::start_with_discovery`]; the
+/// backend is returned too (tests read its [`LocalPolicy::report`]).
+pub fn discovery(
+    dir: &Path,
+    settings: super::IndexSettings,
+    stop: CancellationToken,
+) -> Result<(crate::Discovery, Arc<LocalPolicy>), DirError> {
+    let index = SharedIndex::new(settings, stop.clone());
+    let local = LocalPolicy::load(dir, index.clone())?;
+    tokio::spawn(local.clone().watch(POLL, stop));
+    let report = local.clone();
+    Ok((
+        crate::Discovery {
+            index: Arc::new(index),
+            report: Arc::new(move || report.report()),
+        },
+        local,
+    ))
+}
+
 /// The `*.yaml` and `*.yml` files of `dir` with their contents, by name.
 fn read_dir(dir: &Path) -> std::io::Result<Vec<(PathBuf, Vec<u8>)>> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
-        let yaml = path
-            .extension()
-            .is_some_and(|e| e == "yaml" || e == "yml");
+        let yaml = path.extension().is_some_and(|e| e == "yaml" || e == "yml");
         if !yaml || !path.is_file() {
             continue;
         }
@@ -666,18 +702,17 @@ fn parse(value: Value) -> Result<Document, (String, String)> {
             .and_then(Value::as_str)
             .is_none_or(str::is_empty)
     {
-        return Err((
-            "metadata.name".into(),
-            format!("missing; name the {kind}"),
-        ));
+        return Err(("metadata.name".into(), format!("missing; name the {kind}")));
     }
-    let strict_error = |e: weft_api::crd::gateway::StrictError| match e {
+    let strict_error = |e: weft_api::crd::gateway::StrictError| {
+        match e {
         weft_api::crd::gateway::StrictError::UnknownField { field } => (
             field,
             "unknown field; remove it or fix its spelling (weft reads only the fields it documents)"
                 .to_owned(),
         ),
         weft_api::crd::gateway::StrictError::Parse(problem) => (String::new(), problem),
+    }
     };
     let api_version = value
         .get("apiVersion")

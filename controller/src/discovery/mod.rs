@@ -1,6 +1,16 @@
-//! Discovery: what the controller tells proxies about their targets.
+//! Discovery: what each proxy is told about the targets it sends to.
 //!
-//! - `service`: the `weft.v1.Discovery` gRPC service.
-//! - `local`: local mode's policy directory.
+//! - [`index`]: the pure [`Index`] (Kubernetes objects in, one `watch` of a
+//!   full `DestinationState` per target out) and [`SharedIndex`], its
+//!   clonable, debounced handle that the backends feed.
+//! - [`service`]: the `weft.v1.Discovery` gRPC service, reading the index.
+//! - [`local`]: local mode's policy directory, feeding the index.
 
+pub mod index;
+pub mod local;
 pub mod service;
+
+pub use index::{
+    Index, IndexSettings, Kind, NotInMesh, ObjectRef, ObjectStatus, Resource, SharedIndex,
+    StatusCondition,
+};

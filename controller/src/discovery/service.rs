@@ -32,6 +32,16 @@ pub trait Subscribe: Send + Sync + 'static {
     ) -> Option<watch::Receiver<Arc<DestinationState>>>;
 }
 
+impl Subscribe for super::SharedIndex {
+    fn subscribe(
+        &self,
+        target: &Target,
+        caller: &Identity,
+    ) -> Option<watch::Receiver<Arc<DestinationState>>> {
+        super::SharedIndex::subscribe(self, target, caller).ok()
+    }
+}
+
 /// The `weft.v1.Discovery` service.
 pub struct DiscoveryService {
     index: Arc<dyn Subscribe>,
