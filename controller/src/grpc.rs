@@ -160,6 +160,16 @@ pub async fn serve(
     // The workspace's one accept loop (it backs off on errors such as running
     // out of file descriptors); tonic owns the connections once handshaken.
     let stop_accepting = tokio_util::sync::CancellationToken::new();
+    // The listener closes when shutdown begins, even if this future is then
+    // dropped (the controller aborts connections that outlive the grace).
+    let shutdown = {
+        let stop = stop_accepting.clone();
+        async move {
+            shutdown.await;
+            stop.cancel();
+        }
+    };
+    let _stop_on_drop = stop_accepting.clone().drop_guard();
     let accept_loop = tokio::spawn(weft_api::accept::accept_loop(
         listener,
         "controller-grpc",

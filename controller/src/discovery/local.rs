@@ -277,6 +277,7 @@ impl WorkloadService {
 
 /// One parsed document.
 #[derive(Clone, Debug, PartialEq)]
+#[allow(clippy::large_enum_variant)] // A handful per directory, parsed on change.
 enum Document {
     Workloads(Workloads),
     HttpRoute(HttpRoute),
@@ -682,8 +683,14 @@ fn key_of(value: &Value, origin: &Origin) -> Option<Key> {
     })
 }
 
-/// Parses one document by its kind; the field at fault and the problem.
-fn parse(value: Value) -> Result<Document, (String, String)> {
+/// Parses one document by its kind; the field at fault and the problem. A
+/// document without `metadata.namespace` is in `default`.
+fn parse(mut value: Value) -> Result<Document, (String, String)> {
+    if let Some(metadata) = value.get_mut("metadata").and_then(Value::as_object_mut) {
+        metadata
+            .entry("namespace")
+            .or_insert_with(|| Value::String(default_namespace()));
+    }
     let kind = value
         .get("kind")
         .and_then(Value::as_str)

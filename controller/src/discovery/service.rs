@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use futures::Stream;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use weft_api::Identity;
 use weft_api::policy::{DestinationState, DiscoveryRequest, Target};
@@ -46,11 +47,17 @@ impl Subscribe for super::SharedIndex {
 pub struct DiscoveryService {
     index: Arc<dyn Subscribe>,
     metrics: Arc<Metrics>,
+    stop: CancellationToken,
 }
 
 impl DiscoveryService {
-    pub fn new(index: Arc<dyn Subscribe>, metrics: Arc<Metrics>) -> Self {
-        Self { index, metrics }
+    /// Streams end when `stop` is cancelled (the controller shuts down).
+    pub fn new(index: Arc<dyn Subscribe>, metrics: Arc<Metrics>, stop: CancellationToken) -> Self {
+        Self {
+            index,
+            metrics,
+            stop,
+        }
     }
 
     /// Checks the caller and the request; the receiver of the target's snapshots.
@@ -112,19 +119,26 @@ impl Drop for Subscribed {
 fn snapshots(
     receiver: watch::Receiver<Arc<DestinationState>>,
     subscribed: Subscribed,
+    stop: CancellationToken,
 ) -> WatchStream {
     Box::pin(futures::stream::unfold(
         (receiver, true, subscribed),
-        |(mut receiver, first, subscribed)| async move {
-            if !first && receiver.changed().await.is_err() {
-                return None;
+        move |(mut receiver, first, subscribed)| {
+            let stop = stop.clone();
+            async move {
+                if !first {
+                    tokio::select! {
+                        changed = receiver.changed() => changed.ok()?,
+                        () = stop.cancelled() => return None,
+                    }
+                }
+                let snapshot = receiver.borrow_and_update().clone();
+                subscribed.0.discovery_snapshot_sent();
+                Some((
+                    Ok(pb::DestinationState::from(&*snapshot)),
+                    (receiver, false, subscribed),
+                ))
             }
-            let snapshot = receiver.borrow_and_update().clone();
-            subscribed.0.discovery_snapshot_sent();
-            Some((
-                Ok(pb::DestinationState::from(&*snapshot)),
-                (receiver, false, subscribed),
-            ))
         },
     ))
 }
@@ -146,6 +160,7 @@ impl pb::discovery_server::Discovery for DiscoveryService {
                 Ok(Response::new(snapshots(
                     receiver,
                     Subscribed::new(self.metrics.clone()),
+                    self.stop.clone(),
                 )))
             }
             Err(status) => {
