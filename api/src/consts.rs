@@ -74,7 +74,13 @@ pub mod env {
     /// separated by whitespace, each `name,listen-addr,target-addr,identity[,opaque]`,
     /// for example `checkout,127.0.0.1:4140,127.0.0.1:5143,spiffe://cluster.local/ns/shop/sa/checkout`.
     /// Several replicas: join their addresses with `+` (`127.0.0.1:5143+127.0.0.1:5144`).
+    /// With discovery on, an entry may instead name a service, `listen-addr=service:port[,opaque]`
+    /// (`127.0.0.1:4140=checkout:80`): its endpoints, weights and policy come from the
+    /// controller. The static form stays an explicit override.
     pub const UPSTREAMS: &str = "WEFT_PROXY_UPSTREAMS";
+    /// `true`/`false`: ask the controller's `Discovery.Watch` for upstream services and
+    /// transparent destinations. Default: on when `CONTROLLER_ADDR` is set.
+    pub const DISCOVERY: &str = "WEFT_PROXY_DISCOVERY";
     /// The controller's gRPC address (`host:port`). When set, the proxy
     /// generates its key in memory and gets its certificate from
     /// `Identity.Certify`; otherwise it reads `CERT_FILE` and `KEY_FILE`.

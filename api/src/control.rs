@@ -22,6 +22,7 @@ use crate::certify::{Certified, CertifyRequest, ProtoError, Refusal};
 use crate::consts::{CONTROLLER_SERVICE_ACCOUNT, MESH_NAMESPACE, alpn};
 use crate::dns::{self, Resolver};
 use crate::identity::{Identity, IdentityError};
+use crate::proto::weft_v1::discovery_client::DiscoveryClient;
 use crate::proto::weft_v1::identity_client::IdentityClient;
 use crate::tls::MeshTls;
 
@@ -87,53 +88,7 @@ impl ControlClient {
         expected: Identity,
         resolver: Resolver,
     ) -> Result<Self, ControlError> {
-        let bad = |reason: String| ControlError::BadAddress {
-            addr: addr.to_owned(),
-            reason,
-        };
-        let (host, _port) = dns::split_host_port(addr).map_err(|e| match e {
-            dns::DnsError::BadAddress { reason, .. } => bad(reason),
-            other => bad(other.to_string()),
-        })?;
-        let host = match host {
-            dns::Host::Ip(ip) => ip.to_string(),
-            dns::Host::Name(name) => name,
-        };
-        // The URI is only tonic's bookkeeping: the connector below dials.
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| bad(e.to_string()))?
-            .timeout(REQUEST_TIMEOUT);
-        // Mesh verification ignores the name (it checks the identity); rustls
-        // still wants one for the handshake.
-        let server_name = ServerName::try_from(host).map_err(|e| bad(e.to_string()))?;
-        let connect_addr = addr.to_owned();
-        let connect_identity = expected.clone();
-        let connector = tower::service_fn(move |_uri: http::Uri| {
-            let addr = connect_addr.clone();
-            let resolver = resolver.clone();
-            let config = tls.client_config(&connect_identity, alpn::H2);
-            let server_name = server_name.clone();
-            async move {
-                let connect = async {
-                    // Resolved again on every (re)connect.
-                    let tcp = resolver.connect(&addr).await?;
-                    tcp.set_nodelay(true)?;
-                    tokio_rustls::TlsConnector::from(config)
-                        .connect(server_name, tcp)
-                        .await
-                };
-                let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect)
-                    .await
-                    .map_err(|_| {
-                        std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            format!("connecting to the controller took over {CONNECT_TIMEOUT:?}"),
-                        )
-                    })??;
-                Ok::<_, std::io::Error>(TokioIo::new(stream))
-            }
-        });
-        let channel = endpoint.connect_with_connector_lazy(connector);
+        let channel = channel(addr, tls, &expected, resolver, Some(REQUEST_TIMEOUT))?;
         Ok(Self {
             addr: addr.to_owned(),
             expected,
@@ -167,6 +122,89 @@ impl ControlClient {
         }
     }
 }
+
+/// A client of `weft.v1.Discovery` at `addr`, on a channel of its own: it
+/// connects (lazily, again after each failure) with the workload certificate
+/// installed in `tls` at that moment, which `Discovery.Watch` requires (the
+/// channel of [`ControlClient`] may have connected before there was one).
+/// No per-call timeout: a `Watch` stream lives as long as the proxy; HTTP/2
+/// pings find a controller that went away.
+pub fn discovery_client(
+    addr: &str,
+    tls: Arc<MeshTls>,
+    expected: &Identity,
+    resolver: Resolver,
+) -> Result<DiscoveryClient<Channel>, ControlError> {
+    channel(addr, tls, expected, resolver, None).map(DiscoveryClient::new)
+}
+
+/// A lazily connecting channel to the controller at `addr`, which must prove
+/// `expected`; names resolved by `resolver` on every (re)connect.
+fn channel(
+    addr: &str,
+    tls: Arc<MeshTls>,
+    expected: &Identity,
+    resolver: Resolver,
+    timeout: Option<Duration>,
+) -> Result<Channel, ControlError> {
+    let bad = |reason: String| ControlError::BadAddress {
+        addr: addr.to_owned(),
+        reason,
+    };
+    let (host, _port) = dns::split_host_port(addr).map_err(|e| match e {
+        dns::DnsError::BadAddress { reason, .. } => bad(reason),
+        other => bad(other.to_string()),
+    })?;
+    let host = match host {
+        dns::Host::Ip(ip) => ip.to_string(),
+        dns::Host::Name(name) => name,
+    };
+    // The URI is only tonic's bookkeeping: the connector below dials.
+    let mut endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| bad(e.to_string()))?
+        .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
+        .keep_alive_while_idle(true);
+    if let Some(timeout) = timeout {
+        endpoint = endpoint.timeout(timeout);
+    }
+    // Mesh verification ignores the name (it checks the identity); rustls
+    // still wants one for the handshake.
+    let server_name = ServerName::try_from(host).map_err(|e| bad(e.to_string()))?;
+    let connect_addr = addr.to_owned();
+    let connect_identity = expected.clone();
+    let connector = tower::service_fn(move |_uri: http::Uri| {
+        let addr = connect_addr.clone();
+        let resolver = resolver.clone();
+        let config = tls.client_config(&connect_identity, alpn::H2);
+        let server_name = server_name.clone();
+        async move {
+            let connect = async {
+                // Resolved again on every (re)connect.
+                let tcp = resolver.connect(&addr).await?;
+                tcp.set_nodelay(true)?;
+                tokio_rustls::TlsConnector::from(config)
+                    .connect(server_name, tcp)
+                    .await
+            };
+            let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+                .await
+                .map_err(|_| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("connecting to the controller took over {CONNECT_TIMEOUT:?}"),
+                    )
+                })??;
+            Ok::<_, std::io::Error>(TokioIo::new(stream))
+        }
+    });
+    Ok(endpoint.connect_with_connector_lazy(connector))
+}
+
+/// How often an idle channel to the controller is pinged, and how long a ping
+/// may go unanswered before the connection counts as dead.
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The message of a failed call: the TLS failure when there was one (named
 /// precisely when it is an identity mismatch), else the status and its causes.

@@ -318,6 +318,7 @@ impl MeshTls {
             .expect("the aws-lc-rs provider supports TLS 1.3")
             .with_client_cert_verifier(Arc::new(MeshClientVerifier {
                 state: state.clone(),
+                mandatory: true,
             }))
             .with_cert_resolver(Arc::new(Resolver(state.clone())));
         server.alpn_protocols = vec![
@@ -511,16 +512,17 @@ impl ServerCertVerifier for MeshServerVerifier {
     }
 }
 
-/// Server side: a client certificate is mandatory, must chain to a trust
-/// anchor, and must carry exactly one identity.
+/// Server side: a client certificate is mandatory (unless `mandatory` is
+/// false), must chain to a trust anchor, and must carry exactly one identity.
 #[derive(Debug)]
 struct MeshClientVerifier {
     state: Arc<State>,
+    mandatory: bool,
 }
 
 impl ClientCertVerifier for MeshClientVerifier {
     fn client_auth_mandatory(&self) -> bool {
-        true
+        self.mandatory
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
@@ -579,6 +581,34 @@ impl MeshTls {
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(Resolver(self.state.clone())));
         config.alpn_protocols = vec![alpn.to_vec()];
+        Arc::new(config)
+    }
+
+    /// A server configuration that presents this workload's certificate and
+    /// asks the client for one without requiring it: a client that presents
+    /// one must prove a mesh identity (checked like [`MeshTls::server_config`]),
+    /// a client without one is let through and the service decides.
+    ///
+    /// For the controller's gRPC endpoint: `Identity.Certify` is called before
+    /// the caller has a certificate, `Discovery.Watch` only with one.
+    pub fn server_config_with_optional_client_auth(
+        &self,
+        alpn: &'static [u8],
+    ) -> Arc<ServerConfig> {
+        let mut config = ServerConfig::builder_with_provider(crypto_provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("the aws-lc-rs provider supports TLS 1.3")
+            .with_client_cert_verifier(Arc::new(MeshClientVerifier {
+                state: self.state.clone(),
+                mandatory: false,
+            }))
+            .with_cert_resolver(Arc::new(Resolver(self.state.clone())));
+        config.alpn_protocols = vec![alpn.to_vec()];
+        // No resumption: a resumed session carries the client certificate of
+        // the session it resumes, and a caller's first session (its
+        // `Certify`) had none.
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
         Arc::new(config)
     }
 }

@@ -1,5 +1,7 @@
 //! The admin server (port 9990): `/live`, `/ready` (the controller holds a
-//! valid certificate of its own) and `/metrics` (Prometheus text format).
+//! valid certificate of its own), `/metrics` (Prometheus text format) and
+//! `/config` (JSON: the discovery subscribers and the policy objects with
+//! their statuses; in local mode the policy directory).
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -16,6 +18,7 @@ use crate::metrics::Metrics;
 pub(crate) struct Admin {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) tls: Arc<MeshTls>,
+    pub(crate) policy: Option<Arc<dyn Fn() -> serde_json::Value + Send + Sync>>,
 }
 
 impl Admin {
@@ -62,9 +65,27 @@ impl Admin {
                 );
                 response
             }
+            "/config" => {
+                let config = serde_json::json!({
+                    "discovery": {
+                        "enabled": self.policy.is_some(),
+                        "subscribers": self.metrics.discovery_subscribers(),
+                    },
+                    "policy": self.policy.as_ref().map(|report| report()),
+                });
+                let mut body = serde_json::to_string_pretty(&config)
+                    .unwrap_or_else(|e| format!("{{\"error\": {:?}}}", e.to_string()));
+                body.push('\n');
+                let mut response = text(StatusCode::OK, body);
+                response.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/json"),
+                );
+                response
+            }
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found; try /live, /ready or /metrics\n".into(),
+                "not found; try /live, /ready, /metrics or /config\n".into(),
             ),
         }
     }

@@ -21,6 +21,9 @@
 //! - `--cert-lifetime` (default 24h): workload certificate lifetime; `90s`, `15m`, `24h`,
 //!   `7d` or plain seconds.
 //! - `--issuer-poll` (default 5s): how often the issuer files are checked for changes.
+//! - `--policy-dir DIR` (local mode; default none): serve `weft.v1.Discovery` from the
+//!   HTTPRoute, GRPCRoute, ResiliencePolicy and Workloads documents of DIR's `*.yaml`
+//!   files, reloaded when they change (`discovery::local`).
 //! - `--log` (default info): log filter (`tracing_subscriber::EnvFilter` syntax).
 //!
 //! `weft-controller issue-token --identity <spiffe id> [--ttl 30d] [--state-dir .weft]`
@@ -84,6 +87,9 @@ pub struct ServeArgs {
     /// How often the issuer files are checked for changes.
     #[arg(long, default_value = "5s")]
     pub issuer_poll: String,
+    /// Local mode: the directory of policy and Workloads YAML that discovery serves.
+    #[arg(long)]
+    pub policy_dir: Option<PathBuf>,
     /// Log filter.
     #[arg(long, default_value = "info")]
     pub log: String,
@@ -117,6 +123,8 @@ pub struct ServeConfig {
     pub settings: Settings,
     pub audit_echo: AuditEcho,
     pub log: String,
+    /// Local mode's policy directory, when discovery is served from one.
+    pub policy_dir: Option<PathBuf>,
 }
 
 /// Every problem found in the flags, one per line.
@@ -167,6 +175,19 @@ impl ServeArgs {
         if issuer_poll == Some(Duration::ZERO) {
             errors.push("--issuer-poll: must be more than 0s".into());
         }
+        if let Some(dir) = &self.policy_dir {
+            if mode != Mode::Local {
+                errors.push(format!(
+                    "--policy-dir {}: only in local mode; on Kubernetes policy comes from the API server",
+                    dir.display()
+                ));
+            } else if !dir.is_dir() {
+                errors.push(format!(
+                    "--policy-dir {}: not a directory; create it (it may be empty) or fix the path",
+                    dir.display()
+                ));
+            }
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
             errors.push(format!("--log {:?}: {e}", self.log));
         }
@@ -200,6 +221,7 @@ impl ServeArgs {
             audit_echo,
             state_dir: self.state_dir.clone(),
             log: self.log.clone(),
+            policy_dir: self.policy_dir.clone(),
             settings: Settings {
                 trust_domain: self.trust_domain.clone(),
                 issuer_dir,

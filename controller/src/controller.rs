@@ -17,6 +17,7 @@ use weft_api::tls::{Credentials, MeshTls, TrustAnchors};
 
 use crate::audit::{AuditEvent, AuditLog};
 use crate::ca::{self, Ca, Issuer};
+use crate::discovery::service::{DiscoveryService, Subscribe};
 use crate::grpc::{self, IdentityService};
 use crate::metrics::Metrics;
 use crate::token::TokenVerifier;
@@ -38,6 +39,22 @@ pub struct Settings {
     pub grpc_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub audit_path: PathBuf,
+}
+
+/// What serves `weft.v1.Discovery`: the index the proxies subscribe to, and
+/// what the admin `/config` shows about the policy objects behind it.
+#[derive(Clone)]
+pub struct Discovery {
+    pub index: Arc<dyn Subscribe>,
+    /// The policy objects and their statuses, as JSON (the policy directory
+    /// in local mode).
+    pub report: Arc<dyn Fn() -> serde_json::Value + Send + Sync>,
+}
+
+impl std::fmt::Debug for Discovery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Discovery").finish_non_exhaustive()
+    }
 }
 
 /// Whether audit records are also written to stdout.
@@ -112,6 +129,17 @@ impl Controller {
         verifier: Arc<dyn TokenVerifier>,
         echo: AuditEcho,
     ) -> Result<Self, StartError> {
+        Self::start_with_discovery(settings, verifier, echo, None).await
+    }
+
+    /// [`Self::start_with`], also serving `weft.v1.Discovery` from
+    /// `discovery` (and showing its policy objects in the admin `/config`).
+    pub async fn start_with_discovery(
+        settings: Settings,
+        verifier: Arc<dyn TokenVerifier>,
+        echo: AuditEcho,
+        discovery: Option<Discovery>,
+    ) -> Result<Self, StartError> {
         let identity = weft_api::control::controller_identity(&settings.trust_domain)
             .map_err(|e| StartError::TrustDomain(settings.trust_domain.clone(), e))?;
         let issuer = if settings.generate_issuer {
@@ -150,11 +178,20 @@ impl Controller {
         let cancel = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let service = IdentityService::new(ca.clone(), verifier, audit.clone(), metrics.clone());
-        let server_tls = tls.server_config_without_client_auth(alpn::H2);
+        let discovery_service = discovery
+            .as_ref()
+            .map(|d| DiscoveryService::new(d.index.clone(), metrics.clone(), cancel.clone()));
+        let server_tls = tls.server_config_with_optional_client_auth(alpn::H2);
         let stop = cancel.clone();
         tasks.spawn(async move {
-            if let Err(e) =
-                grpc::serve(grpc_listener, server_tls, service, stop.cancelled_owned()).await
+            if let Err(e) = grpc::serve(
+                grpc_listener,
+                server_tls,
+                service,
+                discovery_service,
+                stop.cancelled_owned(),
+            )
+            .await
             {
                 tracing::error!(error = %e, "the gRPC server failed");
             }
@@ -187,6 +224,7 @@ impl Controller {
         let admin = crate::admin::Admin {
             metrics: metrics.clone(),
             tls: tls.clone(),
+            policy: discovery.map(|d| d.report),
         };
         tasks.spawn(async move {
             tokio::select! {

@@ -1,6 +1,8 @@
 //! The controller's gRPC endpoint: package `weft.v1` served by tonic over a
-//! tokio-rustls acceptor (TLS 1.3, the controller's own mesh certificate, no
-//! client certificate asked: a proxy calls `Certify` before it has one).
+//! tokio-rustls acceptor (TLS 1.3, the controller's own mesh certificate, a
+//! client certificate asked for but not required: a proxy calls `Certify`
+//! before it has one, and `Discovery.Watch` with it; see
+//! [`crate::discovery::service`]).
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -17,6 +19,7 @@ use tonic::{Request, Response, Status};
 use weft_api::Identity;
 use weft_api::certify::{CertifyRequest, Refusal};
 use weft_api::proto::weft_v1 as wire;
+use weft_api::proto::weft_v1::discovery_server::DiscoveryServer;
 use weft_api::proto::weft_v1::identity_server::IdentityServer;
 
 use crate::audit::{AuditEvent, AuditLog};
@@ -28,9 +31,12 @@ use crate::token::TokenVerifier;
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the gRPC services know about the connection a request came on.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ConnInfo {
     pub remote: SocketAddr,
+    /// The identity of the client certificate, when one was presented (the
+    /// TLS layer has checked its chain to the trust anchors).
+    pub identity: Option<Identity>,
 }
 
 /// `weft.v1.Identity`: proves the caller's identity from its token, signs its
@@ -146,6 +152,7 @@ pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     identity: IdentityService,
+    discovery: Option<crate::discovery::service::DiscoveryService>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<TlsConn>>(64);
@@ -153,6 +160,16 @@ pub async fn serve(
     // The workspace's one accept loop (it backs off on errors such as running
     // out of file descriptors); tonic owns the connections once handshaken.
     let stop_accepting = tokio_util::sync::CancellationToken::new();
+    // The listener closes when shutdown begins, even if this future is then
+    // dropped (the controller aborts connections that outlive the grace).
+    let shutdown = {
+        let stop = stop_accepting.clone();
+        async move {
+            shutdown.await;
+            stop.cancel();
+        }
+    };
+    let _stop_on_drop = stop_accepting.clone().drop_guard();
     let accept_loop = tokio::spawn(weft_api::accept::accept_loop(
         listener,
         "controller-grpc",
@@ -178,6 +195,7 @@ pub async fn serve(
     let incoming = tokio_stream::wrappers::ReceiverStream::new(rx);
     let result = tonic::transport::Server::builder()
         .add_service(IdentityServer::new(identity))
+        .add_optional_service(discovery.map(DiscoveryServer::new))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     stop_accepting.cancel();
@@ -198,8 +216,16 @@ impl Connected for TlsConn {
     type ConnectInfo = ConnInfo;
 
     fn connect_info(&self) -> ConnInfo {
+        let identity = self
+            .stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(|leaf| weft_api::tls::peer_identity(leaf).ok());
         ConnInfo {
             remote: self.remote,
+            identity,
         }
     }
 }

@@ -26,4 +26,4 @@ pub mod metrics;
 pub mod token;
 pub mod token_review;
 
-pub use controller::{AuditEcho, Controller, Settings, StartError};
+pub use controller::{AuditEcho, Controller, Discovery, Settings, StartError};

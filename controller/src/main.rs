@@ -24,18 +24,65 @@ async fn main() -> anyhow::Result<()> {
                 .init();
             // kube's HTTPS client picks the process-wide provider.
             let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-            let verifier: Arc<dyn TokenVerifier> = match config.mode {
-                Mode::Local => Arc::new(BootstrapTokens::new(&config.state_dir)),
+            let stop = tokio_util::sync::CancellationToken::new();
+            let settings = weft_controller::discovery::IndexSettings {
+                trust_domain: config.settings.trust_domain.clone(),
+                ..Default::default()
+            };
+            let (verifier, discovery): (Arc<dyn TokenVerifier>, _) = match config.mode {
+                Mode::Local => {
+                    let discovery = match &config.policy_dir {
+                        Some(dir) => Some(
+                            weft_controller::discovery::local::discovery(
+                                dir,
+                                settings,
+                                stop.clone(),
+                            )?
+                            .0,
+                        ),
+                        None => None,
+                    };
+                    (Arc::new(BootstrapTokens::new(&config.state_dir)), discovery)
+                }
                 Mode::Kubernetes => {
                     let client = kube::Client::try_default().await.context(
                         "could not configure the Kubernetes client (in-cluster config or KUBECONFIG)",
                     )?;
-                    Arc::new(TokenReviewer::new(client, &config.settings.trust_domain))
+                    // Services, EndpointSlices, Pods, routes and policies
+                    // from the API server feed the index.
+                    let index = weft_controller::discovery::kube::start(
+                        client.clone(),
+                        settings,
+                        stop.clone(),
+                    );
+                    let report = {
+                        let index = index.clone();
+                        Arc::new(move || {
+                            serde_json::json!({
+                                "source": "kubernetes",
+                                "statuses": weft_controller::discovery::local::statuses_json(&index),
+                            })
+                        })
+                    };
+                    let discovery = weft_controller::controller::Discovery {
+                        index: Arc::new(index),
+                        report,
+                    };
+                    (
+                        Arc::new(TokenReviewer::new(client, &config.settings.trust_domain)),
+                        Some(discovery),
+                    )
                 }
             };
-            let controller =
-                Controller::start_with(config.settings, verifier, config.audit_echo).await?;
+            let controller = Controller::start_with_discovery(
+                config.settings,
+                verifier,
+                config.audit_echo,
+                discovery,
+            )
+            .await?;
             shutdown_signal().await?;
+            stop.cancel();
             controller.shutdown().await;
             Ok(())
         }

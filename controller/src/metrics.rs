@@ -3,6 +3,8 @@
 //! - `weft_certificates_issued_total`
 //! - `weft_certificates_refused_total{reason}`, one series per refusal reason
 //! - `weft_issuer_expiry_timestamp_seconds`: the issuer's notAfter, Unix time
+//! - `weft_discovery_subscribers`: open `Discovery.Watch` streams
+//! - `weft_discovery_snapshots_sent_total`: snapshots sent on them
 
 use std::sync::atomic::AtomicI64;
 use std::time::SystemTime;
@@ -22,6 +24,8 @@ pub struct Metrics {
     issued: Counter,
     refused: Family<ReasonLabel, Counter>,
     issuer_expiry: Gauge<i64, AtomicI64>,
+    discovery_subscribers: Gauge<i64, AtomicI64>,
+    discovery_snapshots: Counter,
 }
 
 impl Default for Metrics {
@@ -51,6 +55,18 @@ impl Metrics {
             "The notAfter of the current issuer certificate, as a Unix timestamp",
             issuer_expiry.clone(),
         );
+        let discovery_subscribers = Gauge::<i64, AtomicI64>::default();
+        let discovery_snapshots = Counter::default();
+        registry.register(
+            "weft_discovery_subscribers",
+            "Open Discovery.Watch streams",
+            discovery_subscribers.clone(),
+        );
+        registry.register(
+            "weft_discovery_snapshots_sent",
+            "Destination snapshots sent on Discovery.Watch streams",
+            discovery_snapshots.clone(),
+        );
         for reason in RefusalReason::ALL {
             // Every reason is present from the start, at zero.
             let _ = refused.get_or_create(&[("reason", reason.as_str())]);
@@ -60,7 +76,23 @@ impl Metrics {
             issued,
             refused,
             issuer_expiry,
+            discovery_subscribers,
+            discovery_snapshots,
         }
+    }
+
+    /// A `Discovery.Watch` stream opened (`1`) or closed (`-1`).
+    pub fn discovery_subscribed(&self, delta: i64) {
+        self.discovery_subscribers.inc_by(delta);
+    }
+
+    /// The open `Discovery.Watch` streams.
+    pub fn discovery_subscribers(&self) -> i64 {
+        self.discovery_subscribers.get()
+    }
+
+    pub fn discovery_snapshot_sent(&self) {
+        self.discovery_snapshots.inc();
     }
 
     pub fn issued(&self) {

@@ -73,6 +73,11 @@ pub struct ProxyConfig {
     pub app: AppTarget,
     /// Upstream listeners, one per upstream service of the workload.
     pub upstreams: Vec<Upstream>,
+    /// Upstream listeners that name a service and get its endpoints and
+    /// policy from discovery (`listen=service:port` entries of `WEFT_PROXY_UPSTREAMS`).
+    pub service_upstreams: Vec<ServiceUpstream>,
+    /// Where discovery is (`None`: off; upstreams and destinations are static).
+    pub discovery: Option<crate::discovery::DiscoveryConfig>,
     /// The transparent outbound listener, where iptables sends the app's
     /// outgoing TCP (pods). `None` in local mode.
     pub transparent: Option<Transparent>,
@@ -101,6 +106,8 @@ impl ProxyConfig {
             admin_addr: SocketAddr::from(([0, 0, 0, 0], consts::PROXY_ADMIN_PORT)),
             app,
             upstreams: Vec::new(),
+            service_upstreams: Vec::new(),
+            discovery: None,
             transparent: None,
             detect_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(3),
@@ -126,6 +133,16 @@ pub enum AppTarget {
 pub struct Upstream {
     pub listen: SocketAddr,
     pub target: Target,
+}
+
+/// A local listener for one upstream service found through discovery.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceUpstream {
+    pub listen: SocketAddr,
+    /// What is asked of discovery (`checkout:80`).
+    pub service: weft_api::policy::Target,
+    /// Skip protocol detection and relay bytes as they are.
+    pub opaque: bool,
 }
 
 /// The transparent outbound listener and what it knows of destinations.
@@ -278,9 +295,21 @@ impl Config {
                 }
             }
         }
-        proxy.upstreams = p.upstreams(env::UPSTREAMS);
+        (proxy.upstreams, proxy.service_upstreams) = p.upstreams(env::UPSTREAMS);
         proxy.transparent = p.transparent(proxy.app == AppTarget::OriginalDst);
         let identity = p.identity_source();
+        proxy.discovery = p.discovery(identity.as_ref());
+        if proxy.discovery.is_none() && !proxy.service_upstreams.is_empty() {
+            p.error(
+                env::UPSTREAMS,
+                format!(
+                    "entries that name a service ({}) need discovery; set {} (and leave {} unset or true), or use the static form name,listen-addr,target-addr,identity",
+                    proxy.service_upstreams[0].service,
+                    env::CONTROLLER_ADDR,
+                    env::DISCOVERY
+                ),
+            );
+        }
         let trust_anchors = p.trust_anchors();
         let trust_anchors_reload = p
             .seconds(env::TRUST_ANCHORS_RELOAD)
@@ -541,23 +570,91 @@ impl Parser<'_> {
         Some(t)
     }
 
-    fn upstreams(&mut self, var: &'static str) -> Vec<Upstream> {
+    /// Static entries, and entries that name a service (`listen=service:port[,opaque]`).
+    fn upstreams(&mut self, var: &'static str) -> (Vec<Upstream>, Vec<ServiceUpstream>) {
         let Some(v) = self.get(var).map(str::to_owned) else {
-            return Vec::new();
+            return (Vec::new(), Vec::new());
         };
         let mut out: Vec<Upstream> = Vec::new();
+        let mut services: Vec<ServiceUpstream> = Vec::new();
         for entry in v.split_whitespace() {
-            match parse_upstream(entry) {
-                Ok(u) if out.iter().any(|o| o.listen == u.listen) => self.error(
-                    var,
-                    format!("entry {entry:?} listens on {} like an earlier entry; give each upstream its own port", u.listen),
-                ),
-                Ok(u) => out.push(u),
+            let parsed = if entry.contains('=') {
+                parse_service_upstream(entry).map(|s| (s.listen, Err(s)))
+            } else {
+                parse_upstream(entry).map(|u| (u.listen, Ok(u)))
+            };
+            match parsed {
+                Ok((listen, _))
+                    if out.iter().any(|o| o.listen == listen)
+                        || services.iter().any(|o| o.listen == listen) =>
+                {
+                    self.error(
+                        var,
+                        format!("entry {entry:?} listens on {listen} like an earlier entry; give each upstream its own port"),
+                    );
+                }
+                Ok((_, Ok(u))) => out.push(u),
+                Ok((_, Err(s))) => services.push(s),
                 Err(problem) => self.error(var, format!("entry {entry:?}: {problem}")),
             }
         }
-        out
+        (out, services)
     }
+
+    /// Discovery: on when the controller is known, unless `WEFT_PROXY_DISCOVERY=false`.
+    fn discovery(
+        &mut self,
+        identity: Option<&IdentitySource>,
+    ) -> Option<crate::discovery::DiscoveryConfig> {
+        let wanted = self.boolean(env::DISCOVERY);
+        match identity {
+            Some(IdentitySource::Controller(certify)) if wanted != Some(false) => {
+                Some(crate::discovery::DiscoveryConfig {
+                    controller_addr: certify.controller_addr.clone(),
+                    controller_identity: certify.controller_identity.clone(),
+                    identity: certify.identity.clone(),
+                })
+            }
+            Some(IdentitySource::Files { .. }) if wanted == Some(true) => {
+                self.error(
+                    env::DISCOVERY,
+                    format!(
+                        "discovery needs the controller; set {} (the proxy then gets its certificate from it too)",
+                        env::CONTROLLER_ADDR
+                    ),
+                );
+                None
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Parses `listen-addr=service:port[,opaque]`.
+fn parse_service_upstream(entry: &str) -> Result<ServiceUpstream, String> {
+    const FORMAT: &str =
+        "expected listen-addr=service:port[,opaque], e.g. 127.0.0.1:4140=checkout:80";
+    let (listen, rest) = entry.split_once('=').ok_or_else(|| FORMAT.to_owned())?;
+    let (service, opaque) = match rest.split_once(',') {
+        None => (rest, false),
+        Some((service, "opaque")) => (service, true),
+        Some((_, other)) => {
+            return Err(format!(
+                "unknown option {other:?}; the only option is \"opaque\""
+            ));
+        }
+    };
+    let listen: SocketAddr = listen
+        .parse()
+        .map_err(|_| format!("listen address {listen:?} is not ip:port; {FORMAT}"))?;
+    let service = service
+        .parse::<weft_api::policy::Target>()
+        .map_err(|e| format!("{e}; {FORMAT}"))?;
+    Ok(ServiceUpstream {
+        listen,
+        service,
+        opaque,
+    })
 }
 
 /// Parses `name,listen-addr,target-addr[+target-addr...],identity[,opaque]`.
@@ -674,6 +771,34 @@ mod tests {
             text.contains("WEFT_PROXY_SHUTDOWN_ENDPOINT: \"no\" is not \"true\" or \"false\""),
             "{text}"
         );
+    }
+
+    #[test]
+    fn upstreams_may_name_a_service_when_discovery_is_on() {
+        let token = "/var/run/token";
+        let mut env = vars(&[
+            (env::TRUST_ANCHORS_FILE, "/etc/weft/anchors.pem"),
+            (env::CONTROLLER_ADDR, "127.0.0.1:8090"),
+            (env::IDENTITY, "spiffe://cluster.local/ns/default/sa/web"),
+            (env::IDENTITY_TOKEN_FILE, token),
+            (env::APP_ADDR, "127.0.0.1:8080"),
+            (
+                env::UPSTREAMS,
+                "127.0.0.1:4140=checkout:80 127.0.0.1:4141=cache:6379,opaque",
+            ),
+        ]);
+        let config = Config::from_env(&env).expect("valid");
+        assert_eq!(config.proxy.service_upstreams.len(), 2);
+        assert_eq!(
+            config.proxy.service_upstreams[0].service.to_string(),
+            "checkout:80"
+        );
+        assert!(config.proxy.service_upstreams[1].opaque);
+        let discovery = config.proxy.discovery.expect("on with a controller");
+        assert_eq!(discovery.identity.service_account(), "web");
+        env.insert(env::DISCOVERY.into(), "false".into());
+        let errors = Config::from_env(&env).expect_err("a service entry without discovery");
+        assert!(errors.to_string().contains("need discovery"), "{errors}");
     }
 
     #[test]

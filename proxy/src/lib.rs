@@ -29,6 +29,7 @@ pub mod admin;
 pub mod config;
 pub mod destinations;
 pub mod detect;
+pub mod discovery;
 pub mod http;
 pub mod identity;
 pub mod inbound;

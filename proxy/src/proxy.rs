@@ -22,6 +22,8 @@ use crate::outbound::{self, Outbound};
 /// Why a proxy could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error("discovery cannot be set up: {0}")]
+    Discovery(#[source] weft_api::control::ControlError),
     #[error(
         "cannot listen on {addr} for the {what}: {source}; is another proxy running? choose another address with {var}"
     )]
@@ -100,6 +102,20 @@ pub async fn start_with(
         let bound = local_addr(&listener, upstream.listen);
         upstream_listeners.push((upstream.target.clone(), bound, listener));
     }
+    let mut service_listeners = Vec::with_capacity(config.service_upstreams.len());
+    for upstream in &config.service_upstreams {
+        let what = format!("upstream {}", upstream.service);
+        let listener = bind(upstream.listen, &what, env::UPSTREAMS).await?;
+        let bound = local_addr(&listener, upstream.listen);
+        service_listeners.push((upstream.clone(), bound, listener));
+    }
+    let discovery = match &config.discovery {
+        Some(d) => Some(
+            crate::discovery::Discovery::new(d, tls.clone(), shutdown.clone())
+                .map_err(StartError::Discovery)?,
+        ),
+        None => None,
+    };
 
     let mut transparent_listeners = Vec::new();
     if let Some(transparent) = &config.transparent {
@@ -169,12 +185,31 @@ pub async fn start_with(
         ));
     }
 
+    // Upstreams naming a service: their targets come from discovery.
+    if let Some(discovery) = &discovery {
+        for (upstream, listen, listener) in service_listeners {
+            let name = upstream.service.to_string();
+            upstream_addrs.push((name.clone(), listen));
+            let states = discovery.subscribe(&upstream.service);
+            let target = Arc::new(outbound::Upstream::new(name, upstream.opaque, states));
+            upstream_targets.push((listen, target.clone()));
+            tracker.spawn(outbound::serve_upstream(
+                outbound.clone(),
+                listener,
+                target,
+                shutdown.clone(),
+                tracker.clone(),
+            ));
+        }
+    }
+
     if let Some(transparent) = config.transparent.clone() {
         let transparent = Arc::new(transparent);
         for listener in transparent_listeners {
             tracker.spawn(outbound::transparent::serve(
                 outbound.clone(),
                 transparent.clone(),
+                discovery.clone(),
                 own_ports.clone(),
                 listener,
                 shutdown.clone(),

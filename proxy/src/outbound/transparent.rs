@@ -1,8 +1,12 @@
 //! The transparent outbound listener: iptables (`weft-init`) redirects the
 //! app's outgoing TCP here. The original destination is read from the socket
-//! ([`crate::sockopt`]); a meshed destination (in the static map, until
-//! discovery) is served like an upstream, over mesh mTLS to that address,
-//! with protocol detection unless its port is opaque; any other destination is
+//! ([`crate::sockopt`]). A destination in the static map
+//! (`WEFT_PROXY_DESTINATIONS`, an explicit override) is served like an
+//! upstream, over mesh mTLS to that address; otherwise discovery is asked
+//! about the `ip:port` ([`crate::discovery::Discovery::lookup`]): a mesh
+//! target (a Service's cluster IP, a pod) is served with the target's current
+//! snapshot, with protocol detection unless its port is opaque; a destination
+//! the controller does not know (`NotFound`, cached for a few seconds) is
 //! passed through in plain TCP, untouched. A connection whose destination is
 //! the proxy itself (a loop) is refused.
 
@@ -15,6 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use super::Outbound;
 use crate::config::{Target, Transparent};
+use crate::discovery::{Discovery, Lookup};
 use crate::metrics::{Direction, TcpLabels};
 use crate::sockopt::original_dst;
 use crate::transport::connect_tcp;
@@ -24,25 +29,41 @@ use crate::transport::connect_tcp;
 pub async fn serve(
     outbound: Arc<Outbound>,
     config: Arc<Transparent>,
+    discovery: Option<Discovery>,
     own_ports: Arc<[u16]>,
     listener: TcpListener,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
     let stop = shutdown.clone();
+    let cache: Arc<Discovered> = Arc::default();
     weft_api::accept::accept_loop(
         listener,
         "transparent outbound",
         shutdown,
         tracker,
         move |tcp, client| {
-            let (outbound, config, own_ports, stop) = (
+            let (outbound, config, discovery, cache, own_ports, stop) = (
                 outbound.clone(),
                 config.clone(),
+                discovery.clone(),
+                cache.clone(),
                 own_ports.clone(),
                 stop.clone(),
             );
-            async move { handle(outbound, &config, &own_ports, tcp, client, stop).await }
+            async move {
+                handle(
+                    outbound,
+                    &config,
+                    discovery.as_ref(),
+                    &cache,
+                    &own_ports,
+                    tcp,
+                    client,
+                    stop,
+                )
+                .await;
+            }
         },
     )
     .await;
@@ -75,9 +96,51 @@ fn route(config: &Transparent, own_ports: &[u16], orig: SocketAddr, local: Socke
     }
 }
 
+/// The discovered destinations' upstreams, one per original destination, so
+/// that their endpoints' latency and breaker state outlive a connection.
+type Discovered = std::sync::Mutex<std::collections::HashMap<SocketAddr, Arc<super::Upstream>>>;
+
+/// What discovery says about a destination the static map does not name:
+/// its upstream, or `None` to pass it through.
+async fn discovered(
+    discovery: &Discovery,
+    cache: &Discovered,
+    config: &Transparent,
+    orig: SocketAddr,
+) -> Option<Arc<super::Upstream>> {
+    match discovery
+        .lookup(&weft_api::policy::Target::Addr(orig))
+        .await
+    {
+        Lookup::Mesh(states) => {
+            let meshed = states
+                .borrow()
+                .backends
+                .iter()
+                .flat_map(|b| &b.endpoints)
+                .any(|e| e.identity.is_some());
+            if !meshed {
+                // Known, but no meshed endpoint: reach it as before.
+                return None;
+            }
+            let opaque = config.opaque_ports.contains(&orig.port());
+            // A poisoned lock only means another connection panicked while
+            // inserting; the map is still a valid cache.
+            let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+            let upstream = cache.entry(orig).or_insert_with(|| {
+                Arc::new(super::Upstream::new(orig.to_string(), opaque, states))
+            });
+            Some(upstream.clone())
+        }
+        Lookup::PassThrough => None,
+    }
+}
+
 async fn handle(
     outbound: Arc<Outbound>,
     config: &Transparent,
+    discovery: Option<&Discovery>,
+    cache: &Discovered,
     own_ports: &[u16],
     tcp: TcpStream,
     client: SocketAddr,
@@ -92,7 +155,15 @@ async fn handle(
         }
     };
     let local = tcp.local_addr().unwrap_or(orig);
-    match route(config, own_ports, orig, local) {
+    let route = route(config, own_ports, orig, local);
+    if let (Route::PassThrough(orig), Some(discovery)) = (&route, discovery)
+        && let Some(upstream) = discovered(discovery, cache, config, *orig).await
+    {
+        tracing::debug!(%client, %orig, "destination found by discovery");
+        super::handle_connection(outbound, upstream, tcp, client, shutdown).await;
+        return;
+    }
+    match route {
         Route::Mesh(target) => {
             tracing::debug!(%client, %orig, identity = ?target.backends.first().and_then(|b| b.endpoints.first()).map(|e| &e.identity), "meshed destination");
             let upstream =

@@ -1,0 +1,172 @@
+//! `weft.v1.Discovery`: streams a target's snapshots to a proxy.
+//!
+//! The caller must present a mesh client certificate, and the
+//! `caller_identity` it sends must be that certificate's identity (a proxy
+//! asks as itself; the identity decides which namespace a short service name
+//! is resolved in). A target the mesh does not know (an `ip:port` that is no
+//! Service and no pod) is answered `NotFound`: the proxy passes that
+//! destination through untouched. Otherwise the stream sends the current
+//! snapshot at once, then every new one, until the caller goes away.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+use weft_api::Identity;
+use weft_api::policy::{DestinationState, DiscoveryRequest, Target};
+use weft_api::proto::weft_v1 as pb;
+
+use crate::grpc::ConnInfo;
+use crate::metrics::Metrics;
+
+/// Where the service gets a target's snapshots: the controller's index.
+pub trait Subscribe: Send + Sync + 'static {
+    /// The target's snapshots, as seen by `caller`; `None`: the target is not
+    /// in the mesh.
+    fn subscribe(
+        &self,
+        target: &Target,
+        caller: &Identity,
+    ) -> Option<watch::Receiver<Arc<DestinationState>>>;
+}
+
+impl Subscribe for super::SharedIndex {
+    fn subscribe(
+        &self,
+        target: &Target,
+        caller: &Identity,
+    ) -> Option<watch::Receiver<Arc<DestinationState>>> {
+        super::SharedIndex::subscribe(self, target, caller).ok()
+    }
+}
+
+/// The `weft.v1.Discovery` service.
+pub struct DiscoveryService {
+    index: Arc<dyn Subscribe>,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+}
+
+impl DiscoveryService {
+    /// Streams end when `stop` is cancelled (the controller shuts down).
+    pub fn new(index: Arc<dyn Subscribe>, metrics: Arc<Metrics>, stop: CancellationToken) -> Self {
+        Self {
+            index,
+            metrics,
+            stop,
+        }
+    }
+
+    /// Checks the caller and the request; the receiver of the target's snapshots.
+    fn open(
+        &self,
+        presented: Option<&Identity>,
+        request: pb::DiscoveryRequest,
+    ) -> Result<(DiscoveryRequest, watch::Receiver<Arc<DestinationState>>), Status> {
+        let Some(presented) = presented else {
+            return Err(Status::unauthenticated(
+                "Discovery.Watch needs a mesh client certificate; get one from Identity.Certify \
+                 first and connect with it",
+            ));
+        };
+        let request = DiscoveryRequest::try_from(request)
+            .map_err(|e| Status::invalid_argument(format!("invalid DiscoveryRequest: {e}")))?;
+        if &request.caller != presented {
+            return Err(Status::permission_denied(format!(
+                "caller_identity {} is not the identity of the client certificate ({presented}); \
+                 ask as the identity you present",
+                request.caller
+            )));
+        }
+        let receiver = self
+            .index
+            .subscribe(&request.target, &request.caller)
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "{} is not in the mesh (no Service and no pod has that address); pass it \
+                     through",
+                    request.target
+                ))
+            })?;
+        Ok((request, receiver))
+    }
+}
+
+/// The stream of one `Watch` call.
+pub type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::DestinationState, Status>> + Send>>;
+
+/// Counts a stream in the subscribers gauge while it lives.
+struct Subscribed(Arc<Metrics>);
+
+impl Subscribed {
+    fn new(metrics: Arc<Metrics>) -> Self {
+        metrics.discovery_subscribed(1);
+        Self(metrics)
+    }
+}
+
+impl Drop for Subscribed {
+    fn drop(&mut self) {
+        self.0.discovery_subscribed(-1);
+    }
+}
+
+/// The current snapshot at once, then each new one; ends when the index drops
+/// the target.
+fn snapshots(
+    receiver: watch::Receiver<Arc<DestinationState>>,
+    subscribed: Subscribed,
+    stop: CancellationToken,
+) -> WatchStream {
+    Box::pin(futures::stream::unfold(
+        (receiver, true, subscribed),
+        move |(mut receiver, first, subscribed)| {
+            let stop = stop.clone();
+            async move {
+                if !first {
+                    tokio::select! {
+                        changed = receiver.changed() => changed.ok()?,
+                        () = stop.cancelled() => return None,
+                    }
+                }
+                let snapshot = receiver.borrow_and_update().clone();
+                subscribed.0.discovery_snapshot_sent();
+                Some((
+                    Ok(pb::DestinationState::from(&*snapshot)),
+                    (receiver, false, subscribed),
+                ))
+            }
+        },
+    ))
+}
+
+#[tonic::async_trait]
+impl pb::discovery_server::Discovery for DiscoveryService {
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<pb::DiscoveryRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let conn = request.extensions().get::<ConnInfo>().cloned();
+        let presented = conn.as_ref().and_then(|c| c.identity.clone());
+        let remote = conn.map(|c| c.remote);
+        match self.open(presented.as_ref(), request.into_inner()) {
+            Ok((request, receiver)) => {
+                tracing::debug!(peer = ?remote, caller = %request.caller, target = %request.target, "discovery stream opened");
+                Ok(Response::new(snapshots(
+                    receiver,
+                    Subscribed::new(self.metrics.clone()),
+                    self.stop.clone(),
+                )))
+            }
+            Err(status) => {
+                tracing::debug!(peer = ?remote, code = ?status.code(), message = status.message(), "discovery request refused");
+                Err(status)
+            }
+        }
+    }
+}
