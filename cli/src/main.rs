@@ -15,6 +15,7 @@
 #![allow(unreachable_pub)]
 
 mod audit;
+mod canary;
 mod check;
 mod demo;
 mod inject;
@@ -44,6 +45,9 @@ enum Command {
     Install(Box<install::InstallArgs>),
     /// Checks that the cluster can run the mesh (`--pre`) and that it is healthy.
     Check(check::CheckArgs),
+    /// Shifts a service's traffic between its backends (its HTTPRoute's
+    /// weights), shows each backend's health, promotes or rolls back.
+    Canary(canary::CanaryArgs),
     /// Audit what the mesh did.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
@@ -83,6 +87,20 @@ fn main() -> ExitCode {
             }
         },
         Command::Check(args) => check::run(&args),
+        Command::Canary(args) => {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| rt.block_on(canary::run(args)));
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("weft canary: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::WriteDeploy { dir } => match install::write_deploy(&dir) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

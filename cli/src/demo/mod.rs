@@ -6,8 +6,8 @@ mod loadgen;
 mod lock;
 pub mod procs;
 mod run;
-mod scrape;
-mod stats;
+pub(crate) mod scrape;
+pub(crate) mod stats;
 mod topology;
 mod view;
 
