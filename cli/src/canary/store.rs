@@ -7,6 +7,7 @@ use anyhow::{Context, bail};
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use weft_api::crd::{HttpRoute, from_value_strict};
+use weft_controller::discovery::local::Workloads;
 
 use super::weights;
 
@@ -34,18 +35,19 @@ impl Store {
                 for doc in &docs {
                     match doc.kind() {
                         "Workloads" => {
-                            let services = doc.value.get("services").and_then(|s| s.as_sequence());
-                            for s in services.into_iter().flatten() {
-                                let ns = s
-                                    .get("namespace")
-                                    .and_then(|n| n.as_str())
-                                    .unwrap_or("default");
-                                if ns == namespace
-                                    && let Some(name) = s.get("name").and_then(|n| n.as_str())
-                                {
-                                    known.push(name.to_owned());
-                                }
-                            }
+                            let json = serde_json::to_value(&doc.value)
+                                .context("not JSON-compatible YAML")?;
+                            let workloads: Workloads =
+                                serde_json::from_value(json).with_context(|| {
+                                    format!("{} is not a Workloads document", doc.origin())
+                                })?;
+                            known.extend(
+                                workloads
+                                    .services
+                                    .into_iter()
+                                    .filter(|s| s.namespace == namespace)
+                                    .map(|s| s.name),
+                            );
                         }
                         "HTTPRoute" => {
                             let r = doc.route().with_context(|| doc.origin())?;

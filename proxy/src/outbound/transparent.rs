@@ -55,8 +55,7 @@ pub async fn serve(
                 handle(
                     outbound,
                     &config,
-                    discovery.as_ref(),
-                    &cache,
+                    discovery.as_ref().map(|d| (d, &*cache)),
                     &own_ports,
                     tcp,
                     client,
@@ -139,8 +138,7 @@ async fn discovered(
 async fn handle(
     outbound: Arc<Outbound>,
     config: &Transparent,
-    discovery: Option<&Discovery>,
-    cache: &Discovered,
+    discovery: Option<(&Discovery, &Discovered)>,
     own_ports: &[u16],
     tcp: TcpStream,
     client: SocketAddr,
@@ -156,7 +154,7 @@ async fn handle(
     };
     let local = tcp.local_addr().unwrap_or(orig);
     let route = route(config, own_ports, orig, local);
-    if let (Route::PassThrough(orig), Some(discovery)) = (&route, discovery)
+    if let (Route::PassThrough(orig), Some((discovery, cache))) = (&route, discovery)
         && let Some(upstream) = discovered(discovery, cache, config, *orig).await
     {
         tracing::debug!(%client, %orig, "destination found by discovery");
