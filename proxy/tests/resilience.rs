@@ -343,17 +343,35 @@ async fn a_failing_endpoint_is_ejected_and_admitted_again_when_it_recovers() {
         max_ejection_time: Duration::from_secs(4),
         max_ejected_percent: 50,
     });
+    // A short decay: an endpoint not measured yet (at the 30 ms default RTT,
+    // beside measured sub-millisecond ones) is tried within a fraction of a
+    // second instead of the default 10 s decay's ~45 s, so the breaker sees
+    // its failures quickly.
+    s.load_balancer = LoadBalancer::PeakEwma {
+        decay: Duration::from_millis(100),
+        default_rtt: LoadBalancer::DEFAULT_RTT,
+    };
     let (client, entry, _tx) = mesh.client(s).await;
     let gauge = format!(
         "weft_proxy_endpoint_ejected{{target=\"checkout\",backend=\"checkout\",endpoint=\"{bad_addr}\"}}"
     );
     // Failures until the breaker trips.
     let mut conn = Conn::open(entry).await;
-    wait_for("the ejection", Duration::from_secs(10), async || {
-        conn.get().await;
-        weft_tests::mesh::sample(&metrics(&client).await, &gauge) == Some(1.0)
+    let mut last = String::new();
+    let ejected = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            conn.get().await;
+            last = metrics(&client).await;
+            if weft_tests::mesh::sample(&last, &gauge) == Some(1.0) {
+                break;
+            }
+        }
     })
     .await;
+    assert!(
+        ejected.is_ok(),
+        "timed out waiting for the ejection:\n{last}"
+    );
     let (_, ok) = load(entry, 2_000, 4).await;
     assert!(
         ok as f64 / 2_000.0 >= 0.999,

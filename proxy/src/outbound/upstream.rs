@@ -330,16 +330,27 @@ impl EndpointRuntime {
 
     /// The load-weighted latency power-of-two-choices compares.
     pub(crate) fn cost(&self, lb: &LoadBalancer) -> f64 {
-        let default_rtt = match lb {
-            LoadBalancer::PeakEwma { default_rtt, .. } => *default_rtt,
-            LoadBalancer::RoundRobin => LoadBalancer::DEFAULT_RTT,
+        let (default_rtt, decay) = match lb {
+            LoadBalancer::PeakEwma { default_rtt, decay } => (*default_rtt, *decay),
+            LoadBalancer::RoundRobin => (LoadBalancer::DEFAULT_RTT, LoadBalancer::DEFAULT_DECAY),
         };
-        let ewma = lock(&self.health).ewma_ns;
+        let (ewma, stamp) = {
+            let h = lock(&self.health);
+            (h.ewma_ns, h.stamp)
+        };
+        // The estimate decays while the endpoint is not measured (as tower's
+        // peak EWMA does): otherwise an endpoint never measured (at the
+        // default RTT) or measured once slowly would be avoided by
+        // power-of-two-choices for good, and never measured again.
+        // A new endpoint starts at the default RTT, decaying the same way, so
+        // it is tried before long even beside fast, measured ones.
         let ewma = if ewma > 0.0 {
             ewma
         } else {
             default_rtt.as_nanos() as f64
         };
+        let idle = stamp.elapsed().as_secs_f64();
+        let ewma = ewma * (-idle / decay.as_secs_f64().max(1e-3)).exp();
         ewma * f64::from(self.pending.load(Ordering::Relaxed) + 1)
     }
 
