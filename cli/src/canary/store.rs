@@ -7,7 +7,7 @@ use anyhow::{Context, bail};
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use weft_api::crd::{HttpRoute, from_value_strict};
-use weft_controller::discovery::local::Workloads;
+use weft_controller::discovery::local::{Workloads, read_dir as read_files, split_documents};
 
 use super::weights;
 
@@ -148,7 +148,7 @@ impl Store {
 struct Doc {
     file: PathBuf,
     index: usize,
-    value: serde_yaml::Value,
+    value: serde_json::Value,
 }
 
 impl Doc {
@@ -164,39 +164,32 @@ impl Doc {
     }
 
     fn route(&self) -> anyhow::Result<HttpRoute> {
-        let json = serde_json::to_value(&self.value).context("not JSON-compatible YAML")?;
-        Ok(from_value_strict::<HttpRoute>(json)?)
+        Ok(from_value_strict::<HttpRoute>(self.value.clone())?)
     }
 }
 
-fn yaml_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("cannot read the policy directory {}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
-        .collect();
-    files.sort();
-    Ok(files)
-}
-
-fn read_file(file: &Path) -> anyhow::Result<Vec<serde_yaml::Value>> {
-    let text =
-        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let mut docs = Vec::new();
-    for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
-        let value = serde::Deserialize::deserialize(doc)
-            .with_context(|| format!("{} (document {}) is not YAML", file.display(), i + 1))?;
-        if !matches!(value, serde_yaml::Value::Null) {
-            docs.push(value);
-        }
-    }
-    Ok(docs)
+/// The documents of every YAML file of `dir`, read as the local controller
+/// reads them; empty documents are left out.
+fn read_documents(dir: &Path) -> anyhow::Result<Vec<(PathBuf, Vec<serde_json::Value>)>> {
+    let files = read_files(dir)
+        .with_context(|| format!("cannot read the policy directory {}", dir.display()))?;
+    files
+        .into_iter()
+        .map(|(file, bytes)| {
+            let docs = split_documents(&bytes).map_err(|(doc, problem)| {
+                let at = doc.map_or_else(String::new, |i| format!(" (document {})", i + 1));
+                anyhow::anyhow!("{}{at}: {problem}", file.display())
+            })?;
+            let docs = docs.into_iter().filter(|d| !d.is_null()).collect();
+            Ok((file, docs))
+        })
+        .collect()
 }
 
 fn read_dir(dir: &Path) -> anyhow::Result<Vec<Doc>> {
     let mut out = Vec::new();
-    for file in yaml_files(dir)? {
-        for (index, value) in read_file(&file)?.into_iter().enumerate() {
+    for (file, docs) in read_documents(dir)? {
+        for (index, value) in docs.into_iter().enumerate() {
             out.push(Doc {
                 file: file.clone(),
                 index,
@@ -216,8 +209,8 @@ fn save_local(
     name: &str,
     namespace: &str,
 ) -> anyhow::Result<String> {
-    let value = serde_yaml::to_value(route).context("cannot encode the HTTPRoute")?;
-    let is_this = |doc: &serde_yaml::Value| {
+    let value = serde_json::to_value(route).context("cannot encode the HTTPRoute")?;
+    let is_this = |doc: &serde_json::Value| {
         doc.get("kind").and_then(|k| k.as_str()) == Some("HTTPRoute")
             && doc
                 .get("metadata")
@@ -232,8 +225,7 @@ fn save_local(
                 == namespace
     };
     let mut target = None;
-    for file in yaml_files(dir)? {
-        let mut docs = read_file(&file)?;
+    for (file, mut docs) in read_documents(dir)? {
         if let Some(doc) = docs.iter_mut().find(|d| is_this(d)) {
             *doc = value.clone();
             target = Some((file, docs));

@@ -623,8 +623,9 @@ pub fn discovery(
     ))
 }
 
-/// The `*.yaml` and `*.yml` files of `dir` with their contents, by name.
-fn read_dir(dir: &Path) -> std::io::Result<Vec<(PathBuf, Vec<u8>)>> {
+/// The `*.yaml` and `*.yml` files of `dir` with their contents, by name
+/// (also how `weft canary` reads the directory it edits).
+pub fn read_dir(dir: &Path) -> std::io::Result<Vec<(PathBuf, Vec<u8>)>> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
@@ -645,7 +646,7 @@ fn read_dir(dir: &Path) -> std::io::Result<Vec<(PathBuf, Vec<u8>)>> {
 
 /// The documents of one file, as JSON values; on a YAML syntax error, the
 /// index of the document at fault and the problem.
-fn split_documents(bytes: &[u8]) -> Result<Vec<Value>, (Option<usize>, String)> {
+pub fn split_documents(bytes: &[u8]) -> Result<Vec<Value>, (Option<usize>, String)> {
     let text = std::str::from_utf8(bytes).map_err(|e| (None, format!("not UTF-8: {e}")))?;
     let mut out = Vec::new();
     for (i, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
