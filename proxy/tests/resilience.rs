@@ -397,6 +397,68 @@ async fn a_failing_endpoint_is_ejected_and_admitted_again_when_it_recovers() {
     );
 }
 
+/// With retries on (the retrying path), an endpoint still failing when its
+/// ejection ends gets one probe, which ejects it again for twice as long: it
+/// does not take every request once the first ejection is over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_probe_ejects_again_on_the_retrying_path() {
+    let mut mesh = Mesh::new();
+    let apps = [App::new("a"), App::new("b"), App::new("bad")];
+    apps[2].failing.store(true, Ordering::Relaxed);
+    let mut endpoints = Vec::new();
+    for app in &apps {
+        endpoints.push(mesh.endpoint(app).await);
+    }
+    let bad_addr = endpoints[2].addr;
+    let mut s = state(
+        vec![backend("checkout", 1, endpoints)],
+        vec![retry_route(2, &[503])],
+    );
+    s.circuit_breaker = Some(CircuitBreaker {
+        consecutive_failures: 3,
+        base_ejection_time: Duration::from_millis(300),
+        max_ejection_time: Duration::from_secs(10),
+        max_ejected_percent: 50,
+    });
+    s.load_balancer = LoadBalancer::PeakEwma {
+        decay: Duration::from_millis(100),
+        default_rtt: LoadBalancer::DEFAULT_RTT,
+    };
+    let (client, entry, _tx) = mesh.client(s).await;
+    let gauge = format!(
+        "weft_proxy_endpoint_ejected{{target=\"checkout\",backend=\"checkout\",endpoint=\"{bad_addr}\"}}"
+    );
+    let mut conn = Conn::open(entry).await;
+    wait_for("the first ejection", Duration::from_secs(10), async || {
+        conn.get().await;
+        weft_tests::mesh::sample(&metrics(&client).await, &gauge) == Some(1.0)
+    })
+    .await;
+    // The first ejection (300 ms) ends, the probe fails, the second (600 ms)
+    // starts, and its probe fails too: two probes, not hundreds of requests.
+    let before = apps[2].hits.load(Ordering::Relaxed);
+    wait_for(
+        "two more ejections after failed probes",
+        Duration::from_secs(10),
+        async || {
+            let (_, ok) = load(entry, 50, 2).await;
+            assert_eq!(ok, 50, "every request succeeds through retries");
+            total(&metrics(&client).await, "weft_proxy_ejections_total", "") >= 3.0
+        },
+    )
+    .await;
+    let probes = apps[2].hits.load(Ordering::Relaxed) - before;
+    assert!(
+        probes <= 4,
+        "the ejected endpoint took {probes} requests between ejections; each ejection's end should let one probe through"
+    );
+    assert_eq!(
+        weft_tests::mesh::sample(&metrics(&client).await, &gauge),
+        Some(1.0),
+        "still ejected"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_503s_are_retried_and_retries_stay_within_the_budget() {
     let mut mesh = Mesh::new();

@@ -179,7 +179,6 @@ async fn tries(
             None => Ok(attempt.await),
         };
         let rtt = sent.elapsed();
-        drop(flight);
         let sent_body = first.is_none();
         let (reason, done): (Option<&'static str>, Done) = match result {
             Ok(Ok(rsp)) => {
@@ -247,6 +246,9 @@ async fn tries(
                 )
             }
         };
+        // After the outcome is recorded: a probe's failure must be seen as
+        // the probe's (the guard's drop ends the probe).
+        drop(flight);
         let (Some(reason), Some(policy)) = (reason, policy) else {
             return done;
         };

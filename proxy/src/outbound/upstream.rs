@@ -408,7 +408,11 @@ impl EndpointRuntime {
             }
             Outcome::Failure => {
                 h.failures = h.failures.saturating_add(1);
-                let probe_failed = h.ejected_until.is_some() && h.probing;
+                // A failure once the ejection is over is the probe's, even
+                // when the probe's guard was dropped first.
+                let probe_failed = h
+                    .ejected_until
+                    .is_some_and(|until| h.probing || now >= until);
                 if probe_failed {
                     h.probing = false;
                     eject(&mut h, now, breaker, ctx, self.endpoint.addr);
