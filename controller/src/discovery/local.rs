@@ -690,13 +690,9 @@ fn key_of(value: &Value, origin: &Origin) -> Option<Key> {
 }
 
 /// Parses one document by its kind; the field at fault and the problem. A
-/// document without `metadata.namespace` is in `default`.
+/// policy document without `metadata.namespace` is in `default` (a Workloads
+/// document has none: each of its services names its own).
 fn parse(mut value: Value) -> Result<Document, (String, String)> {
-    if let Some(metadata) = value.get_mut("metadata").and_then(Value::as_object_mut) {
-        metadata
-            .entry("namespace")
-            .or_insert_with(|| Value::String(default_namespace()));
-    }
     let kind = value
         .get("kind")
         .and_then(Value::as_str)
@@ -708,6 +704,13 @@ fn parse(mut value: Value) -> Result<Document, (String, String)> {
             )
         })?
         .to_owned();
+    if kind != "Workloads"
+        && let Some(metadata) = value.get_mut("metadata").and_then(Value::as_object_mut)
+    {
+        metadata
+            .entry("namespace")
+            .or_insert_with(|| Value::String(default_namespace()));
+    }
     if kind != "Workloads"
         && value
             .get("metadata")
@@ -787,7 +790,7 @@ mod tests {
     fn workloads_become_services_slices_and_pods() {
         let value: Value = serde_json::to_value(
             serde_yaml::from_str::<serde_yaml::Value>(
-                "apiVersion: local.weft.io/v1alpha1\nkind: Workloads\nservices:\n  - name: checkout-v1\n    ports: [80]\n    endpoints:\n      - address: 127.0.0.1:9001\n        serviceAccount: checkout\n        labels: {version: v1}\n",
+                "apiVersion: local.weft.io/v1alpha1\nkind: Workloads\nmetadata:\n  name: shop\nservices:\n  - name: checkout-v1\n    ports: [80]\n    endpoints:\n      - address: 127.0.0.1:9001\n        serviceAccount: checkout\n        labels: {version: v1}\n",
             )
             .unwrap(),
         )
