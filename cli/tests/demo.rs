@@ -37,17 +37,40 @@ fn temp_state(name: &str) -> std::path::PathBuf {
     dir
 }
 
-fn lines(stdout: &[u8]) -> Vec<Value> {
-    String::from_utf8_lossy(stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect()
+/// Sums each backend's requests per second over `ticks`: (checkout-v1, checkout-v2).
+fn checkout_split(ticks: &[&Value]) -> (f64, f64) {
+    let mut v1 = 0.0;
+    let mut v2 = 0.0;
+    for t in ticks {
+        for b in t["tick"]["backends"].as_array().unwrap() {
+            let rps = b["rps"].as_f64().unwrap();
+            match b["backend"].as_str().unwrap() {
+                "checkout-v1" => v1 += rps,
+                "checkout-v2" => v2 += rps,
+                _ => {}
+            }
+        }
+    }
+    (v1, v2)
 }
 
+fn weight(tick: &Value, backend: &str) -> Option<f64> {
+    tick["tick"]["backends"]
+        .as_array()?
+        .iter()
+        .find(|b| b["backend"] == backend)?["weight_percent"]
+        .as_f64()
+}
+
+/// The whole demo as a user sees it: every edge mTLS, certificates renewed,
+/// checkout split 90/10 until `weft canary set` from "a second terminal"
+/// (which finds the running demo by itself) moves it to 50/50, inventory's
+/// flaky replica ejected while retries keep every request successful, and
+/// nothing left running.
 #[test]
 fn demo_runs_a_meshed_app_with_mtls_everywhere_renews_and_leaves_nothing() {
-    let state = temp_state("run");
-    let child = Command::new(WEFT)
+    let xdg = temp_state("run");
+    let mut child = Command::new(WEFT)
         .args([
             "demo",
             "--duration",
@@ -57,34 +80,135 @@ fn demo_runs_a_meshed_app_with_mtls_everywhere_renews_and_leaves_nothing() {
             "--cert-ttl",
             "5s",
         ])
-        .arg("--state-dir")
-        .arg(&state)
+        // The default state directory, as `weft canary` looks for it.
+        .env("XDG_STATE_HOME", &xdg)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let pid = child.id();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<Value>();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            let event =
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+            if tx.send(event).is_err() {
+                return;
+            }
+        }
+    });
+    let mut events: Vec<Value> = Vec::new();
+    // Three ticks with checkout traffic at 90/10, then the canary is shifted.
+    let mut with_traffic = 0;
+    while with_traffic < 3 {
+        let event = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the demo went quiet before its first ticks");
+        if event["type"] == "tick" && checkout_split(&[&event]).0 > 0.0 {
+            with_traffic += 1;
+        }
+        events.push(event);
+    }
+    let canary = Command::new(WEFT)
+        .args([
+            "canary",
+            "set",
+            "checkout",
+            "--weight",
+            "checkout-v1=50",
+            "--weight",
+            "checkout-v2=50",
+        ])
+        .env("XDG_STATE_HOME", &xdg)
+        .output()
+        .unwrap();
+    let canary_err = String::from_utf8_lossy(&canary.stderr);
+    assert!(
+        canary.status.success(),
+        "weft canary set failed: {canary_err}"
+    );
+    assert!(
+        canary_err.contains("using the weft demo running"),
+        "weft canary found the demo by itself: {canary_err}"
+    );
+    let changed_at = events.len();
+    events.extend(rx.iter());
+    reader.join().unwrap();
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "weft demo failed: {stderr}");
-    let events = lines(&out.stdout);
 
     let start = events
         .iter()
         .find(|e| e["type"] == "start")
         .expect("a start event");
     let workloads = start["workloads"].as_array().unwrap();
-    assert!(workloads.len() >= 4, "{start}");
+    assert_eq!(workloads.len(), 8, "{start}");
     let summary = events
         .iter()
         .find(|e| e["type"] == "summary")
         .expect("a summary");
 
-    // Load flowed and everything succeeded.
+    // Load flowed and everything succeeded, the flaky replica notwithstanding.
     let sent = summary["requests"]["sent"].as_u64().unwrap();
     assert!(sent > 100, "too little load: {summary}");
     assert_eq!(summary["requests"]["failed"], 0, "{summary}");
     assert_eq!(summary["success_rate"], 1.0, "{summary}");
+
+    // 90/10 before the change; 50/50 once the new weight is in force.
+    let ticks: Vec<&Value> = events.iter().filter(|e| e["type"] == "tick").collect();
+    let before: Vec<&Value> = events[..changed_at]
+        .iter()
+        .filter(|e| e["type"] == "tick" && weight(e, "checkout-v2") == Some(10.0))
+        .collect();
+    assert!(!before.is_empty(), "no tick showed the 90/10 split");
+    assert_eq!(weight(before[0], "checkout-v1"), Some(90.0));
+    let (v1, v2) = checkout_split(&before);
+    assert!(
+        v2 / (v1 + v2) < 0.3,
+        "checkout-v2 had {v2} of {} rps at 10 %",
+        v1 + v2
+    );
+    // The tick the change lands in is mixed; count those after it.
+    let after: Vec<&Value> = events[changed_at..]
+        .iter()
+        .filter(|e| e["type"] == "tick" && weight(e, "checkout-v2") == Some(50.0))
+        .skip(1)
+        .collect();
+    assert!(after.len() >= 5, "too few ticks at 50/50: {}", after.len());
+    let (v1, v2) = checkout_split(&after);
+    let share = v2 / (v1 + v2);
+    assert!(
+        (0.3..=0.7).contains(&share),
+        "checkout-v2 had {share:.2} of checkout's requests at 50 %"
+    );
+
+    // The flaky inventory replica was ejected, and retries hid its failures.
+    let inventory = summary["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["backend"] == "inventory")
+        .unwrap_or_else(|| panic!("no inventory backend row: {summary}"));
+    assert!(
+        inventory["retries_total"].as_u64().unwrap() > 0,
+        "{inventory}"
+    );
+    assert!(
+        inventory["ejections_total"].as_u64().unwrap() >= 1,
+        "{inventory}"
+    );
+    assert!(
+        ticks.iter().any(|t| t["tick"]["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e.as_str().unwrap().contains("inventory-2 ejected"))),
+        "no tick showed inventory-2's ejection"
+    );
 
     // Every edge is mTLS between the expected identities.
     let id = |sa: &str| format!("spiffe://cluster.local/ns/demo/sa/{sa}");
@@ -116,7 +240,7 @@ fn demo_runs_a_meshed_app_with_mtls_everywhere_renews_and_leaves_nothing() {
         .sum();
     assert!(renewals >= 1, "no renewal seen: {summary}");
 
-    // Nothing is left running.
+    // Nothing is left running, and `weft canary` no longer finds a demo.
     let deadline = Instant::now() + Duration::from_secs(5);
     while !children_of(pid).is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
@@ -126,7 +250,16 @@ fn demo_runs_a_meshed_app_with_mtls_everywhere_renews_and_leaves_nothing() {
         Vec::<u32>::new(),
         "demo processes left behind"
     );
-    let _ = std::fs::remove_dir_all(&state);
+    let after_demo = Command::new(WEFT)
+        .args(["canary", "status", "checkout"])
+        .env("XDG_STATE_HOME", &xdg)
+        .env("KUBECONFIG", xdg.join("no-such-kubeconfig"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&after_demo.stderr);
+    assert!(!after_demo.status.success(), "{err}");
+    assert!(!err.contains("using the weft demo"), "{err}");
+    let _ = std::fs::remove_dir_all(&xdg);
 }
 
 #[test]

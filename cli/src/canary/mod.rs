@@ -30,11 +30,14 @@ use weights::Weight;
 pub struct CanaryArgs {
     #[command(subcommand)]
     pub command: CanaryCommand,
-    /// The service's namespace.
-    #[arg(long, short, global = true, default_value = "default")]
-    pub namespace: String,
-    /// Local mode: the controller's policy directory (as `weft demo` prints
-    /// it). Without it, the Kubernetes cluster of the kubeconfig.
+    /// The service's namespace (default: `default`; `demo` for the running
+    /// `weft demo`).
+    #[arg(long, short, global = true)]
+    pub namespace: Option<String>,
+    /// Local mode: the controller's policy directory. Without it (and without
+    /// `--kubeconfig`), the `weft demo` running in the default state
+    /// directory if there is one, else the Kubernetes cluster of the
+    /// kubeconfig.
     #[arg(long, global = true)]
     pub policy_dir: Option<PathBuf>,
     /// The kubeconfig (default: KUBECONFIG, ~/.kube/config, in-cluster).
@@ -73,13 +76,36 @@ pub enum CanaryCommand {
 }
 
 pub async fn run(args: CanaryArgs) -> anyhow::Result<()> {
-    let store = match &args.policy_dir {
-        Some(dir) => Store::Local { dir: dir.clone() },
-        None => Store::Kube {
-            client: crate::install::kube_client::client(args.kubeconfig.as_deref()).await?,
-        },
+    let demo = if args.policy_dir.is_none() && args.kubeconfig.is_none() {
+        crate::demo::running::RunningDemo::find_default()
+    } else {
+        None
     };
-    let ns = args.namespace.as_str();
+    let (store, default_ns, demo_proxies) = match (&args.policy_dir, demo) {
+        (Some(dir), _) => (Store::Local { dir: dir.clone() }, "default", Vec::new()),
+        (None, Some(demo)) => {
+            eprintln!(
+                "weft canary: using the weft demo running as pid {} (policy in {}); pass --kubeconfig for a cluster",
+                demo.pid,
+                demo.policy_dir.display()
+            );
+            (
+                Store::Local {
+                    dir: demo.policy_dir,
+                },
+                crate::demo::NAMESPACE,
+                demo.proxies,
+            )
+        }
+        (None, None) => (
+            Store::Kube {
+                client: crate::install::kube_client::client(args.kubeconfig.as_deref()).await?,
+            },
+            "default",
+            Vec::new(),
+        ),
+    };
+    let ns = args.namespace.as_deref().unwrap_or(default_ns);
     match args.command {
         CanaryCommand::Set { service, weights } => {
             change(&store, ns, &service, args.output, |_| Ok(weights)).await
@@ -100,7 +126,15 @@ pub async fn run(args: CanaryArgs) -> anyhow::Result<()> {
             service,
             proxies,
             window,
-        } => status(&store, ns, &service, &proxies, window, args.output).await,
+        } => {
+            // The demo's proxies unless others are named.
+            let proxies = if proxies.is_empty() {
+                demo_proxies
+            } else {
+                proxies
+            };
+            status(&store, ns, &service, &proxies, window, args.output).await
+        }
     }
 }
 

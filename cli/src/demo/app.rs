@@ -1,12 +1,14 @@
 //! The demo application: small HTTP/1.1 services that know nothing of the
 //! mesh. `web` answers `GET /` by calling `checkout` and `inventory` through
-//! the upstream listeners of its sidecar; the others answer directly.
+//! the upstream listeners of its sidecar; the others answer directly. A
+//! flaky replica answers 503 to everything for [`FLAKY_FAILING`] after every
+//! [`FLAKY_HEALTHY`] of health.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -26,10 +28,25 @@ pub struct AppSpec {
     pub listen: SocketAddr,
     /// Upstream name -> local address of the sidecar's upstream listener.
     pub upstreams: BTreeMap<String, SocketAddr>,
+    /// Fails now and then.
+    pub flaky: bool,
+}
+
+/// How long a flaky replica is healthy before each failing spell.
+pub const FLAKY_HEALTHY: Duration = Duration::from_secs(12);
+/// How long each failing spell lasts.
+pub const FLAKY_FAILING: Duration = Duration::from_secs(8);
+
+/// Whether a flaky replica started `age` ago is failing now.
+pub fn failing_at(age: Duration) -> bool {
+    let period = FLAKY_HEALTHY + FLAKY_FAILING;
+    let into = Duration::from_secs_f64(age.as_secs_f64() % period.as_secs_f64());
+    into >= FLAKY_HEALTHY
 }
 
 struct App {
     spec: AppSpec,
+    started: Instant,
     client: Client<HttpConnector, Empty<Bytes>>,
 }
 
@@ -44,6 +61,7 @@ pub async fn serve(spec: AppSpec) -> anyhow::Result<()> {
     })?;
     let app = Arc::new(App {
         spec,
+        started: Instant::now(),
         client: Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build_http(),
@@ -88,6 +106,15 @@ async fn handle(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
+    if app.spec.flaky && failing_at(app.started.elapsed()) {
+        return json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                r#"{{"service":"{}","replica":"{}","error":"failing on purpose (the demo's flaky replica)"}}"#,
+                app.spec.service, app.spec.replica
+            ),
+        );
+    }
     if app.spec.upstreams.is_empty() {
         // A leaf service: a little work, then an answer naming who asked.
         tokio::time::sleep(Duration::from_micros(300)).await;
@@ -142,5 +169,20 @@ async fn handle(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
                 failed.join("; ")
             ),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flaky_replica_fails_in_spells() {
+        let s = Duration::from_secs;
+        assert!(!failing_at(s(0)));
+        assert!(!failing_at(FLAKY_HEALTHY - Duration::from_millis(1)));
+        assert!(failing_at(FLAKY_HEALTHY));
+        assert!(!failing_at(FLAKY_HEALTHY + FLAKY_FAILING));
+        assert!(failing_at(FLAKY_HEALTHY * 2 + FLAKY_FAILING + s(1)));
     }
 }

@@ -2,7 +2,8 @@
 //! process, with its CA kept in the state directory and reused by later runs),
 //! and a bootstrap token for each workload, with which its sidecar asks
 //! `Identity.Certify` for a certificate like a pod would with its
-//! ServiceAccount token.
+//! ServiceAccount token. The controller also serves `Discovery.Watch` from the
+//! demo's policy directory, which `weft canary` edits.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -31,7 +32,12 @@ pub struct LocalMesh {
     pub identity: Identity,
     pub anchors_file: PathBuf,
     pub state_dir: PathBuf,
+    /// The policy directory the controller reloads.
+    pub policy_dir: PathBuf,
+    /// The controller's admin server (`/config` shows the policy in force).
+    pub admin_addr: SocketAddr,
     _controller: Controller,
+    _policy_watch: tokio_util::sync::DropGuard,
 }
 
 /// What each sidecar is given to prove its identity.
@@ -63,9 +69,13 @@ impl Proof {
     }
 }
 
-/// Starts the local controller. Its CA is generated into the state directory
-/// on the first run and reused after.
-pub async fn start_controller(args: &DemoArgs, state_dir: &Path) -> anyhow::Result<LocalMesh> {
+/// Starts the local controller, serving discovery from `policy_dir`. Its CA is
+/// generated into the state directory on the first run and reused after.
+pub async fn start_controller(
+    args: &DemoArgs,
+    state_dir: &Path,
+    policy_dir: &Path,
+) -> anyhow::Result<LocalMesh> {
     let issuer_dir = state_dir.join("ca");
     let settings = Settings {
         trust_domain: TRUST_DOMAIN.to_owned(),
@@ -80,15 +90,33 @@ pub async fn start_controller(args: &DemoArgs, state_dir: &Path) -> anyhow::Resu
         audit_path: state_dir.join("audit.log"),
     };
     let verifier = Arc::new(BootstrapTokens::new(state_dir));
-    let controller = Controller::start(settings, verifier)
-        .await
-        .context("the local controller could not start")?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (discovery, _) = weft_controller::discovery::local::discovery(
+        policy_dir,
+        weft_controller::discovery::IndexSettings {
+            trust_domain: TRUST_DOMAIN.to_owned(),
+            ..Default::default()
+        },
+        stop.clone(),
+    )
+    .with_context(|| format!("cannot read the policy directory {}", policy_dir.display()))?;
+    let controller = Controller::start_with_discovery(
+        settings,
+        verifier,
+        weft_controller::AuditEcho::Off,
+        Some(discovery),
+    )
+    .await
+    .context("the local controller could not start")?;
     Ok(LocalMesh {
         grpc_addr: controller.grpc_addr(),
         identity: controller.identity().clone(),
         anchors_file: issuer_dir.join(weft_controller::ca::TRUST_ANCHORS_FILE),
         state_dir: state_dir.to_owned(),
+        policy_dir: policy_dir.to_owned(),
+        admin_addr: controller.admin_addr(),
         _controller: controller,
+        _policy_watch: stop.drop_guard(),
     })
 }
 

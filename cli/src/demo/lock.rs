@@ -15,6 +15,19 @@ pub struct DemoLock {
 }
 
 impl DemoLock {
+    /// Whether a demo holds the lock of `state_dir` now.
+    pub fn held(state_dir: &Path) -> bool {
+        let Ok(file) = File::options()
+            .read(true)
+            .write(true)
+            .open(state_dir.join("demo.lock"))
+        else {
+            return false;
+        };
+        // Taking it (and letting it go at once) means nobody holds it.
+        Flock::lock(file, FlockArg::LockExclusiveNonblock).is_err()
+    }
+
     pub fn acquire(state_dir: &Path) -> anyhow::Result<Self> {
         let path = state_dir.join("demo.lock");
         let file = File::options()

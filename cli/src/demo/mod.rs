@@ -6,6 +6,7 @@ mod loadgen;
 mod lock;
 pub mod procs;
 mod run;
+pub(crate) mod running;
 pub(crate) mod scrape;
 pub(crate) mod stats;
 mod topology;
@@ -76,6 +77,9 @@ pub fn demo(args: DemoArgs) -> ExitCode {
     }
 }
 
+/// The namespace of the demo's services and identities.
+pub use topology::NAMESPACE;
+
 /// Set on the demo's children: the pid of the demo, which they outlive never.
 pub const PARENT_PID_ENV: &str = "WEFT_DEMO_PARENT_PID";
 
@@ -91,6 +95,9 @@ pub struct AppArgs {
     /// `name=address` of an upstream listener of the app's sidecar.
     #[arg(long = "upstream", value_parser = parse_upstream)]
     upstreams: Vec<(String, SocketAddr)>,
+    /// Fail now and then (503 to everything for a while).
+    #[arg(long)]
+    flaky: bool,
 }
 
 fn parse_upstream(s: &str) -> Result<(String, SocketAddr), String> {
@@ -126,6 +133,7 @@ pub fn run_app(args: AppArgs) -> ExitCode {
         replica: args.replica,
         listen: args.listen,
         upstreams: args.upstreams.into_iter().collect::<BTreeMap<_, _>>(),
+        flaky: args.flaky,
     };
     match runtime.block_on(app::serve(spec)) {
         Ok(()) => ExitCode::SUCCESS,

@@ -14,8 +14,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::loadgen::{self, LoadCounts};
 use super::procs::Children;
+use super::running::RunningDemo;
 use super::scrape::Scraper;
-use super::stats::{Stats, Tick, Watched};
+use super::stats::{Split, Stats, Tick, Watched};
 use super::topology::{self, Workload};
 use super::view::{self, Mode};
 use super::{DemoArgs, identity};
@@ -126,8 +127,18 @@ async fn run_mesh(
         ));
     }
 
+    // The policy directory: the services, checkout's 90/10 route and
+    // inventory's retries and circuit breaker, which `weft canary` edits.
+    let policy_dir = run_dir.join("policy");
+    std::fs::create_dir_all(&policy_dir)
+        .with_context(|| format!("cannot create {}", policy_dir.display()))?;
+    for (name, text) in topology::policy_files(&workloads)? {
+        let path = policy_dir.join(name);
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+
     // The local controller, and credentials to prove each workload's identity.
-    let mesh = identity::start_controller(args, state_dir).await?;
+    let mesh = identity::start_controller(args, state_dir, &policy_dir).await?;
     let proof = identity::bootstrap(&mesh, &workloads, run_dir)?;
 
     // The apps, then their sidecars, on the ports held until now.
@@ -147,11 +158,14 @@ async fn run_mesh(
                 app_args.push("--upstream".to_owned());
                 app_args.push(format!("{name}={listen}"));
             }
+            if w.flaky {
+                app_args.push("--flaky".to_owned());
+            }
             children.spawn(&format!("{}-app", w.replica), exe, &app_args, &[], run_dir)?;
         }
     }
     for w in &workloads {
-        let env = sidecar_env(w, &workloads, &proof);
+        let env = sidecar_env(w, &proof);
         children.spawn(
             &format!("{}-proxy", w.replica),
             exe,
@@ -171,11 +185,22 @@ async fn run_mesh(
         .iter()
         .map(|w| Watched {
             service: w.service.to_owned(),
+            account: w.account.to_owned(),
             replica: w.replica.clone(),
             identity: w.identity.to_string(),
             admin: w.admin,
+            inbound: w.inbound,
         })
         .collect();
+    // Tell `weft canary` (from another terminal) where this demo's policy is.
+    RunningDemo {
+        pid: std::process::id(),
+        policy_dir: policy_dir.clone(),
+        namespace: topology::NAMESPACE.to_owned(),
+        proxies: workloads.iter().map(|w| w.admin).collect(),
+        controller_admin: mesh.admin_addr,
+    }
+    .write(run_dir)?;
     intro(mode, &mesh, &workloads, started.elapsed(), state_dir);
 
     // Load, through the load generator's sidecar.
@@ -189,7 +214,17 @@ async fn run_mesh(
     let stop = CancellationToken::new();
     let load = tokio::spawn(loadgen::run(entry, args.rate, counts.clone(), stop.clone()));
 
-    let outcome = live_view(args, mode, watched, children, run_dir, started, interrupt).await;
+    let outcome = live_view(
+        args,
+        mode,
+        watched,
+        &policy_dir,
+        children,
+        run_dir,
+        started,
+        interrupt,
+    )
+    .await;
     stop.cancel();
     let _ = load.await;
     let (last, reason) = outcome?;
@@ -198,7 +233,7 @@ async fn run_mesh(
 }
 
 /// The environment of one sidecar.
-fn sidecar_env(w: &Workload, all: &[Workload], proof: &identity::Proof) -> Vec<(String, String)> {
+fn sidecar_env(w: &Workload, proof: &identity::Proof) -> Vec<(String, String)> {
     use weft_api::consts::env;
     let mut vars = vec![
         (env::INBOUND_ADDR.to_owned(), w.inbound.to_string()),
@@ -208,7 +243,7 @@ fn sidecar_env(w: &Workload, all: &[Workload], proof: &identity::Proof) -> Vec<(
             // The load generator has no app: its inbound side is never called.
             w.app.unwrap_or(([127, 0, 0, 1], 9).into()).to_string(),
         ),
-        (env::UPSTREAMS.to_owned(), topology::upstreams_env(w, all)),
+        (env::UPSTREAMS.to_owned(), topology::upstreams_env(w)),
         (env::SHUTDOWN_GRACE.to_owned(), "2".to_owned()),
         (env::LOG.to_owned(), "info".to_owned()),
     ];
@@ -326,6 +361,8 @@ fn intro(
                 "state_dir": state_dir.display().to_string(),
                 "controller": mesh.grpc_addr.to_string(),
                 "controller_identity": mesh.identity.to_string(),
+                "controller_admin": format!("http://{}", mesh.admin_addr),
+                "policy_dir": mesh.policy_dir.display().to_string(),
                 "workloads": list,
             })
         ));
@@ -338,9 +375,22 @@ fn intro(
         mesh.identity
     );
     for w in workloads {
-        s.push_str(&format!("  {:<12} http://{}/metrics\n", w.replica, w.admin));
+        s.push_str(&format!("  {:<14} http://{}/metrics\n", w.replica, w.admin));
     }
-    s.push('\n');
+    s.push_str(&format!(
+        "\npolicy in {} (the controller reloads it; http://{}/config shows what is in force)\n\
+         checkout is split 90/10 between checkout-v1 and checkout-v2; {} fails now and then.\n\
+         from another terminal, try:\n  \
+         weft canary set checkout --weight checkout-v1=50 --weight checkout-v2=50\n  \
+         weft canary status checkout\n  \
+         weft canary rollback checkout\n\n",
+        mesh.policy_dir.display(),
+        mesh.admin_addr,
+        workloads
+            .iter()
+            .find(|w| w.flaky)
+            .map_or("one replica", |w| w.replica.as_str()),
+    ));
     view::out(&s);
     if mode == Mode::Terminal {
         std::thread::sleep(Duration::from_secs(2));
@@ -354,10 +404,12 @@ enum StopReason {
     Interrupted,
 }
 
+#[allow(clippy::too_many_arguments)] // one call site, each argument different
 async fn live_view(
     args: &DemoArgs,
     mode: Mode,
     watched: Vec<Watched>,
+    policy_dir: &Path,
     children: &mut Children,
     run_dir: &Path,
     started: Instant,
@@ -365,6 +417,9 @@ async fn live_view(
 ) -> anyhow::Result<(Tick, StopReason)> {
     let scraper = Scraper::default();
     let mut stats = Stats::new(watched);
+    let store = crate::canary::store::Store::Local {
+        dir: policy_dir.to_owned(),
+    };
     let mut interval = tokio::time::interval(Duration::from_secs(1));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
@@ -394,11 +449,13 @@ async fn live_view(
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
+        let splits = splits(&store).await;
         let tick = stats.tick(
             scrapes,
             last_at.elapsed().as_secs_f64(),
             now,
             started.elapsed().as_secs_f64(),
+            &splits,
         );
         last_at = Instant::now();
         match mode {
@@ -408,6 +465,26 @@ async fn live_view(
         if let Some(reason) = reason {
             return Ok((tick, reason));
         }
+    }
+}
+
+/// The canary's weights as the policy directory holds them now (none while
+/// the route cannot be read, e.g. in the middle of an edit).
+async fn splits(store: &crate::canary::store::Store) -> Vec<Split> {
+    match store
+        .load(topology::NAMESPACE, topology::CANARY_SERVICE)
+        .await
+    {
+        Ok(loaded) => loaded
+            .route
+            .as_ref()
+            .map(|route| Split {
+                service: topology::CANARY_SERVICE.to_owned(),
+                weights: crate::canary::weights::current(route),
+            })
+            .into_iter()
+            .collect(),
+        Err(_) => Vec::new(),
     }
 }
 
@@ -448,6 +525,8 @@ fn summary(mode: Mode, last: &Tick, counts: &LoadCounts, reason: StopReason, too
                 "success_rate": success_rate,
                 "edges": &last.edges,
                 "services": &last.services,
+                "backends": &last.backends,
+                "events": &last.events,
                 "renewals": renewals,
             })
         ));
@@ -467,8 +546,17 @@ fn summary(mode: Mode, last: &Tick, counts: &LoadCounts, reason: StopReason, too
     );
     for svc in &last.services {
         s.push_str(&format!(
-            "  {:<10} certificate renewals seen: {}\n",
+            "  {:<12} certificate renewals seen: {}\n",
             svc.service, svc.renewals
+        ));
+    }
+    for b in &last.backends {
+        let weight = b
+            .weight_percent
+            .map_or_else(String::new, |w| format!(", weight now {w:.0}%"));
+        s.push_str(&format!(
+            "  {:<12} backend of {}{weight}: {} retries, {} ejections\n",
+            b.backend, b.service, b.retries_total, b.ejections_total
         ));
     }
     view::out(&s);

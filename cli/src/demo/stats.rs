@@ -1,7 +1,10 @@
 //! Turning successive scrapes of every proxy into what the live view shows:
 //! per service, requests per second, success rate and latency percentiles
 //! (from histogram deltas); per edge, whether it is mTLS and which identities
-//! are on both ends; per workload, certificate expiry and renewals seen.
+//! are on both ends; per backend (as the calling proxies saw it), its share
+//! of its service's requests beside the route's weight, success, latency,
+//! retries and which of its replicas the circuit breaker keeps out; per
+//! workload, certificate expiry and renewals seen.
 
 use std::collections::BTreeMap;
 
@@ -13,9 +16,22 @@ use super::scrape::Sample;
 #[derive(Clone, Debug, Serialize)]
 pub struct Watched {
     pub service: String,
+    /// The service account (what edges are named by: both checkout versions
+    /// are one identity).
+    pub account: String,
     pub replica: String,
     pub identity: String,
     pub admin: std::net::SocketAddr,
+    /// The sidecar's inbound address: the endpoint callers send to.
+    pub inbound: std::net::SocketAddr,
+}
+
+/// A service whose traffic a route splits, and its backends' weights in
+/// percent (from the policy directory), for the backend rows.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Split {
+    pub service: String,
+    pub weights: Vec<(String, f64)>,
 }
 
 /// Per-proxy memory between ticks.
@@ -58,12 +74,40 @@ pub struct EdgeRow {
     pub total: u64,
 }
 
+/// One backend of a service, from the calling proxies' outbound requests.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct BackendRow {
+    /// The service called (`checkout`).
+    pub service: String,
+    /// The backend that served (`checkout-v2`).
+    pub backend: String,
+    /// The route's weight for it, in percent; `None` when no route splits the
+    /// service.
+    pub weight_percent: Option<f64>,
+    /// Its share of the service's requests this tick.
+    pub share: Option<f64>,
+    pub rps: f64,
+    pub success_rate: Option<f64>,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    /// Retries of tries it failed, per second this tick and since the start.
+    pub retries_per_s: f64,
+    pub retries_total: u64,
+    /// Its replicas the circuit breaker keeps out now.
+    pub ejected: Vec<String>,
+    /// Ejections since the start.
+    pub ejections_total: u64,
+}
+
 /// What one tick shows.
 #[derive(Clone, Debug, Serialize)]
 pub struct Tick {
     pub elapsed_s: f64,
     pub services: Vec<ServiceRow>,
+    pub backends: Vec<BackendRow>,
     pub edges: Vec<EdgeRow>,
+    /// Ejections and returns, newest last (at most [`EVENTS_KEPT`]).
+    pub events: Vec<String>,
     /// Proxies that did not answer this tick.
     pub unreachable: Vec<String>,
 }
@@ -74,7 +118,13 @@ pub struct Stats {
     watched: Vec<Watched>,
     state: Vec<ProxyState>,
     edge_totals: BTreeMap<(String, String, bool), u64>,
+    /// Replicas ejected at the last tick.
+    ejected: std::collections::BTreeSet<String>,
+    events: Vec<String>,
 }
+
+/// How many ejection events a tick carries.
+pub const EVENTS_KEPT: usize = 6;
 
 impl Stats {
     pub fn new(watched: Vec<Watched>) -> Self {
@@ -83,6 +133,8 @@ impl Stats {
             watched,
             state,
             edge_totals: BTreeMap::new(),
+            ejected: std::collections::BTreeSet::new(),
+            events: Vec::new(),
         }
     }
 
@@ -91,13 +143,15 @@ impl Stats {
     }
 
     /// Folds in one scrape per watched proxy (`None` = did not answer), with
-    /// `dt` seconds since the previous tick and `now` as Unix seconds.
+    /// `dt` seconds since the previous tick, `now` as Unix seconds, and the
+    /// routes' splits as the policy holds them now.
     pub fn tick(
         &mut self,
         scrapes: Vec<Option<Vec<Sample>>>,
         dt: f64,
         now: f64,
         elapsed_s: f64,
+        splits: &[Split],
     ) -> Tick {
         let dt = dt.max(1e-3);
         let mut unreachable = Vec::new();
@@ -202,6 +256,7 @@ impl Stats {
                 }
             }
         }
+        let backends = self.backends(&deltas, dt, splits, elapsed_s);
         for (key, (total, _)) in &edges {
             *self.edge_totals.entry(key.clone()).or_default() += *total as u64;
         }
@@ -225,7 +280,9 @@ impl Stats {
         Tick {
             elapsed_s,
             services,
+            backends,
             edges,
+            events: self.events.clone(),
             unreachable,
         }
     }
@@ -234,7 +291,174 @@ impl Stats {
         self.watched
             .iter()
             .find(|w| w.identity == identity)
-            .map_or_else(|| identity.to_owned(), |w| w.service.clone())
+            .map_or_else(|| identity.to_owned(), |w| w.account.clone())
+    }
+
+    /// The replica whose sidecar listens on `endpoint` (or the address).
+    fn replica_at(&self, endpoint: &str) -> String {
+        self.watched
+            .iter()
+            .find(|w| w.inbound.to_string() == endpoint)
+            .map_or_else(|| endpoint.to_owned(), |w| w.replica.clone())
+    }
+
+    /// The backend rows, from every proxy's outbound requests, retries and
+    /// ejections; also notes ejections and returns as events.
+    fn backends(
+        &mut self,
+        deltas: &[Vec<Sample>],
+        dt: f64,
+        splits: &[Split],
+        elapsed_s: f64,
+    ) -> Vec<BackendRow> {
+        #[derive(Default)]
+        struct Acc {
+            total: f64,
+            ok: f64,
+            buckets: BTreeMap<OrderedF64, f64>,
+            retries: f64,
+            retries_total: f64,
+            ejections_total: f64,
+            ejected: std::collections::BTreeSet<String>,
+        }
+        let mut acc: BTreeMap<String, Acc> = BTreeMap::new();
+        // Rates from this tick's deltas.
+        for d in deltas {
+            for s in d {
+                let backend = s.label("backend");
+                if backend.is_empty() {
+                    continue;
+                }
+                match s.name.as_str() {
+                    "weft_requests_total" if s.label("direction") == "outbound" => {
+                        let a = acc.entry(backend.to_owned()).or_default();
+                        a.total += s.value;
+                        if s.label("status_code").parse::<u16>().is_ok_and(|c| c < 500) {
+                            a.ok += s.value;
+                        }
+                    }
+                    "weft_response_latency_seconds_bucket"
+                        if s.label("direction") == "outbound" =>
+                    {
+                        let le = match s.label("le") {
+                            "+Inf" => f64::INFINITY,
+                            v => v.parse().unwrap_or(f64::INFINITY),
+                        };
+                        *acc.entry(backend.to_owned())
+                            .or_default()
+                            .buckets
+                            .entry(OrderedF64(le))
+                            .or_default() += s.value;
+                    }
+                    "weft_proxy_retries_total" => {
+                        acc.entry(backend.to_owned()).or_default().retries += s.value;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        // Totals and the ejection gauges from the latest scrapes.
+        for state in &self.state {
+            for s in &state.last {
+                let backend = s.label("backend");
+                if backend.is_empty() {
+                    continue;
+                }
+                match s.name.as_str() {
+                    "weft_proxy_retries_total" => {
+                        acc.entry(backend.to_owned()).or_default().retries_total += s.value;
+                    }
+                    "weft_proxy_ejections_total" => {
+                        acc.entry(backend.to_owned()).or_default().ejections_total += s.value;
+                    }
+                    "weft_proxy_endpoint_ejected" if s.value >= 1.0 => {
+                        let replica = self.replica_at(s.label("endpoint"));
+                        acc.entry(backend.to_owned())
+                            .or_default()
+                            .ejected
+                            .insert(replica);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        // Ejections and returns since the last tick.
+        let now_ejected: std::collections::BTreeSet<String> = acc
+            .values()
+            .flat_map(|a| a.ejected.iter().cloned())
+            .collect();
+        for replica in now_ejected.difference(&self.ejected) {
+            self.events.push(format!(
+                "t={elapsed_s:.0}s {replica} ejected by the circuit breaker"
+            ));
+        }
+        for replica in self.ejected.difference(&now_ejected) {
+            self.events.push(format!(
+                "t={elapsed_s:.0}s {replica} back in load balancing"
+            ));
+        }
+        let overflow = self.events.len().saturating_sub(EVENTS_KEPT);
+        self.events.drain(..overflow);
+        self.ejected = now_ejected;
+
+        let service_of = |backend: &str| -> (String, Option<f64>) {
+            for split in splits {
+                if let Some((_, w)) = split.weights.iter().find(|(b, _)| b == backend) {
+                    return (split.service.clone(), Some(*w));
+                }
+            }
+            (backend.to_owned(), None)
+        };
+        let mut service_totals: BTreeMap<String, f64> = BTreeMap::new();
+        for (backend, a) in &acc {
+            *service_totals.entry(service_of(backend).0).or_default() += a.total;
+        }
+        let mut rows: Vec<BackendRow> = acc
+            .into_iter()
+            .map(|(backend, a)| {
+                let (service, weight_percent) = service_of(&backend);
+                let service_total = service_totals.get(&service).copied().unwrap_or(0.0);
+                let buckets: Vec<(f64, f64)> =
+                    a.buckets.into_iter().map(|(k, v)| (k.0, v)).collect();
+                BackendRow {
+                    service,
+                    weight_percent,
+                    share: (service_total > 0.0).then(|| a.total / service_total),
+                    rps: a.total / dt,
+                    success_rate: (a.total > 0.0).then(|| a.ok / a.total),
+                    p50_ms: quantile(&buckets, 0.5).map(|s| s * 1000.0),
+                    p99_ms: quantile(&buckets, 0.99).map(|s| s * 1000.0),
+                    retries_per_s: a.retries / dt,
+                    retries_total: a.retries_total as u64,
+                    ejected: a.ejected.into_iter().collect(),
+                    ejections_total: a.ejections_total as u64,
+                    backend,
+                }
+            })
+            .collect();
+        // Backends of a split with no traffic yet still get their row.
+        for split in splits {
+            for (backend, w) in &split.weights {
+                if !rows.iter().any(|r| &r.backend == backend) {
+                    rows.push(BackendRow {
+                        service: split.service.clone(),
+                        backend: backend.clone(),
+                        weight_percent: Some(*w),
+                        share: None,
+                        rps: 0.0,
+                        success_rate: None,
+                        p50_ms: None,
+                        p99_ms: None,
+                        retries_per_s: 0.0,
+                        retries_total: 0,
+                        ejected: Vec::new(),
+                        ejections_total: 0,
+                    });
+                }
+            }
+        }
+        rows.sort_by(|a, b| (&a.service, &a.backend).cmp(&(&b.service, &b.backend)));
+        rows
     }
 }
 
@@ -346,31 +570,115 @@ weft_identity_cert_expiration_timestamp_seconds{{identity="spiffe://cluster.loca
         let watched = vec![
             Watched {
                 service: "web".into(),
+                account: "web".into(),
                 replica: "web-0".into(),
                 identity: "spiffe://cluster.local/ns/demo/sa/web".into(),
                 admin: "127.0.0.1:1".parse().unwrap(),
+                inbound: "127.0.0.1:11".parse().unwrap(),
             },
             Watched {
-                service: "checkout".into(),
-                replica: "checkout-0".into(),
+                service: "checkout-v1".into(),
+                account: "checkout".into(),
+                replica: "checkout-v1-0".into(),
                 identity: "spiffe://cluster.local/ns/demo/sa/checkout".into(),
                 admin: "127.0.0.1:2".parse().unwrap(),
+                inbound: "127.0.0.1:12".parse().unwrap(),
             },
         ];
         let mut stats = Stats::new(watched);
-        stats.tick(vec![Some(metrics(10, 1000)), None], 1.0, 990.0, 1.0);
-        let t = stats.tick(vec![Some(metrics(30, 1010)), None], 2.0, 995.0, 3.0);
+        stats.tick(vec![Some(metrics(10, 1000)), None], 1.0, 990.0, 1.0, &[]);
+        let t = stats.tick(vec![Some(metrics(30, 1010)), None], 2.0, 995.0, 3.0, &[]);
         let web = &t.services[0];
         assert_eq!(web.rps, 10.0);
         assert_eq!(web.success_rate, Some(1.0));
         assert_eq!(web.renewals, 1);
         assert_eq!(web.cert_expires_in_s, Some(15.0));
         assert!(web.p50_ms.unwrap() <= 1.0);
-        assert_eq!(t.unreachable, vec!["checkout-0".to_owned()]);
+        assert_eq!(t.unreachable, vec!["checkout-v1-0".to_owned()]);
         assert_eq!(t.edges.len(), 1);
         assert_eq!(t.edges[0].from, "web");
         assert_eq!(t.edges[0].to, "checkout");
         assert!(t.edges[0].mtls);
         assert_eq!(t.edges[0].total, 30);
+    }
+
+    /// web's proxy sends to checkout-v1 and checkout-v2 (a 90/10 route) and to
+    /// inventory, whose third replica is ejected and then returns.
+    fn web_scrape(v1: u32, v2: u32, retries: u32, ejected: bool) -> Vec<Sample> {
+        parse(&format!(
+            r#"weft_requests_total{{direction="outbound",status_code="200",tls="true",peer_identity="spiffe://cluster.local/ns/demo/sa/checkout",backend="checkout-v1",route=""}} {v1}
+weft_requests_total{{direction="outbound",status_code="200",tls="true",peer_identity="spiffe://cluster.local/ns/demo/sa/checkout",backend="checkout-v2",route=""}} {v2}
+weft_requests_total{{direction="outbound",status_code="200",tls="true",peer_identity="spiffe://cluster.local/ns/demo/sa/inventory",backend="inventory",route=""}} {v1}
+weft_proxy_retries_total{{target="inventory",backend="inventory",reason="503"}} {retries}
+weft_proxy_ejections_total{{target="inventory",backend="inventory"}} 1
+weft_proxy_endpoint_ejected{{target="inventory",backend="inventory",endpoint="127.0.0.1:13"}} {}
+"#,
+            u8::from(ejected)
+        ))
+    }
+
+    #[test]
+    fn backend_rows_show_shares_weights_retries_and_ejections() {
+        let watched = vec![
+            Watched {
+                service: "web".into(),
+                account: "web".into(),
+                replica: "web-0".into(),
+                identity: "spiffe://cluster.local/ns/demo/sa/web".into(),
+                admin: "127.0.0.1:1".parse().unwrap(),
+                inbound: "127.0.0.1:11".parse().unwrap(),
+            },
+            Watched {
+                service: "inventory".into(),
+                account: "inventory".into(),
+                replica: "inventory-2".into(),
+                identity: "spiffe://cluster.local/ns/demo/sa/inventory".into(),
+                admin: "127.0.0.1:3".parse().unwrap(),
+                inbound: "127.0.0.1:13".parse().unwrap(),
+            },
+        ];
+        let splits = [Split {
+            service: "checkout".into(),
+            weights: vec![("checkout-v1".into(), 90.0), ("checkout-v2".into(), 10.0)],
+        }];
+        let mut stats = Stats::new(watched);
+        stats.tick(
+            vec![Some(web_scrape(0, 0, 0, false)), None],
+            1.0,
+            0.0,
+            1.0,
+            &splits,
+        );
+        let t = stats.tick(
+            vec![Some(web_scrape(90, 10, 4, true)), None],
+            1.0,
+            0.0,
+            2.0,
+            &splits,
+        );
+        let row = |b: &str| t.backends.iter().find(|r| r.backend == b).unwrap().clone();
+        assert_eq!(row("checkout-v1").service, "checkout");
+        assert_eq!(row("checkout-v1").weight_percent, Some(90.0));
+        assert_eq!(row("checkout-v1").share, Some(0.9));
+        assert_eq!(row("checkout-v2").share, Some(0.1));
+        assert_eq!(row("inventory").weight_percent, None);
+        assert_eq!(row("inventory").share, Some(1.0));
+        assert_eq!(row("inventory").retries_per_s, 4.0);
+        assert_eq!(row("inventory").ejected, ["inventory-2"]);
+        assert_eq!(t.events.len(), 1);
+        assert!(
+            t.events[0].contains("inventory-2 ejected"),
+            "{:?}",
+            t.events
+        );
+        let t = stats.tick(
+            vec![Some(web_scrape(180, 20, 4, false)), None],
+            1.0,
+            0.0,
+            3.0,
+            &splits,
+        );
+        assert!(t.backends.iter().all(|r| r.ejected.is_empty()));
+        assert!(t.events[1].contains("inventory-2 back"), "{:?}", t.events);
     }
 }

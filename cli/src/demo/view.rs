@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::io::Write as _;
 
-use super::stats::{EdgeRow, ServiceRow, Tick};
+use super::stats::{BackendRow, EdgeRow, ServiceRow, Tick};
 
 /// How output is rendered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,7 +72,7 @@ pub fn render(tick: &Tick, mode: Mode, header: &str) -> String {
     let _ = writeln!(
         s,
         "
-{:<10} {:>4} {:>8} {:>8} {:>9} {:>9} {:>10} {:>8}  IDENTITY",
+{:<12} {:>4} {:>8} {:>8} {:>9} {:>9} {:>10} {:>8}  IDENTITY",
         "SERVICE", "PODS", "RPS", "SUCCESS", "P50", "P99", "CERT TTL", "RENEWED"
     );
     for row in &tick.services {
@@ -81,11 +81,31 @@ pub fn render(tick: &Tick, mode: Mode, header: &str) -> String {
     let _ = writeln!(
         s,
         "
-{:<10}    {:<10} {:>8} {:>8} {:>7} {:>6}  IDENTITIES (client -> server)",
+{:<12} {:<10} {:>6} {:>6} {:>8} {:>8} {:>9} {:>9} {:>9}  EJECTED",
+        "BACKEND", "SERVICE", "WEIGHT", "SHARE", "RPS", "SUCCESS", "P50", "P99", "RETRIES/S"
+    );
+    for row in &tick.backends {
+        s.push_str(&backend_line(row, mode));
+    }
+    let _ = writeln!(
+        s,
+        "
+{:<12}    {:<10} {:>8} {:>8} {:>7} {:>6}  IDENTITIES (client -> server)",
         "FROM", "TO", "RPS", "SUCCESS", "TOTAL", "MTLS"
     );
     for edge in &tick.edges {
         s.push_str(&edge_line(edge, mode));
+    }
+    if !tick.events.is_empty() {
+        let _ = writeln!(s, "\ncircuit breaker:");
+        for event in &tick.events {
+            let colour = if event.contains("ejected") {
+                YELLOW
+            } else {
+                GREEN
+            };
+            let _ = writeln!(s, "  {}", paint(mode, colour, event));
+        }
     }
     if !tick.unreachable.is_empty() {
         let _ = writeln!(
@@ -107,7 +127,7 @@ pub fn render(tick: &Tick, mode: Mode, header: &str) -> String {
 fn service_line(row: &ServiceRow, mode: Mode) -> String {
     let success = fmt_rate(row.success_rate);
     format!(
-        "{:<10} {:>4} {:>8.1} {} {:>9} {:>9} {:>10} {:>8}  {}\n",
+        "{:<12} {:>4} {:>8.1} {} {:>9} {:>9} {:>10} {:>8}  {}\n",
         row.service,
         row.replicas,
         row.rps,
@@ -124,6 +144,35 @@ fn service_line(row: &ServiceRow, mode: Mode) -> String {
     )
 }
 
+fn backend_line(row: &BackendRow, mode: Mode) -> String {
+    let success = fmt_rate(row.success_rate);
+    let ejected = if row.ejected.is_empty() {
+        paint(mode, DIM, "-")
+    } else {
+        paint(mode, YELLOW, &row.ejected.join(", "))
+    };
+    format!(
+        "{:<12} {:<10} {:>6} {:>6} {:>8.1} {} {:>9} {:>9} {:>9.1}  {} ({} ejections)\n",
+        row.backend,
+        row.service,
+        row.weight_percent
+            .map_or_else(|| "-".to_owned(), |w| format!("{w:.0}%")),
+        row.share
+            .map_or_else(|| "-".to_owned(), |v| format!("{:.0}%", v * 100.0)),
+        row.rps,
+        paint(
+            mode,
+            rate_colour(row.success_rate),
+            &format!("{success:>8}")
+        ),
+        fmt_opt(row.p50_ms, 2, "ms"),
+        fmt_opt(row.p99_ms, 2, "ms"),
+        row.retries_per_s,
+        ejected,
+        row.ejections_total,
+    )
+}
+
 fn edge_line(edge: &EdgeRow, mode: Mode) -> String {
     let mtls = if edge.mtls {
         paint(mode, GREEN, &format!("{:>6}", "yes"))
@@ -132,7 +181,7 @@ fn edge_line(edge: &EdgeRow, mode: Mode) -> String {
     };
     let success = fmt_rate(edge.success_rate);
     format!(
-        "{:<10} -> {:<10} {:>8.1} {} {:>7} {}  {} -> {}\n",
+        "{:<12} -> {:<10} {:>8.1} {} {:>7} {}  {} -> {}\n",
         edge.from,
         edge.to,
         edge.rps,
