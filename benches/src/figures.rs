@@ -160,6 +160,8 @@ pub struct Report {
     pub certificates_per_second: ControlPlaneFigure,
     /// Webhook latency at 500 admissions per second.
     pub webhook: crate::webhook::WebhookFigure,
+    /// A policy change's propagation to 100 and 1,000 subscribers.
+    pub propagation: Vec<crate::propagation::PropagationFigure>,
 }
 
 #[derive(Debug, Clone, Serialize)]

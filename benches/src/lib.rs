@@ -27,6 +27,7 @@ pub mod idle;
 pub mod load;
 pub mod pki;
 pub mod procs;
+pub mod propagation;
 pub mod report;
 pub mod run;
 pub mod scenario;

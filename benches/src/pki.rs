@@ -53,6 +53,9 @@ pub struct Pki {
     pub dir: PathBuf,
     /// The trust anchor (the root certificate).
     pub root: PathBuf,
+    /// The intermediate, its key and the root, as a controller's issuer
+    /// directory (`tls.crt`, `tls.key`, `ca.crt`).
+    pub issuer_dir: PathBuf,
     pub client: LeafFiles,
     pub server: LeafFiles,
 }
@@ -73,16 +76,38 @@ impl Pki {
         let mut inter_params = ca_params("weft bench intermediate", now);
         inter_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         let inter_key = KeyPair::generate().map_err(gen_err("intermediate key"))?;
+        let inter_key_pem = inter_key.serialize_pem();
         let inter = CertifiedIssuer::signed_by(inter_params, inter_key, &root)
             .map_err(gen_err("intermediate certificate"))?;
 
         let root_path = dir.join("root.pem");
         write(&root_path, &root.pem())?;
+        // The intermediate as a controller's issuer (weft-policy's controller
+        // signs the proxies' certificates with it, so that they chain to the
+        // same root as every other system's).
+        let issuer_dir = dir.join("issuer");
+        fs::create_dir_all(&issuer_dir).map_err(|source| PkiError::Write {
+            path: issuer_dir.clone(),
+            source,
+        })?;
+        write(
+            &issuer_dir.join(weft_controller::ca::ISSUER_CERT_FILE),
+            &inter.pem(),
+        )?;
+        write(
+            &issuer_dir.join(weft_controller::ca::ISSUER_KEY_FILE),
+            &inter_key_pem,
+        )?;
+        write(
+            &issuer_dir.join(weft_controller::ca::TRUST_ANCHORS_FILE),
+            &root.pem(),
+        )?;
         let client = leaf(dir, "client", CLIENT_ID, &inter, now)?;
         let server = leaf(dir, "server", SERVER_ID, &inter, now)?;
         Ok(Self {
             dir: dir.to_path_buf(),
             root: root_path,
+            issuer_dir,
             client,
             server,
         })

@@ -40,15 +40,20 @@ pub fn all(settings: &Settings) -> anyhow::Result<Report> {
     ));
 
     let mut skipped: BTreeMap<SystemKind, String> = BTreeMap::new();
-    let weft_proxy = if settings.systems.contains(&SystemKind::Weft) {
+    let wefts = [SystemKind::Weft, SystemKind::WeftPolicy];
+    let weft_proxy = if wefts.iter().any(|w| settings.systems.contains(w)) {
         match systems::find_weft_proxy(settings.weft_proxy.as_deref()) {
             Ok(found) => {
                 progress(format_args!("weft-proxy: {}", found.path.display()));
                 Some(found)
             }
             Err(reason) => {
-                progress(format_args!("SKIPPING weft: {reason}"));
-                skipped.insert(SystemKind::Weft, reason);
+                for w in wefts {
+                    if settings.systems.contains(&w) {
+                        progress(format_args!("SKIPPING {w}: {reason}"));
+                        skipped.insert(w, reason.clone());
+                    }
+                }
                 None
             }
         }
@@ -111,7 +116,33 @@ pub fn all(settings: &Settings) -> anyhow::Result<Report> {
         systems,
         certificates_per_second: certify(settings),
         webhook: webhook(settings),
+        propagation: propagation(),
     })
+}
+
+/// A weight change's propagation to 100 and to 1,000 subscribed streams.
+pub fn propagation() -> Vec<crate::propagation::PropagationFigure> {
+    [100, 1_000]
+        .into_iter()
+        .map(|n| {
+            eprintln!("control plane: a weight change's propagation to {n} Discovery.Watch subscribers");
+            let figure = crate::propagation::measure(n);
+            match &figure {
+                crate::propagation::PropagationFigure::Measured {
+                    first_ms,
+                    p50_ms,
+                    last_ms,
+                    ..
+                } => progress(format_args!(
+                    "propagation to {n}: first {first_ms:.1} ms  p50 {p50_ms:.1} ms  last {last_ms:.1} ms"
+                )),
+                crate::propagation::PropagationFigure::NotMeasured { reason, .. } => {
+                    progress(format_args!("propagation to {n}: NOT MEASURED: {reason}"))
+                }
+            }
+            figure
+        })
+        .collect()
 }
 
 /// Certificates signed per second through Certify, with 16 concurrent callers.

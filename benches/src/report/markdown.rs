@@ -74,7 +74,42 @@ pub fn render(r: &Report) -> String {
         }
     }
     webhook_section(&mut md, &r.webhook);
+    propagation_section(&mut md, &r.propagation);
     md
+}
+
+fn propagation_section(md: &mut String, figures: &[crate::propagation::PropagationFigure]) {
+    use crate::propagation::PropagationFigure;
+    let _ = writeln!(
+        md,
+        "Policy propagation (`src/propagation.rs`): one HTTPRoute weight change (90/10 to 50/50) applied to a real \
+         controller's index, timed to its arrival on every `Discovery.Watch` stream (each its own TLS connection, as \
+         proxies hold them), the index's debounce included:\n\n\
+         | subscribers | first | p50 | last | of which debounce |\n|---:|---:|---:|---:|---:|"
+    );
+    for f in figures {
+        match f {
+            PropagationFigure::Measured {
+                subscribers,
+                first_ms,
+                p50_ms,
+                last_ms,
+                debounce_ms,
+            } => {
+                let _ = writeln!(
+                    md,
+                    "| {subscribers} | {first_ms:.1} ms | {p50_ms:.1} ms | **{last_ms:.1} ms** | {debounce_ms:.0} ms |"
+                );
+            }
+            PropagationFigure::NotMeasured {
+                subscribers,
+                reason,
+            } => {
+                let _ = writeln!(md, "| {subscribers} | not measured: {reason} | | | |");
+            }
+        }
+    }
+    md.push('\n');
 }
 
 fn webhook_section(md: &mut String, figure: &crate::webhook::WebhookFigure) {

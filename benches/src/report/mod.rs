@@ -48,7 +48,8 @@ pub fn missing(report: &Report, weft_required: bool) -> Vec<String> {
         match &s.status {
             Status::Ran => {}
             Status::Skipped { reason } => {
-                if s.system != SystemKind::Weft || weft_required {
+                let weft = matches!(s.system, SystemKind::Weft | SystemKind::WeftPolicy);
+                if !weft || weft_required {
                     missing.push(format!("{name} was skipped: {reason}"));
                 }
                 continue;
@@ -85,6 +86,17 @@ pub fn missing(report: &Report, weft_required: bool) -> Vec<String> {
                     missing.push(format!("{name}: no {what}"));
                 }
             }
+        }
+    }
+    for f in &report.propagation {
+        if let crate::propagation::PropagationFigure::NotMeasured {
+            subscribers,
+            reason,
+        } = f
+        {
+            missing.push(format!(
+                "policy propagation to {subscribers} subscribers: {reason}"
+            ));
         }
     }
     missing

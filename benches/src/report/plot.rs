@@ -19,6 +19,7 @@ fn color(system: SystemKind) -> RGBColor {
     match system {
         SystemKind::Direct => RGBColor(90, 90, 90),
         SystemKind::Weft => RGBColor(214, 39, 40),
+        SystemKind::WeftPolicy => RGBColor(148, 103, 189),
         SystemKind::HaproxyHttp => RGBColor(31, 119, 180),
         SystemKind::HaproxyTcp => RGBColor(44, 160, 44),
         SystemKind::Nginx => RGBColor(255, 127, 14),

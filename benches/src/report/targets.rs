@@ -142,6 +142,43 @@ pub fn evaluate(report: &Report) -> Vec<Verdict> {
         },
     );
 
+    let target = format!(
+        "traffic policy (a two-backend split, retries, a budget, circuit breaking) adds under 5 % CPU per request to the weft pair ({})",
+        report.cpu_reference
+    );
+    let policy = report.system(SystemKind::WeftPolicy);
+    out.push(
+        match (
+            weft.proxy_cpu_us_per_request,
+            policy.and_then(|p| p.proxy_cpu_us_per_request),
+        ) {
+            (Some(plain), Some(with)) if plain > 0.0 => {
+                let max_rps = match (weft.max_rps, policy.and_then(|p| p.max_rps)) {
+                    (Some(a), Some(b)) if a > 0.0 => {
+                        format!(
+                            "; closed-loop maximum {b:.0} vs {a:.0} req/s ({:.2}x)",
+                            b / a
+                        )
+                    }
+                    _ => String::new(),
+                };
+                verdict(
+                    target,
+                    Some(with <= 1.05 * plain),
+                    format!(
+                        "weft-policy {with:.1} µs/req; weft {plain:.1} µs/req ({:+.1} %){max_rps}",
+                        (with / plain - 1.0) * 100.0
+                    ),
+                )
+            }
+            _ => verdict(
+                target,
+                None,
+                "weft or weft-policy has no CPU figure in this run".into(),
+            ),
+        },
+    );
+
     let mem_targets = [
         ("RSS idle at most 10 MB per proxy", weft.rss_idle, 10.0),
         (

@@ -9,6 +9,7 @@
 mod haproxy;
 mod nginx;
 mod weft;
+mod weft_policy;
 
 use std::fs;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -32,15 +33,19 @@ pub enum SystemKind {
     /// The load generator calls the backend directly: the floor.
     Direct,
     Weft,
+    /// The weft pair with a route (two-backend split), retries, a retry
+    /// budget and circuit breaking from a real controller's discovery.
+    WeftPolicy,
     HaproxyHttp,
     HaproxyTcp,
     Nginx,
 }
 
 impl SystemKind {
-    pub const ALL: [SystemKind; 5] = [
+    pub const ALL: [SystemKind; 6] = [
         Self::Direct,
         Self::Weft,
+        Self::WeftPolicy,
         Self::HaproxyHttp,
         Self::HaproxyTcp,
         Self::Nginx,
@@ -50,6 +55,7 @@ impl SystemKind {
         match self {
             Self::Direct => "direct",
             Self::Weft => "weft",
+            Self::WeftPolicy => "weft-policy",
             Self::HaproxyHttp => "haproxy-http",
             Self::HaproxyTcp => "haproxy-tcp",
             Self::Nginx => "nginx",
@@ -66,6 +72,9 @@ impl SystemKind {
             Self::Direct => "load generator -> backend, no proxy (the floor)",
             Self::Weft => {
                 "weft-proxy pair: upstream listener -> mTLS (TLS 1.3, HTTP/2 between proxies) -> inbound -> backend"
+            }
+            Self::WeftPolicy => {
+                "the weft pair with traffic policy from a real controller's discovery: the upstream names a service whose HTTPRoute splits it 50/50 between two backends, with retries, a retry budget and circuit breaking (no request needs a retry)"
             }
             Self::HaproxyHttp => {
                 "HAProxy pair, mode http: client side -> mTLS (TLS 1.3, client certificates, ALPN h2) -> server side -> backend (HTTP/1.1 keep-alive)"
@@ -105,6 +114,8 @@ pub struct Running {
     /// The server-side proxy's mTLS listener.
     pub tls: Option<SocketAddr>,
     processes: Vec<Process>,
+    /// weft-policy's controller, stopped after the processes.
+    control: Option<weft_policy::ControlPlane>,
 }
 
 #[derive(Debug)]
@@ -165,6 +176,7 @@ impl Running {
 impl Drop for Running {
     fn drop(&mut self) {
         self.stop_processes();
+        self.control.take();
     }
 }
 
@@ -179,8 +191,10 @@ pub fn start(kind: SystemKind, env: &StartEnv) -> anyhow::Result<Running> {
             http2: env.backend,
             tls: None,
             processes: Vec::new(),
+            control: None,
         },
         SystemKind::Weft => weft::start(env, &dir)?,
+        SystemKind::WeftPolicy => weft_policy::start(env, &dir)?,
         SystemKind::HaproxyHttp => haproxy::start(env, &dir, haproxy::Mode::Http)?,
         SystemKind::HaproxyTcp => haproxy::start(env, &dir, haproxy::Mode::Tcp)?,
         SystemKind::Nginx => nginx::start(env, &dir)?,
@@ -200,6 +214,9 @@ pub fn start(kind: SystemKind, env: &StartEnv) -> anyhow::Result<Running> {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+    if kind == SystemKind::WeftPolicy {
+        weft_policy::wait_serving(&mut running, Duration::from_secs(15))?;
     }
     Ok(running)
 }
@@ -251,6 +268,7 @@ impl Running {
             http2,
             tls: Some(tls),
             processes: processes.into_iter().map(|p| p.0).collect(),
+            control: None,
         }
     }
 }
