@@ -397,6 +397,72 @@ async fn a_failing_endpoint_is_ejected_and_admitted_again_when_it_recovers() {
     );
 }
 
+/// An endpoint outside the mesh (no identity: a pod without a proxy) is sent
+/// plaintext HTTP/1.1 beside a meshed one, on the one-try path and on the
+/// retrying path (where a failure of the plaintext endpoint is retried on
+/// the meshed one); the metrics say which requests were not mTLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_outside_the_mesh_gets_plaintext_http() {
+    let mut mesh = Mesh::new();
+    let meshed = App::new("meshed");
+    let plain = App::new("plain");
+    let meshed_endpoint = mesh.endpoint(&meshed).await;
+    let plain_endpoint = Endpoint {
+        addr: serve_app(plain.clone()).await,
+        identity: None,
+        zone: None,
+    };
+    let split = |routes| {
+        state(
+            vec![
+                backend("meshed", 1, vec![meshed_endpoint.clone()]),
+                backend("plain", 1, vec![plain_endpoint.clone()]),
+            ],
+            routes,
+        )
+    };
+    let (client, entry, tx) = mesh.client(split(vec![])).await;
+    let (seen, ok) = load(entry, 200, 2).await;
+    assert_eq!(ok, 200, "{seen:?}");
+    assert!(seen.get("plain").copied().unwrap_or(0) > 40, "{seen:?}");
+    assert!(seen.get("meshed").copied().unwrap_or(0) > 40, "{seen:?}");
+    let text = metrics(&client).await;
+    assert!(
+        total(
+            &text,
+            "weft_requests_total",
+            "tls=\"false\",peer_identity=\"\",backend=\"plain\""
+        ) > 40.0,
+        "{text}"
+    );
+
+    // The retrying path, one backend half injected (a rollout of the mesh):
+    // the plaintext endpoint fails, and its tries are retried on the meshed one.
+    tx.send_replace(Arc::new(state(
+        vec![backend(
+            "mixed",
+            1,
+            vec![meshed_endpoint.clone(), plain_endpoint.clone()],
+        )],
+        vec![retry_route(2, &[503])],
+    )));
+    plain.failing.store(true, Ordering::Relaxed);
+    let hits = plain.hits.load(Ordering::Relaxed);
+    let (seen, ok) = load(entry, 200, 2).await;
+    assert_eq!(
+        ok, 200,
+        "every failure of the plaintext endpoint was retried: {seen:?}"
+    );
+    assert!(
+        plain.hits.load(Ordering::Relaxed) > hits,
+        "the plaintext endpoint was tried on the retrying path"
+    );
+    plain.failing.store(false, Ordering::Relaxed);
+    let (seen, ok) = load(entry, 200, 2).await;
+    assert_eq!(ok, 200, "{seen:?}");
+    assert!(seen.get("plain").copied().unwrap_or(0) > 40, "{seen:?}");
+}
+
 /// With retries on (the retrying path), an endpoint still failing when its
 /// ejection ends gets one probe, which ejects it again for twice as long: it
 /// does not take every request once the first ejection is over.

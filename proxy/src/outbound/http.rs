@@ -43,6 +43,15 @@ pub enum ForwardError {
     PeerTls { peer: String, alert: String },
     #[error("cannot build the request URI for authority {authority:?}: {reason}")]
     Uri { authority: String, reason: String },
+    /// A plaintext request to an endpoint outside the mesh.
+    #[error("plaintext request to {peer} (not in the mesh) failed: {source}")]
+    Plain {
+        peer: String,
+        /// The connection could not be made (nothing was sent).
+        connect: bool,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl ForwardError {
@@ -50,7 +59,7 @@ impl ForwardError {
         match self {
             Self::Connect(e) => e.kind(),
             Self::PeerTls { .. } => ProxyError::TlsFailure,
-            Self::Handshake { .. } | Self::Send { .. } | Self::Uri { .. } => {
+            Self::Handshake { .. } | Self::Send { .. } | Self::Uri { .. } | Self::Plain { .. } => {
                 ProxyError::PeerUnavailable
             }
         }
@@ -241,23 +250,33 @@ async fn once(
     let Some((backend, endpoint)) = pick(upstream, resolved, route, None) else {
         return no_endpoints(upstream, grpc);
     };
-    let Some(mesh) = endpoint.mesh.as_ref() else {
-        return not_meshed(&endpoint, backend, grpc);
-    };
     let flight = endpoint.start();
     let sent = Instant::now();
     let connect_timeout = resolved
         .state
         .connect_timeout
         .unwrap_or(outbound.connect_timeout);
-    let result = forward(
-        outbound,
-        &upstream.name,
-        mesh,
-        req.map(incoming),
-        connect_timeout,
-    )
-    .await;
+    let result = match endpoint.mesh.as_ref() {
+        Some(mesh) => {
+            forward(
+                outbound,
+                &upstream.name,
+                mesh,
+                req.map(incoming),
+                connect_timeout,
+            )
+            .await
+        }
+        None => {
+            send_plain(
+                outbound,
+                endpoint.addr(),
+                req.map(incoming),
+                connect_timeout,
+            )
+            .await
+        }
+    };
     let rtt = sent.elapsed();
     let rsp = match result {
         Ok(rsp) => {
@@ -269,7 +288,7 @@ async fn once(
         }
         Err(error) => {
             record(outbound, upstream, resolved, backend, &endpoint, rtt, true);
-            failure_response(upstream, mesh, &error, grpc)
+            failure_response(upstream, &endpoint, &error, grpc)
         }
     };
     drop(flight);
@@ -282,27 +301,28 @@ async fn once(
 
 pub(crate) fn failure_response(
     upstream: &Upstream,
-    endpoint: &Endpoint,
+    endpoint: &EndpointRuntime,
     error: &ForwardError,
     grpc: bool,
 ) -> Response<Body> {
     tracing::warn!(
         target = %upstream.name,
-        endpoint = %endpoint.addr,
-        identity = %endpoint.identity,
+        endpoint = %endpoint.addr(),
+        identity = endpoint.endpoint.identity.as_ref().map_or_else(|| "(not meshed)".to_owned(), ToString::to_string),
         %error,
         "outbound request failed"
     );
     error_response(error.kind(), &error.to_string(), grpc)
 }
 
-/// An endpoint without an identity: not meshed. Plaintext HTTP to it is not
-/// supported yet, so the request is answered 502 `endpoint-not-meshed`.
+/// An upgrade (WebSocket) to an endpoint without an identity: not supported
+/// yet (plain requests to such endpoints go in plaintext), answered 502
+/// `endpoint-not-meshed`.
 pub(crate) fn not_meshed(endpoint: &Arc<EndpointRuntime>, backend: usize, grpc: bool) -> Done {
     let mut done = Done::error(
         ProxyError::NotMeshed,
         &format!(
-            "endpoint {} has no mesh identity; the proxy sends HTTP only over mesh mTLS",
+            "endpoint {} has no mesh identity; the proxy upgrades connections (101) only over mesh mTLS",
             endpoint.addr()
         ),
         grpc,
@@ -310,6 +330,69 @@ pub(crate) fn not_meshed(endpoint: &Arc<EndpointRuntime>, backend: usize, grpc: 
     done.backend = Some(backend);
     done.endpoint = Some(endpoint.clone());
     done
+}
+
+/// Sends a request in plaintext to an endpoint outside the mesh (one with no
+/// identity: a pod without a proxy): as it came from the app, HTTP/1.x on a
+/// pooled HTTP/1.1 connection (origin-form URI), HTTP/2 (h2c, gRPC) on one
+/// multiplexed connection per endpoint. Nothing of the mesh is added: the
+/// server is not a weft proxy.
+pub(crate) async fn send_plain(
+    outbound: &Outbound,
+    addr: std::net::SocketAddr,
+    req: Request<Body>,
+    connect_timeout: std::time::Duration,
+) -> Result<Response<Body>, ForwardError> {
+    let failed =
+        |connect: bool, source: Box<dyn std::error::Error + Send + Sync>| ForwardError::Plain {
+            peer: addr.to_string(),
+            connect,
+            source,
+        };
+    if req.version() == Version::HTTP_2 {
+        let conn = outbound
+            .plain_http2
+            .get(&addr, || async {
+                let tcp =
+                    tokio::time::timeout(connect_timeout, crate::transport::connect_tcp(addr))
+                        .await
+                        .map_err(|e| failed(true, e.into()))?
+                        .map_err(|e| failed(true, e.into()))?;
+                pool::handshake(tcp)
+                    .await
+                    .map_err(|e| failed(true, e.into()))
+            })
+            .await?;
+        let mut tx = conn.tx.clone();
+        let rsp = tx
+            .send_request(req)
+            .await
+            .map_err(|e| failed(false, e.into()))?;
+        return Ok(rsp.map(incoming));
+    }
+    let (mut parts, body) = req.into_parts();
+    let mut uri = std::mem::take(&mut parts.uri).into_parts();
+    if !parts.headers.contains_key(header::HOST)
+        && let Some(authority) = uri.authority.as_ref()
+        && let Ok(host) = HeaderValue::from_str(authority.as_str())
+    {
+        parts.headers.insert(header::HOST, host);
+    }
+    uri.scheme = None;
+    uri.authority = None;
+    if uri.path_and_query.is_none() {
+        uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    parts.uri = Uri::from_parts(uri).map_err(|e| failed(false, e.into()))?;
+    let rsp = outbound
+        .plain_http1
+        .send(addr, Request::from_parts(parts, body))
+        .await
+        .map_err(|e| {
+            let connect = matches!(e, pool::Http1Error::Connect(_));
+            failed(connect, e.into())
+        })?;
+    Ok(rsp.map(incoming))
 }
 
 async fn upgrade(
@@ -328,7 +411,7 @@ async fn upgrade(
     };
     let rsp = match forward_upgrade(outbound, mesh, req).await {
         Ok(rsp) => rsp,
-        Err(error) => failure_response(upstream, mesh, &error, grpc),
+        Err(error) => failure_response(upstream, &endpoint, &error, grpc),
     };
     Done {
         rsp,

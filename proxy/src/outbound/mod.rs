@@ -53,6 +53,9 @@ pub struct Outbound {
     pub(crate) tls: Arc<MeshTls>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) pool: pool::H2Pool<Endpoint>,
+    /// Plaintext connections to endpoints outside the mesh.
+    pub(crate) plain_http1: Arc<pool::Http1Pool>,
+    pub(crate) plain_http2: pool::H2Pool<std::net::SocketAddr>,
     pub(crate) connect_timeout: Duration,
     pub(crate) detect_timeout: Duration,
     /// The largest request body kept for retries.
@@ -71,6 +74,8 @@ impl Outbound {
             tls,
             metrics,
             pool: pool::H2Pool::default(),
+            plain_http1: Arc::default(),
+            plain_http2: pool::H2Pool::default(),
             connect_timeout,
             detect_timeout,
             retry_buffer,

@@ -18,12 +18,13 @@ use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::{Frame, Incoming, SizeHint};
 use rand::Rng;
+use weft_api::consts::ORIG_PROTO_HEADER;
 use weft_api::policy::{Backoff, GrpcCode, RetryPolicy, Route};
 
 use super::Outbound;
 use super::http::{
-    Done, ForwardError, failure_response, no_endpoints, not_meshed, peer_connection, pick, record,
-    send, to_peer,
+    Done, ForwardError, failure_response, no_endpoints, peer_connection, pick, record, send,
+    send_plain, to_peer,
 };
 use super::upstream::{Resolved, Upstream};
 use crate::http::{Body, BoxError, ProxyError, error_response, full, incoming};
@@ -147,14 +148,15 @@ async fn tries(
         };
         last.backend = Some(backend);
         last.endpoint = Some(endpoint.clone());
-        let Some(mesh) = endpoint.mesh.clone() else {
-            return not_meshed(&endpoint, backend, grpc);
-        };
+        let mesh = endpoint.mesh.clone();
         let flight = endpoint.start();
         let sent = Instant::now();
-        // Connect first: a try that cannot connect never sent the body.
+        // Connect first: a try that cannot connect never sent the body (a
+        // plaintext endpoint outside the mesh connects as it sends).
         let attempt = async {
-            peer_connection(outbound, &mesh, connect_timeout).await?;
+            if let Some(mesh) = &mesh {
+                peer_connection(outbound, mesh, connect_timeout).await?;
+            }
             let body = match first.take() {
                 Some(body) => body,
                 None => match copy.as_ref().and_then(|c| lock(c).replay()) {
@@ -169,7 +171,17 @@ async fn tries(
             *req.uri_mut() = parts.uri.clone();
             *req.version_mut() = parts.version;
             *req.headers_mut() = parts.headers.clone();
-            send(outbound, &mesh, req, from_http1, connect_timeout).await
+            match &mesh {
+                Some(mesh) => send(outbound, mesh, req, from_http1, connect_timeout).await,
+                None => {
+                    // Back from the peer form: the server is not a proxy.
+                    if from_http1 {
+                        req.headers_mut().remove(ORIG_PROTO_HEADER);
+                        *req.version_mut() = http::Version::HTTP_11;
+                    }
+                    send_plain(outbound, endpoint.addr(), req, connect_timeout).await
+                }
+            }
         };
         let result = match route.timeouts.backend_request {
             Some(limit) => match tokio::time::timeout(limit, attempt).await {
@@ -200,7 +212,9 @@ async fn tries(
                 record(outbound, upstream, resolved, backend, &endpoint, rtt, true);
                 let connect = matches!(
                     error,
-                    ForwardError::Connect(_) | ForwardError::Handshake { .. }
+                    ForwardError::Connect(_)
+                        | ForwardError::Handshake { .. }
+                        | ForwardError::Plain { connect: true, .. }
                 );
                 let reason = policy.and_then(|p| {
                     if connect && p.on.connect_failure {
@@ -213,7 +227,7 @@ async fn tries(
                         None
                     }
                 });
-                let rsp = failure_response(upstream, &mesh, &error, grpc);
+                let rsp = failure_response(upstream, &endpoint, &error, grpc);
                 (
                     reason,
                     Done {
@@ -232,7 +246,8 @@ async fn tries(
                     ProxyError::Timeout,
                     &format!(
                         "a try to {} ({}) took longer than its {limit:?} timeout",
-                        upstream.name, mesh.addr
+                        upstream.name,
+                        endpoint.addr()
                     ),
                     grpc,
                 );
