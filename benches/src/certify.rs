@@ -26,6 +26,26 @@ use crate::figures::ControlPlaneFigure;
 
 const MAX_COUNT: u64 = 1_000_000;
 
+/// The settings of a controller the harness runs in process: trust domain
+/// `cluster.local`, both servers on 127.0.0.1 ports the OS picks, its audit
+/// trail in `state`; its issuer generated into `state/issuer`, or loaded from
+/// `issuer_dir` when given.
+pub(crate) fn controller_settings(
+    state: &std::path::Path,
+    issuer_dir: Option<&std::path::Path>,
+) -> Settings {
+    Settings {
+        trust_domain: "cluster.local".into(),
+        issuer_dir: issuer_dir.map_or_else(|| state.join("issuer"), std::path::Path::to_path_buf),
+        generate_issuer: issuer_dir.is_none(),
+        issuer_poll: Duration::from_secs(5),
+        cert_lifetime: Duration::from_secs(86_400),
+        grpc_addr: ([127, 0, 0, 1], 0).into(),
+        admin_addr: ([127, 0, 0, 1], 0).into(),
+        audit_path: state.join("audit.log"),
+    }
+}
+
 /// Measures both figures for `duration` each.
 pub fn measure(duration: Duration, concurrency: usize) -> anyhow::Result<ControlPlaneFigure> {
     let identity = Identity::new("cluster.local", "bench", "client")?;
@@ -56,16 +76,7 @@ pub fn measure(duration: Duration, concurrency: usize) -> anyhow::Result<Control
     let (certified, failed, elapsed, p50, p99) = runtime.block_on(async {
         let state = tempfile::tempdir()?;
         let tokens = Arc::new(BootstrapTokens::new(state.path()));
-        let settings = Settings {
-            trust_domain: "cluster.local".into(),
-            issuer_dir: state.path().join("issuer"),
-            generate_issuer: true,
-            issuer_poll: Duration::from_secs(5),
-            cert_lifetime: Duration::from_secs(86_400),
-            grpc_addr: "127.0.0.1:0".parse()?,
-            admin_addr: "127.0.0.1:0".parse()?,
-            audit_path: state.path().join("audit.log"),
-        };
+        let settings = controller_settings(state.path(), None);
         let controller = Controller::start(settings, tokens.clone()).await?;
         let token = tokens.issue(&identity, Duration::from_secs(3600))?;
         let anchors = std::fs::read(state.path().join("issuer").join(ca::TRUST_ANCHORS_FILE))?;

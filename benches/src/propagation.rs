@@ -20,7 +20,7 @@ use weft_api::tls::{Credentials, MeshTls, TrustAnchors};
 use weft_controller::bootstrap::BootstrapTokens;
 use weft_controller::discovery::index::{Resource, SharedIndex};
 use weft_controller::discovery::local::Workloads;
-use weft_controller::{AuditEcho, Controller, Discovery, Settings};
+use weft_controller::{AuditEcho, Controller, Discovery};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -110,16 +110,7 @@ async fn run(n: usize) -> anyhow::Result<PropagationFigure> {
     }
     index.apply(route(90, 10)?);
     index.publish_now();
-    let settings = Settings {
-        trust_domain: "cluster.local".into(),
-        issuer_dir: state.path().join("issuer"),
-        generate_issuer: true,
-        issuer_poll: Duration::from_secs(5),
-        cert_lifetime: Duration::from_secs(86_400),
-        grpc_addr: "127.0.0.1:0".parse()?,
-        admin_addr: "127.0.0.1:0".parse()?,
-        audit_path: state.path().join("audit.log"),
-    };
+    let settings = crate::certify::controller_settings(state.path(), None);
     let discovery = Discovery {
         index: Arc::new(index.clone()),
         report: Arc::new(|| json!({})),

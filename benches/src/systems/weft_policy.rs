@@ -21,7 +21,7 @@ use anyhow::{Context, bail};
 use weft_api::Identity;
 use weft_api::consts::env as var;
 use weft_controller::bootstrap::BootstrapTokens;
-use weft_controller::{AuditEcho, Controller, Settings};
+use weft_controller::{AuditEcho, Controller};
 
 use super::{Running, StartEnv, free_addr, spawn};
 use crate::pki::{CLIENT_ID, SERVER_ID};
@@ -77,16 +77,7 @@ fn start_controller(
     let state = dir.join("controller");
     std::fs::create_dir_all(&state).with_context(|| format!("create {}", state.display()))?;
     let tokens = Arc::new(BootstrapTokens::new(&state));
-    let settings = Settings {
-        trust_domain: "cluster.local".into(),
-        issuer_dir: env.pki.issuer_dir.clone(),
-        generate_issuer: false,
-        issuer_poll: Duration::from_secs(5),
-        cert_lifetime: Duration::from_secs(86_400),
-        grpc_addr: ([127, 0, 0, 1], 0).into(),
-        admin_addr: ([127, 0, 0, 1], 0).into(),
-        audit_path: state.join("audit.log"),
-    };
+    let settings = crate::certify::controller_settings(&state, Some(&env.pki.issuer_dir));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<anyhow::Result<SocketAddr>>();
     let verifier = tokens.clone();
