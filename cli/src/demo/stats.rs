@@ -554,6 +554,18 @@ mod tests {
         assert_eq!(quantile(&[(f64::INFINITY, 0.0)], 0.5), None);
     }
 
+    /// A watched proxy of the demo's namespace on 127.0.0.1 ports.
+    fn watched(service: &str, account: &str, replica: &str, admin: u16, inbound: u16) -> Watched {
+        Watched {
+            service: service.into(),
+            account: account.into(),
+            replica: replica.into(),
+            identity: format!("spiffe://cluster.local/ns/demo/sa/{account}"),
+            admin: ([127, 0, 0, 1], admin).into(),
+            inbound: ([127, 0, 0, 1], inbound).into(),
+        }
+    }
+
     fn metrics(requests: u32, expiry: u64) -> Vec<Sample> {
         parse(&format!(
             r#"weft_requests_total{{direction="inbound",status_code="200",tls="true",peer_identity="spiffe://cluster.local/ns/demo/sa/web"}} {requests}
@@ -568,22 +580,8 @@ weft_identity_cert_expiration_timestamp_seconds{{identity="spiffe://cluster.loca
     #[test]
     fn ticks_report_rates_edges_and_renewals() {
         let watched = vec![
-            Watched {
-                service: "web".into(),
-                account: "web".into(),
-                replica: "web-0".into(),
-                identity: "spiffe://cluster.local/ns/demo/sa/web".into(),
-                admin: "127.0.0.1:1".parse().unwrap(),
-                inbound: "127.0.0.1:11".parse().unwrap(),
-            },
-            Watched {
-                service: "checkout-v1".into(),
-                account: "checkout".into(),
-                replica: "checkout-v1-0".into(),
-                identity: "spiffe://cluster.local/ns/demo/sa/checkout".into(),
-                admin: "127.0.0.1:2".parse().unwrap(),
-                inbound: "127.0.0.1:12".parse().unwrap(),
-            },
+            watched("web", "web", "web-0", 1, 11),
+            watched("checkout-v1", "checkout", "checkout-v1-0", 2, 12),
         ];
         let mut stats = Stats::new(watched);
         stats.tick(vec![Some(metrics(10, 1000)), None], 1.0, 990.0, 1.0, &[]);
@@ -620,22 +618,8 @@ weft_proxy_endpoint_ejected{{target="inventory",backend="inventory",endpoint="12
     #[test]
     fn backend_rows_show_shares_weights_retries_and_ejections() {
         let watched = vec![
-            Watched {
-                service: "web".into(),
-                account: "web".into(),
-                replica: "web-0".into(),
-                identity: "spiffe://cluster.local/ns/demo/sa/web".into(),
-                admin: "127.0.0.1:1".parse().unwrap(),
-                inbound: "127.0.0.1:11".parse().unwrap(),
-            },
-            Watched {
-                service: "inventory".into(),
-                account: "inventory".into(),
-                replica: "inventory-2".into(),
-                identity: "spiffe://cluster.local/ns/demo/sa/inventory".into(),
-                admin: "127.0.0.1:3".parse().unwrap(),
-                inbound: "127.0.0.1:13".parse().unwrap(),
-            },
+            watched("web", "web", "web-0", 1, 11),
+            watched("inventory", "inventory", "inventory-2", 3, 13),
         ];
         let splits = [Split {
             service: "checkout".into(),
