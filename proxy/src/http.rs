@@ -299,6 +299,18 @@ pub const H2_CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
 /// Streams one peer may have open on one connection.
 pub const H2_MAX_CONCURRENT_STREAMS: u32 = 2_000;
 
+/// `uri` in origin form (`/path?query`, `/` when it has no path), as an
+/// HTTP/1.1 request to a server carries it.
+pub(crate) fn origin_form(uri: http::Uri) -> Result<http::Uri, http::uri::InvalidUriParts> {
+    let mut parts = uri.into_parts();
+    parts.scheme = None;
+    parts.authority = None;
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    http::Uri::from_parts(parts)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

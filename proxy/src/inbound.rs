@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -395,13 +395,8 @@ async fn to_app_http1(
         };
     }
     // Origin form (`/path?query`) on the connection to the app.
-    let mut uri = std::mem::take(&mut parts.uri).into_parts();
-    uri.scheme = None;
-    uri.authority = None;
-    if uri.path_and_query.is_none() {
-        uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
-    }
-    parts.uri = Uri::from_parts(uri).map_err(http::Error::from)?;
+    parts.uri =
+        crate::http::origin_form(std::mem::take(&mut parts.uri)).map_err(http::Error::from)?;
     let mut rsp = inbound
         .app_http1
         .send(app, Request::from_parts(parts, incoming(body)))

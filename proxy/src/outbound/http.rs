@@ -371,19 +371,14 @@ pub(crate) async fn send_plain(
         return Ok(rsp.map(incoming));
     }
     let (mut parts, body) = req.into_parts();
-    let mut uri = std::mem::take(&mut parts.uri).into_parts();
     if !parts.headers.contains_key(header::HOST)
-        && let Some(authority) = uri.authority.as_ref()
+        && let Some(authority) = parts.uri.authority()
         && let Ok(host) = HeaderValue::from_str(authority.as_str())
     {
         parts.headers.insert(header::HOST, host);
     }
-    uri.scheme = None;
-    uri.authority = None;
-    if uri.path_and_query.is_none() {
-        uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
-    }
-    parts.uri = Uri::from_parts(uri).map_err(|e| failed(false, e.into()))?;
+    parts.uri = crate::http::origin_form(std::mem::take(&mut parts.uri))
+        .map_err(|e| failed(false, e.into()))?;
     let rsp = outbound
         .plain_http1
         .send(addr, Request::from_parts(parts, body))
