@@ -51,6 +51,16 @@ pub enum Command {
         #[arg(long)]
         quick: bool,
     },
+    /// Only `weft canary set` timed to real proxies (release binaries, built
+    /// first under cargo); prints the figure as JSON.
+    Canary {
+        /// How many proxies.
+        #[arg(long, default_value_t = crate::run::CANARY_PROXIES)]
+        proxies: usize,
+        /// A `weft-proxy` binary other than the release build.
+        #[arg(long)]
+        weft_proxy: Option<std::path::PathBuf>,
+    },
     /// (worker) Measure mTLS handshakes per second from a JSON `HandshakeSpec`.
     Handshake {
         #[arg(long)]

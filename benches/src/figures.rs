@@ -162,6 +162,9 @@ pub struct Report {
     pub webhook: crate::webhook::WebhookFigure,
     /// A policy change's propagation to 100 and 1,000 subscribers.
     pub propagation: Vec<crate::propagation::PropagationFigure>,
+    /// `weft canary set` to 100 proxies, start to the last one enforcing it
+    /// (`None`: the run had no weft-proxy binary).
+    pub canary: Option<crate::canary::CanaryFigure>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -18,6 +18,7 @@
 //!   the Markdown, JSON and PNG outputs.
 
 pub mod backend;
+pub mod canary;
 pub mod certify;
 pub mod client;
 pub mod config;

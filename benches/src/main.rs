@@ -75,6 +75,20 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 weft_benches::webhook::WebhookFigure::NotMeasured { .. } => ExitCode::FAILURE,
             })
         }
+        Command::Canary {
+            proxies,
+            weft_proxy,
+        } => {
+            let proxy = weft_benches::systems::find_weft_proxy(weft_proxy.as_deref())
+                .map_err(anyhow::Error::msg)?;
+            let weft = weft_benches::canary::find_weft().map_err(anyhow::Error::msg)?;
+            let figure = weft_benches::canary::measure(&proxy.path, &weft, proxies);
+            println!("{}", serde_json::to_string_pretty(&figure)?);
+            Ok(match figure {
+                weft_benches::canary::CanaryFigure::Measured { .. } => ExitCode::SUCCESS,
+                weft_benches::canary::CanaryFigure::NotMeasured { .. } => ExitCode::FAILURE,
+            })
+        }
         Command::Handshake { spec } => {
             let spec: HandshakeSpec = serde_json::from_str(&spec).context("parse --spec")?;
             let result = runtime()?.block_on(handshake::run(&spec))?;

@@ -117,7 +117,39 @@ pub fn all(settings: &Settings) -> anyhow::Result<Report> {
         certificates_per_second: certify(settings),
         webhook: webhook(settings),
         propagation: propagation(),
+        canary: env.weft_proxy.as_ref().map(canary),
     })
+}
+
+/// How many proxies `weft canary set` is timed to.
+pub const CANARY_PROXIES: usize = 100;
+
+/// `weft canary set` from 90/10 to 50/50 with 100 subscribed proxies.
+pub fn canary(weft_proxy: &systems::WeftProxy) -> crate::canary::CanaryFigure {
+    use crate::canary::{self, CanaryFigure};
+    let n = CANARY_PROXIES;
+    eprintln!("control plane: `weft canary set` to {n} proxies");
+    let figure = match canary::find_weft() {
+        Err(reason) => CanaryFigure::NotMeasured { proxies: n, reason },
+        Ok(weft) => canary::measure(&weft_proxy.path, &weft, n),
+    };
+    match &figure {
+        CanaryFigure::Measured {
+            command_ms,
+            first_ms,
+            p50_ms,
+            last_ms,
+            worst_last_ms,
+            ..
+        } => progress(format_args!(
+            "canary set to {n} proxies (medians of {} changes): command {command_ms:.0} ms; enforced first {first_ms:.1} ms  p50 {p50_ms:.1} ms  last {last_ms:.1} ms (slowest change {worst_last_ms:.1} ms)",
+            crate::canary::CHANGES
+        )),
+        CanaryFigure::NotMeasured { reason, .. } => progress(format_args!(
+            "canary set to {n} proxies: NOT MEASURED: {reason}"
+        )),
+    }
+    figure
 }
 
 /// A weight change's propagation to 100 and to 1,000 subscribed streams.

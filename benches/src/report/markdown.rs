@@ -75,7 +75,45 @@ pub fn render(r: &Report) -> String {
     }
     webhook_section(&mut md, &r.webhook);
     propagation_section(&mut md, &r.propagation);
+    if let Some(canary) = &r.canary {
+        canary_section(&mut md, canary);
+    }
     md
+}
+
+fn canary_section(md: &mut String, figure: &crate::canary::CanaryFigure) {
+    use crate::canary::CanaryFigure;
+    let _ = writeln!(
+        md,
+        "\n`weft canary set` to real proxies (`src/canary.rs`): the release `weft` binary sets checkout from 90/10 to \
+         50/50 in a local controller's policy directory; each release `weft-proxy` holds its own Discovery.Watch stream, \
+         and a proxy counts when it has swapped in the new snapshot (its next request routes by it; every proxy's \
+         `/config` is checked after). Timed from the command's start, the directory poll and the debounce inside; \
+         medians over {} changes (90/10 to 50/50 and back), and the slowest change's last proxy:\n\n\
+         | proxies | command | first | p50 | last (target < 1 s) | slowest last | poll, debounce |\n|---:|---:|---:|---:|---:|---:|---:|",
+        crate::canary::CHANGES
+    );
+    match figure {
+        CanaryFigure::Measured {
+            proxies,
+            command_ms,
+            first_ms,
+            p50_ms,
+            last_ms,
+            worst_last_ms,
+            poll_ms,
+            debounce_ms,
+            ..
+        } => {
+            let _ = writeln!(
+                md,
+                "| {proxies} | {command_ms:.0} ms | {first_ms:.1} ms | {p50_ms:.1} ms | **{last_ms:.1} ms** | {worst_last_ms:.1} ms | {poll_ms:.0} ms, {debounce_ms:.0} ms |"
+            );
+        }
+        CanaryFigure::NotMeasured { proxies, reason } => {
+            let _ = writeln!(md, "| {proxies} | not measured: {reason} | | | | | |");
+        }
+    }
 }
 
 fn propagation_section(md: &mut String, figures: &[crate::propagation::PropagationFigure]) {

@@ -99,5 +99,8 @@ pub fn missing(report: &Report, weft_required: bool) -> Vec<String> {
             ));
         }
     }
+    if let Some(crate::canary::CanaryFigure::NotMeasured { proxies, reason }) = &report.canary {
+        missing.push(format!("`weft canary set` to {proxies} proxies: {reason}"));
+    }
     missing
 }

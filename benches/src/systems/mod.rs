@@ -9,7 +9,7 @@
 mod haproxy;
 mod nginx;
 mod weft;
-mod weft_policy;
+pub(crate) mod weft_policy;
 
 use std::fs;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::pki::Pki;
 
-pub use weft::{WeftProxy, find_weft_proxy};
+pub use weft::{WeftProxy, find_release_binary, find_weft_proxy};
 
 /// The systems, in report order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -232,6 +232,26 @@ pub(crate) fn nofile_limit() -> u64 {
 pub(crate) fn free_addr() -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").context("bind 127.0.0.1:0")?;
     Ok(listener.local_addr()?)
+}
+
+/// `GET <path>` with `Host: <host>` and `Connection: close`, read to the
+/// end: the status line and the body (as sent: the servers asked answer
+/// with a length, not in chunks).
+pub(crate) fn get(addr: SocketAddr, host: &str, path: &str) -> std::io::Result<(String, String)> {
+    use std::io::{Read, Write};
+    let mut tcp = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
+    tcp.set_read_timeout(Some(Duration::from_secs(2)))?;
+    tcp.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )?;
+    let mut response = Vec::new();
+    tcp.read_to_end(&mut response)?;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    Ok((
+        head.lines().next().unwrap_or("").to_owned(),
+        body.to_owned(),
+    ))
 }
 
 /// Spawns `command` with its output in `dir/<name>.log`.

@@ -21,11 +21,8 @@ pub struct WeftProxy {
 }
 
 /// Finds (building it first when run under cargo) the release `weft-proxy`
-/// binary, or says why there is none.
-///
-/// Order: `explicit` if given; else, when the harness was started by `cargo
-/// run` (`CARGO` is set), `cargo build --release -p weft-proxy --bin
-/// weft-proxy`; then `weft-proxy` beside the harness executable.
+/// binary, or says why there is none: `explicit` (`--weft-proxy`) if given,
+/// else as [`find_release_binary`].
 pub fn find_weft_proxy(explicit: Option<&Path>) -> Result<WeftProxy, String> {
     if let Some(path) = explicit {
         return if path.is_file() {
@@ -36,22 +33,25 @@ pub fn find_weft_proxy(explicit: Option<&Path>) -> Result<WeftProxy, String> {
             Err(format!("--weft-proxy {} does not exist", path.display()))
         };
     }
+    find_release_binary("weft-proxy", "weft-proxy").map(|path| WeftProxy { path })
+}
+
+/// Finds (building it first when run under cargo) the release binary `bin`
+/// of workspace package `package`, or says why there is none: when the
+/// harness was started by `cargo run` (`CARGO` is set), `cargo build
+/// --release -p <package> --bin <bin>`; then `<bin>` beside the harness
+/// executable.
+pub fn find_release_binary(package: &str, bin: &str) -> Result<PathBuf, String> {
     let mut build_note = String::new();
     if let Some(cargo) = std::env::var_os("CARGO") {
         let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
             .parent()
             .unwrap_or(Path::new("."));
-        eprintln!("building the release weft-proxy binary (cargo build --release -p weft-proxy)");
+        let build = format!("cargo build --release -p {package} --bin {bin}");
+        eprintln!("building the release {bin} binary ({build})");
         let output = Command::new(cargo)
             .current_dir(workspace)
-            .args([
-                "build",
-                "--release",
-                "-p",
-                "weft-proxy",
-                "--bin",
-                "weft-proxy",
-            ])
+            .args(["build", "--release", "-p", package, "--bin", bin])
             .output();
         match output {
             Ok(out) if out.status.success() => {}
@@ -59,7 +59,7 @@ pub fn find_weft_proxy(explicit: Option<&Path>) -> Result<WeftProxy, String> {
                 let stderr = String::from_utf8_lossy(&out.stderr);
                 let last: Vec<&str> = stderr.lines().rev().take(3).collect();
                 build_note = format!(
-                    "; `cargo build --release -p weft-proxy --bin weft-proxy` failed: {}",
+                    "; `{build}` failed: {}",
                     last.into_iter().rev().collect::<Vec<_>>().join(" | ")
                 );
             }
@@ -68,11 +68,11 @@ pub fn find_weft_proxy(explicit: Option<&Path>) -> Result<WeftProxy, String> {
     }
     let sibling = std::env::current_exe()
         .ok()
-        .and_then(|exe| exe.parent().map(|dir| dir.join("weft-proxy")));
+        .and_then(|exe| exe.parent().map(|dir| dir.join(bin)));
     match sibling {
-        Some(path) if path.is_file() && build_note.is_empty() => Ok(WeftProxy { path }),
+        Some(path) if path.is_file() && build_note.is_empty() => Ok(path),
         Some(path) => Err(format!(
-            "no release weft-proxy binary at {}{build_note}",
+            "no release {bin} binary at {}{build_note}",
             path.display()
         )),
         None => Err(format!("cannot locate the harness executable{build_note}")),

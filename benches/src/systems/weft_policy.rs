@@ -10,8 +10,7 @@
 //! thread, and signs the proxies' certificates with the run's intermediate,
 //! so they chain to the same root as every other system's.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
@@ -29,8 +28,8 @@ use crate::pki::{CLIENT_ID, SERVER_ID};
 /// The namespace of the bench identities (`spiffe://cluster.local/ns/bench/...`).
 const NAMESPACE: &str = "bench";
 
-/// The controller of one weft-policy run; dropping it stops it.
-pub(super) struct ControlPlane {
+/// A controller in the harness process; dropping it stops it.
+pub(crate) struct ControlPlane {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -68,16 +67,19 @@ apiVersion: policy.weft.io/v1alpha1\nkind: ResiliencePolicy\nmetadata:\n  name: 
     )
 }
 
-/// Starts the controller (serving `policy_dir`) on its own thread.
-fn start_controller(
-    env: &StartEnv,
+/// Starts a controller in local mode (serving `policy_dir`, polled) on its
+/// own thread, its state in `dir/controller`, signing with `issuer` (or a
+/// CA it generates there, whose trust anchors are then in
+/// `dir/controller/issuer`).
+pub(crate) fn start_controller(
     dir: &Path,
+    issuer: Option<&Path>,
     policy_dir: &Path,
 ) -> anyhow::Result<(ControlPlane, SocketAddr, Arc<BootstrapTokens>)> {
     let state = dir.join("controller");
     std::fs::create_dir_all(&state).with_context(|| format!("create {}", state.display()))?;
     let tokens = Arc::new(BootstrapTokens::new(&state));
-    let settings = crate::certify::controller_settings(&state, Some(&env.pki.issuer_dir));
+    let settings = crate::certify::controller_settings(&state, issuer);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<anyhow::Result<SocketAddr>>();
     let verifier = tokens.clone();
@@ -152,7 +154,8 @@ pub(super) fn start(env: &StartEnv, dir: &Path) -> anyhow::Result<Running> {
         .with_context(|| format!("create {}", policy_dir.display()))?;
     std::fs::write(policy_dir.join("bench.yaml"), policy(inbound))
         .context("write the policy directory")?;
-    let (control, controller, tokens) = start_controller(env, dir, &policy_dir)?;
+    let (control, controller, tokens) =
+        start_controller(dir, Some(&env.pki.issuer_dir), &policy_dir)?;
 
     let command = |identity: &str| -> anyhow::Result<Command> {
         let id: Identity = identity.parse()?;
@@ -198,9 +201,9 @@ pub(super) fn wait_serving(running: &mut Running, limit: Duration) -> anyhow::Re
     let deadline = Instant::now() + limit;
     loop {
         running.check_alive()?;
-        let last = match get(running.http1) {
-            Ok(status) if status.starts_with("HTTP/1.1 200") => return Ok(()),
-            Ok(status) => status,
+        let last = match super::get(running.http1, "backend", "/") {
+            Ok((status, _)) if status.starts_with("HTTP/1.1 200") => return Ok(()),
+            Ok((status, _)) => status,
             Err(e) => e.to_string(),
         };
         if Instant::now() > deadline {
@@ -211,17 +214,6 @@ pub(super) fn wait_serving(running: &mut Running, limit: Duration) -> anyhow::Re
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-/// `GET /` with `Connection: close`; the status line.
-fn get(addr: SocketAddr) -> std::io::Result<String> {
-    let mut tcp = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
-    tcp.set_read_timeout(Some(Duration::from_secs(2)))?;
-    tcp.write_all(b"GET / HTTP/1.1\r\nHost: backend\r\nConnection: close\r\n\r\n")?;
-    let mut response = Vec::new();
-    tcp.read_to_end(&mut response)?;
-    let text = String::from_utf8_lossy(&response);
-    Ok(text.lines().next().unwrap_or("").to_owned())
 }
 
 #[cfg(test)]
