@@ -50,9 +50,15 @@ async fn main() -> anyhow::Result<()> {
                     )?;
                     // Services, EndpointSlices, Pods, routes and policies
                     // from the API server feed the index.
+                    // The status Lease lives in the controller's own
+                    // namespace (in a pod: its ServiceAccount's).
+                    let lease = weft_controller::discovery::lease::LeaseSettings::new(
+                        client.default_namespace(),
+                    );
                     let index = weft_controller::discovery::kube::start(
                         client.clone(),
                         settings,
+                        lease,
                         stop.clone(),
                     );
                     let report = {

@@ -47,6 +47,7 @@ use tokio_util::sync::CancellationToken;
 use weft_api::Identity;
 use weft_api::policy::{DestinationState, Target};
 use weft_controller::discovery::index::{IndexSettings, SharedIndex};
+use weft_controller::discovery::lease::{self, LeaseSettings};
 
 const ENV: &str = "WEFT_E2E_KUBECONFIG";
 const CRDS_ENV: &str = "WEFT_GATEWAY_API_CRDS";
@@ -113,8 +114,14 @@ async fn run(kubeconfig: PathBuf, admin: kube::Client, ns: String) {
         },
         shutdown.clone(),
     );
+    // This run's own status Lease, so that a run that died holding one does
+    // not delay this one's status writes.
+    let lease = LeaseSettings {
+        name: format!("weft-controller-status-{ns}"),
+        ..LeaseSettings::new(weft_api::consts::MESH_NAMESPACE)
+    };
     let backend =
-        weft_controller::discovery::kube::spawn(controller, index.clone(), shutdown.clone());
+        weft_controller::discovery::kube::spawn(controller, index.clone(), lease, shutdown.clone());
 
     let routes = Api::<DynamicObject>::namespaced_with(admin.clone(), &ns, &http_route_resource());
     apply(
@@ -281,6 +288,116 @@ async fn run(kubeconfig: PathBuf, admin: kube::Client, ns: String) {
     backend.await.expect("the backend stops");
 }
 
+/// Two replicas electing the status writer on one Lease, as the controller's
+/// ServiceAccount (so its Role is what is tested): exactly one holds it; when
+/// the holder stops it releases the Lease and the other takes it at once; a
+/// Lease whose holder stopped renewing without releasing is taken only after
+/// its duration has passed as the taker observed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replica_holds_the_status_lease() {
+    let Some(kubeconfig) = std::env::var_os(ENV).map(PathBuf::from) else {
+        eprintln!("skipped: {ENV} is not set (see discovery_follows_a_real_api_server)");
+        return;
+    };
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    install_crds_and_rbac(&kubeconfig);
+    let controller = client(
+        &kubeconfig,
+        Some("system:serviceaccount:weft-system:weft-controller"),
+    )
+    .await;
+    let name = format!("weft-e2e-lease-{:06x}", rand::random::<u32>() & 0xff_ffff);
+    let settings = |holder: &str| LeaseSettings {
+        name: name.clone(),
+        holder: holder.to_owned(),
+        duration: Duration::from_secs(3),
+        renew_every: Duration::from_millis(500),
+        retry_every: Duration::from_millis(100),
+        ..LeaseSettings::new(weft_api::consts::MESH_NAMESPACE)
+    };
+    let (stop_a, stop_b) = (CancellationToken::new(), CancellationToken::new());
+    let mut a = lease::elect(controller.clone(), settings("replica-a"), stop_a.clone());
+    let mut b = lease::elect(controller.clone(), settings("replica-b"), stop_b.clone());
+    let deadline = Instant::now() + STEP;
+    while !(*a.borrow_and_update() || *b.borrow_and_update()) {
+        assert!(
+            Instant::now() < deadline,
+            "no replica took the Lease within {STEP:?}"
+        );
+        tokio::select! {
+            _ = a.changed() => {}
+            _ = b.changed() => {}
+        }
+    }
+    let (mut holder, stop_holder, mut other, stop_other) = if *a.borrow() {
+        (a, stop_a, b, stop_b)
+    } else {
+        (b, stop_b, a, stop_a)
+    };
+    assert!(!*other.borrow(), "both replicas hold the Lease");
+    // Still one holder after several renewals and retries.
+    for _ in 0..3 {
+        tokio::time::timeout(Duration::from_millis(700), other.changed())
+            .await
+            .expect_err("the other replica took a Lease that was being renewed");
+        assert!(
+            *holder.borrow_and_update(),
+            "the holder lost a Lease it renewed"
+        );
+    }
+    let stopped = Instant::now();
+    stop_holder.cancel();
+    tokio::time::timeout(STEP, other.wait_for(|held| *held))
+        .await
+        .expect("the other replica takes the released Lease")
+        .expect("its election runs");
+    let took = stopped.elapsed();
+    eprintln!("released Lease taken over in {took:?}");
+    assert!(
+        took < Duration::from_secs(3),
+        "a released Lease waited out its duration ({took:?})"
+    );
+    let _ = holder.changed().await;
+    assert!(
+        !*holder.borrow(),
+        "a stopped replica still says it holds the Lease"
+    );
+
+    // A holder that vanished without releasing: the Lease names a ghost.
+    stop_other.cancel();
+    // The election ends (its sender dropped) once it has released the Lease.
+    while other.changed().await.is_ok() {}
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(controller.clone(), weft_api::consts::MESH_NAMESPACE);
+    let mut ghost = leases.get(&name).await.expect("the Lease");
+    let spec = ghost.spec.get_or_insert_with(Default::default);
+    spec.holder_identity = Some("replica-ghost".into());
+    spec.lease_duration_seconds = Some(3);
+    spec.renew_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+        k8s_openapi::jiff::Timestamp::now(),
+    ));
+    leases
+        .replace(&name, &PostParams::default(), &ghost)
+        .await
+        .expect("write the ghost holder");
+    let started = Instant::now();
+    let stop_c = CancellationToken::new();
+    let mut c = lease::elect(controller.clone(), settings("replica-c"), stop_c.clone());
+    tokio::time::timeout(STEP, c.wait_for(|held| *held))
+        .await
+        .expect("a replica takes a Lease whose holder stopped renewing")
+        .expect("its election runs");
+    let waited = started.elapsed();
+    eprintln!("an abandoned Lease taken over after {waited:?}");
+    assert!(
+        waited >= Duration::from_secs(3),
+        "a Lease held by another was taken before its duration passed ({waited:?})"
+    );
+    stop_c.cancel();
+    while c.changed().await.is_ok() {}
+    let _ = leases.delete(&name, &DeleteParams::default()).await;
+}
+
 // --- what the subscriber sees -------------------------------------------------
 
 /// The split of the route (every test route has one rule), else the
@@ -305,8 +422,13 @@ fn split(pairs: &[(&str, u32)]) -> BTreeMap<String, u32> {
 }
 
 /// Every backend has all its endpoints (2 each).
+/// Both backends have both their endpoints, and the three meshed pods'
+/// identities are known (the Pods' watcher may lag the EndpointSlices').
 fn ready(state: &DestinationState) -> bool {
-    state.backends.len() == 2 && state.backends.iter().all(|b| b.endpoints.len() == 2)
+    let endpoints = || state.backends.iter().flat_map(|b| &b.endpoints);
+    state.backends.len() == 2
+        && state.backends.iter().all(|b| b.endpoints.len() == 2)
+        && endpoints().filter(|e| e.identity.is_some()).count() == 3
 }
 
 async fn wait_state(

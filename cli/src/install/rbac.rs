@@ -2,7 +2,9 @@
 //! the reason for each of its verbs, written above it in the YAML.
 
 use k8s_openapi::api::core::v1::ServiceAccount;
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject};
+use k8s_openapi::api::rbac::v1::{
+    ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
+};
 use weft_api::consts::{self, install as names};
 
 use super::manifests::meta;
@@ -69,6 +71,16 @@ const CONTROLLER_GRANTS: &[Grant] = &[
     },
 ];
 
+/// The controller's grants in its own namespace only.
+const CONTROLLER_NAMESPACE_GRANTS: &[Grant] = &[Grant {
+    api_group: "coordination.k8s.io",
+    resources: &["leases"],
+    verbs: &["get", "create", "update"],
+    why: "get, create, update: the Lease weft-controller-status elects the one replica\n\
+          that writes statuses; every replica reads it, creates it when missing,\n\
+          and renews or takes it over (update, with the resourceVersion read).",
+}];
+
 const INJECTOR_GRANTS: &[Grant] = &[Grant {
     api_group: "",
     resources: &["namespaces"],
@@ -112,17 +124,8 @@ pub fn documents(opts: &InstallOptions) -> Result<Vec<Document>, RenderError> {
         );
         let binding = ClusterRoleBinding {
             metadata: meta(name, None),
-            role_ref: RoleRef {
-                api_group: "rbac.authorization.k8s.io".to_owned(),
-                kind: "ClusterRole".to_owned(),
-                name: name.to_owned(),
-            },
-            subjects: Some(vec![Subject {
-                kind: "ServiceAccount".to_owned(),
-                name: name.to_owned(),
-                namespace: Some(opts.namespace.clone()),
-                ..Subject::default()
-            }]),
+            role_ref: role_ref("ClusterRole", name),
+            subjects: Some(vec![account_subject(name, &opts.namespace)]),
         };
         docs.push(Document::new(
             DeployFile::Rbac,
@@ -130,7 +133,47 @@ pub fn documents(opts: &InstallOptions) -> Result<Vec<Document>, RenderError> {
             &binding,
         )?);
     }
+    let name = consts::CONTROLLER_SERVICE_ACCOUNT;
+    let role = Role {
+        metadata: meta(name, Some(&opts.namespace)),
+        rules: Some(CONTROLLER_NAMESPACE_GRANTS.iter().map(rule).collect()),
+    };
+    docs.push(
+        Document::new(
+            DeployFile::Rbac,
+            format!("What {name} may do in its own namespace only: each rule says why."),
+            &role,
+        )?
+        .with_rule_comments(CONTROLLER_NAMESPACE_GRANTS.iter().map(|g| g.why).collect()),
+    );
+    let binding = RoleBinding {
+        metadata: meta(name, Some(&opts.namespace)),
+        role_ref: role_ref("Role", name),
+        subjects: Some(vec![account_subject(name, &opts.namespace)]),
+    };
+    docs.push(Document::new(
+        DeployFile::Rbac,
+        format!("Grants the Role {name} to its service account."),
+        &binding,
+    )?);
     Ok(docs)
+}
+
+fn role_ref(kind: &str, name: &str) -> RoleRef {
+    RoleRef {
+        api_group: "rbac.authorization.k8s.io".to_owned(),
+        kind: kind.to_owned(),
+        name: name.to_owned(),
+    }
+}
+
+fn account_subject(name: &str, namespace: &str) -> Subject {
+    Subject {
+        kind: "ServiceAccount".to_owned(),
+        name: name.to_owned(),
+        namespace: Some(namespace.to_owned()),
+        ..Subject::default()
+    }
 }
 
 fn rule(grant: &Grant) -> PolicyRule {

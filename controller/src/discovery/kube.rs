@@ -32,15 +32,19 @@ use weft_api::crd::ParentReference;
 use weft_api::crd::{GrpcRoute, HttpRoute, ResiliencePolicy};
 
 use super::index::{IndexSettings, Kind, ObjectRef, Resource, SharedIndex};
+use super::lease::LeaseSettings;
 use super::status::{self, StatusBook};
 
-/// Starts the watchers and the status writer; they run until `shutdown` is
+/// Starts the watchers, the status Lease's election and the status writer
+/// (writing while this replica holds the Lease); they run until `shutdown` is
 /// cancelled. The controller's ServiceAccount needs the grants of its
-/// ClusterRole (`cli/src/install/rbac.rs`): list and watch on every kind
-/// watched here, patch on the status of routes and policies.
+/// ClusterRole and Role (`cli/src/install/rbac.rs`): list and watch on every
+/// kind watched here, patch on the status of routes and policies, and get,
+/// create and update on Leases in `lease.namespace`.
 pub fn spawn(
     client: kube::Client,
     index: SharedIndex,
+    lease: LeaseSettings,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -49,7 +53,8 @@ pub fn spawn(
         for watched in Watched::all() {
             tasks.spawn(watch(client.clone(), watched, index.clone(), book.clone()));
         }
-        tasks.spawn(status::write_statuses(client, index, book));
+        let holds = super::lease::elect(client.clone(), lease, shutdown.child_token());
+        tasks.spawn(status::write_statuses(client, index, book, holds));
         shutdown.cancelled().await;
         tasks.shutdown().await;
         tracing::debug!("the Kubernetes discovery watchers stopped");
@@ -61,10 +66,11 @@ pub fn spawn(
 pub fn start(
     client: kube::Client,
     settings: IndexSettings,
+    lease: LeaseSettings,
     shutdown: CancellationToken,
 ) -> SharedIndex {
     let index = SharedIndex::new(settings, shutdown.clone());
-    drop(spawn(client, index.clone(), shutdown));
+    drop(spawn(client, index.clone(), lease, shutdown));
     index
 }
 

@@ -4,12 +4,14 @@
 //!   full `DestinationState` per target out) and [`SharedIndex`], its
 //!   clonable, debounced handle that the backends feed.
 //! - [`kube`]: the Kubernetes backend (watchers feeding the index) and
-//!   [`status`], which writes the index's verdicts into the objects' status.
+//!   [`status`], which writes the index's verdicts into the objects' status
+//!   while this replica holds the [`lease`].
 //! - [`service`]: the `weft.v1.Discovery` gRPC service, reading the index.
 //! - [`local`]: local mode's policy directory, feeding the index.
 
 pub mod index;
 pub mod kube;
+pub mod lease;
 pub mod local;
 pub mod service;
 pub mod status;

@@ -5,6 +5,7 @@
 //! `observedGeneration` and `lastTransitionTime` (kept while the condition's
 //! status stays the same).
 //!
+//! Only the replica holding the status Lease ([`super::lease`]) writes.
 //! Written with server-side apply on the status subresource, field manager
 //! [`FIELD_MANAGER`], and only when the status on the server differs from the
 //! one wanted (times aside), so an unchanged index writes nothing. The writer
@@ -24,7 +25,7 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use serde_json::json;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use weft_api::consts::ROUTE_CONTROLLER_NAME;
 use weft_api::crd::{
     GrpcRoute, HttpRoute, ParentReference, PolicyStatus, ResiliencePolicy, RouteParentStatus,
@@ -146,15 +147,29 @@ fn parent_refs(data: &serde_json::Value) -> Vec<ParentReference> {
 
 /// Writes the statuses the index reports, whenever they or the objects change,
 /// until the task is dropped. A write that fails is retried with backoff.
-pub(crate) async fn write_statuses(client: kube::Client, index: SharedIndex, book: StatusBook) {
+pub(crate) async fn write_statuses(
+    client: kube::Client,
+    index: SharedIndex,
+    book: StatusBook,
+    mut holds: watch::Receiver<bool>,
+) {
     let mut changes = index.statuses_changed();
     let mut retry = RETRY_MIN;
     loop {
+        // Another replica holds the status Lease: it writes. Taking the Lease
+        // over starts with a full pass.
+        if !*holds.borrow_and_update() {
+            if holds.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
         let failed = write_changed(&client, &index, &book).await;
         if failed {
             tokio::select! {
                 () = tokio::time::sleep(retry) => {}
                 changed = changes.changed() => if changed.is_err() { return },
+                changed = holds.changed() => if changed.is_err() { return },
             }
             retry = (retry * 2).min(RETRY_MAX);
         } else {
@@ -162,6 +177,7 @@ pub(crate) async fn write_statuses(client: kube::Client, index: SharedIndex, boo
             tokio::select! {
                 changed = changes.changed() => if changed.is_err() { return },
                 () = book.changed.notified() => {}
+                changed = holds.changed() => if changed.is_err() { return },
             }
         }
     }
