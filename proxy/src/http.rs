@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
+use http_body_util::{BodyExt, Empty, Full, combinators::UnsyncBoxBody};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::HttpService;
@@ -28,6 +28,27 @@ where
     B::Error: Into<BoxError>,
 {
     body.map_err(Into::into).boxed_unsync()
+}
+
+/// A body with nothing in it. It is zero-sized, so boxing it allocates
+/// nothing; it ends at once and says its size is exactly 0, as `full` of no
+/// bytes does.
+pub fn empty() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+/// A request body as the data path sends it on: [`empty`] when hyper's body
+/// is already at its end with an exact size of 0 (a GET without a body), so
+/// that the request allocates no box for it; else boxed as [`incoming`] does.
+/// Both say the same to the sender (`is_end_stream`, `size_hint`).
+pub fn request_body(body: Incoming) -> Body {
+    if hyper::body::Body::is_end_stream(&body)
+        && hyper::body::Body::size_hint(&body).exact() == Some(0)
+    {
+        empty()
+    } else {
+        incoming(body)
+    }
 }
 
 /// A complete body from bytes.

@@ -16,7 +16,9 @@ use weft_api::policy::Route;
 use super::upstream::{BreakerContext, EndpointRuntime, Outcome, Resolved, Upstream};
 use super::{Outbound, balance, pool};
 use crate::config::Endpoint;
-use crate::http::{Body, ProxyError, error_response, incoming, is_grpc, strip_hop_by_hop};
+use crate::http::{
+    Body, ProxyError, error_response, incoming, is_grpc, request_body, strip_hop_by_hop,
+};
 use crate::metrics::{Direction, RequestLabels};
 use crate::transport::{ConnectError, connect_mesh};
 
@@ -262,7 +264,7 @@ async fn once(
                 outbound,
                 &upstream.name,
                 mesh,
-                req.map(incoming),
+                req.map(request_body),
                 connect_timeout,
             )
             .await
@@ -271,7 +273,7 @@ async fn once(
             send_plain(
                 outbound,
                 endpoint.addr(),
-                req.map(incoming),
+                req.map(request_body),
                 connect_timeout,
             )
             .await
@@ -473,6 +475,7 @@ pub async fn forward(
     send(
         outbound,
         endpoint,
+        None,
         Request::from_parts(parts, body),
         from_http1,
         connect_timeout,
@@ -480,11 +483,14 @@ pub async fn forward(
     .await
 }
 
-/// Sends a request already in its peer form (see [`to_peer`]). A request the
-/// connection closed before writing is sent once more on a new connection.
+/// Sends a request already in its peer form (see [`to_peer`]) on `conn`, the
+/// connection the caller already took from the pool for it, or else on the
+/// pool's. A request the connection closed before writing is sent once more
+/// on a new connection.
 pub(crate) async fn send(
     outbound: &Outbound,
     endpoint: &Endpoint,
+    mut conn: Option<pool::Conn>,
     mut req: Request<Body>,
     from_http1: bool,
     connect_timeout: std::time::Duration,
@@ -492,9 +498,12 @@ pub(crate) async fn send(
     let mut attempts = 0;
     let rsp = loop {
         attempts += 1;
-        let conn = peer_connection(outbound, endpoint, connect_timeout).await?;
-        let mut tx = conn.tx.clone();
-        match tx.try_send_request(req).await {
+        let mut conn = match conn.take() {
+            Some(conn) => conn,
+            None => peer_connection(outbound, endpoint, connect_timeout).await?,
+        };
+        // The pool hands out a clone: this one is the request's own.
+        match conn.tx.try_send_request(req).await {
             Ok(rsp) => break rsp,
             Err(mut e) => {
                 if let Some(alert) = Box::pin(conn.tls_failure(TLS_FAILURE_WAIT)).await {

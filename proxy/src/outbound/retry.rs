@@ -123,7 +123,7 @@ async fn tries(
     let empty = hyper::body::Body::is_end_stream(&body);
     let limit = outbound.retry_buffer;
     if empty {
-        first = Some(full(Bytes::new()));
+        first = Some(crate::http::empty());
     } else if policy.is_some()
         && hyper::body::Body::size_hint(&body)
             .upper()
@@ -148,22 +148,25 @@ async fn tries(
         };
         last.backend = Some(backend);
         last.endpoint = Some(endpoint.clone());
-        let mesh = endpoint.mesh.clone();
+        let mesh = endpoint.mesh.as_ref();
         let flight = endpoint.start();
         let sent = Instant::now();
         // Connect first: a try that cannot connect never sent the body (a
         // plaintext endpoint outside the mesh connects as it sends).
         let attempt = async {
-            if let Some(mesh) = &mesh {
-                peer_connection(outbound, mesh, connect_timeout).await?;
-            }
+            // The connection made (or found) here is the one the try is sent
+            // on: the pool is not asked twice.
+            let conn = match mesh {
+                Some(mesh) => Some(peer_connection(outbound, mesh, connect_timeout).await?),
+                None => None,
+            };
             let body = match first.take() {
                 Some(body) => body,
                 None => match copy.as_ref().and_then(|c| lock(c).replay()) {
                     Some(body) => body,
-                    None if empty => full(Bytes::new()),
+                    None if empty => crate::http::empty(),
                     // Checked before retrying: cannot happen.
-                    None => full(Bytes::new()),
+                    None => crate::http::empty(),
                 },
             };
             let mut req = Request::new(body);
@@ -171,8 +174,8 @@ async fn tries(
             *req.uri_mut() = parts.uri.clone();
             *req.version_mut() = parts.version;
             *req.headers_mut() = parts.headers.clone();
-            match &mesh {
-                Some(mesh) => send(outbound, mesh, req, from_http1, connect_timeout).await,
+            match mesh {
+                Some(mesh) => send(outbound, mesh, conn, req, from_http1, connect_timeout).await,
                 None => {
                     // Back from the peer form: the server is not a proxy.
                     if from_http1 {
