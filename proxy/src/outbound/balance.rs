@@ -36,17 +36,22 @@ pub fn route<'a>(
 /// Picks a backend (an index into the snapshot's backends) with probability
 /// proportional to its weight: the route's backend refs when it has some,
 /// else the target's backends. Backends with no endpoints are skipped.
-pub(crate) fn backend(resolved: &Resolved, route: Option<&Route>) -> Option<usize> {
+/// `route` is the route and its index in the snapshot's routes (the index of
+/// its refs' backends, [`Resolved::route_backends`]).
+pub(crate) fn backend(resolved: &Resolved, route: Option<(usize, &Route)>) -> Option<usize> {
     let state = &resolved.state;
     let has_endpoints = |i: usize| resolved.backends.get(i).is_some_and(|e| !e.is_empty());
     let mut rng = rand::rng();
-    match route.filter(|r| !r.backends.is_empty()) {
-        Some(route) => {
+    match route.filter(|(_, r)| !r.backends.is_empty()) {
+        Some((index, _)) => {
+            let refs = resolved
+                .route_backends
+                .get(index)
+                .map_or(&[][..], Vec::as_slice);
             let live = || {
-                route.backends.iter().filter_map(|r| {
-                    let i = state.backends.iter().position(|b| b.name == r.name)?;
-                    (r.weight > 0 && has_endpoints(i)).then_some((i, r.weight))
-                })
+                refs.iter()
+                    .copied()
+                    .filter(|&(i, weight)| weight > 0 && has_endpoints(i))
             };
             weighted(&mut rng, live)
         }
@@ -94,12 +99,12 @@ pub(crate) fn endpoint(
     lb: &LoadBalancer,
     avoid: Option<&Arc<EndpointRuntime>>,
 ) -> Option<Arc<EndpointRuntime>> {
-    let now = Instant::now();
     match endpoints.len() {
         0 => return None,
         1 => return endpoints.first().cloned(),
         _ => {}
     }
+    let now = Instant::now();
     let usable =
         |e: &&Arc<EndpointRuntime>| e.available(now) && avoid.is_none_or(|a| !Arc::ptr_eq(a, e));
     if let LoadBalancer::RoundRobin = lb {
@@ -185,6 +190,66 @@ mod tests {
             counts[backend(&resolved, None).unwrap()] += 1;
         }
         assert_eq!(counts[2] + counts[3], 0);
+        let share = f64::from(counts[1]) / 20_000.0;
+        assert!((0.08..0.12).contains(&share), "v2 share {share}");
+    }
+
+    #[test]
+    fn a_route_splits_between_its_refs_by_weight() {
+        let target = Target {
+            name: "checkout".into(),
+            opaque: false,
+            backends: vec![
+                Backend {
+                    name: "v1".into(),
+                    weight: 1,
+                    endpoints: vec![ep(1)],
+                },
+                Backend {
+                    name: "v2".into(),
+                    weight: 1,
+                    endpoints: vec![ep(2)],
+                },
+                Backend {
+                    name: "v3".into(),
+                    weight: 1,
+                    endpoints: vec![ep(3)],
+                },
+            ],
+        };
+        let refs = |refs: &[(&str, u32)]| {
+            refs.iter()
+                .map(|(name, weight)| weft_api::policy::BackendRef {
+                    name: (*name).into(),
+                    weight: *weight,
+                })
+                .collect()
+        };
+        let route = |name: &str, backends| Route {
+            name: name.into(),
+            matches: vec![],
+            backends,
+            timeouts: Default::default(),
+            retry: None,
+        };
+        let mut state = target.to_state();
+        state.routes = vec![
+            route("none", refs(&[("gone", 5)])),
+            route(
+                "split",
+                refs(&[("v3", 90), ("gone", 50), ("v1", 0), ("v2", 10)]),
+            ),
+        ];
+        let upstream = Upstream::fixed("checkout", false, state);
+        let resolved = upstream.resolve();
+        let none = (0, &resolved.state.routes[0]);
+        assert_eq!(backend(&resolved, Some(none)), None);
+        let split = (1, &resolved.state.routes[1]);
+        let mut counts = [0u32; 3];
+        for _ in 0..20_000 {
+            counts[backend(&resolved, Some(split)).unwrap()] += 1;
+        }
+        assert_eq!(counts[0], 0, "a ref of weight 0 takes nothing");
         let share = f64::from(counts[1]) / 20_000.0;
         assert!((0.08..0.12).contains(&share), "v2 share {share}");
     }

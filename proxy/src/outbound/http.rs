@@ -131,27 +131,14 @@ pub async fn handle(
     });
     let done = if req.version() != Version::HTTP_2 && crate::http::wants_upgrade(&req) {
         // Rare: boxed so that the future of every request stays small.
-        Box::pin(upgrade(
-            outbound,
-            upstream,
-            &resolved,
-            route.map(|r| r.1),
-            req,
-            grpc,
-        ))
-        .await
+        Box::pin(upgrade(outbound, upstream, &resolved, route, req, grpc)).await
     } else if resilient {
         Box::pin(super::retry::resilient(
-            outbound,
-            upstream,
-            &resolved,
-            route.map(|r| r.1),
-            req,
-            grpc,
+            outbound, upstream, &resolved, route, req, grpc,
         ))
         .await
     } else {
-        once(outbound, upstream, &resolved, route.map(|r| r.1), req, grpc).await
+        once(outbound, upstream, &resolved, route, req, grpc).await
     };
     let elapsed = start.elapsed();
     let backend = done
@@ -191,10 +178,12 @@ pub async fn handle(
 }
 
 /// Picks a backend and an endpoint for a try, avoiding `avoid` when it can.
+/// `route` is the route taken and its index in the snapshot's routes, as
+/// [`balance::route`] gives them.
 pub(crate) fn pick(
     upstream: &Upstream,
     resolved: &Resolved,
-    route: Option<&Route>,
+    route: Option<(usize, &Route)>,
     avoid: Option<&Arc<EndpointRuntime>>,
 ) -> Option<(usize, Arc<EndpointRuntime>)> {
     let b = balance::backend(resolved, route)?;
@@ -247,7 +236,7 @@ async fn once(
     outbound: &Outbound,
     upstream: &Upstream,
     resolved: &Resolved,
-    route: Option<&Route>,
+    route: Option<(usize, &Route)>,
     req: Request<Incoming>,
     grpc: bool,
 ) -> Done {
@@ -398,7 +387,7 @@ async fn upgrade(
     outbound: &Outbound,
     upstream: &Upstream,
     resolved: &Resolved,
-    route: Option<&Route>,
+    route: Option<(usize, &Route)>,
     req: Request<Incoming>,
     grpc: bool,
 ) -> Done {

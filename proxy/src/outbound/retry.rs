@@ -35,7 +35,7 @@ pub(crate) async fn resilient(
     outbound: &Outbound,
     upstream: &Upstream,
     resolved: &Resolved,
-    route: Option<&Route>,
+    route: Option<(usize, &Route)>,
     req: Request<Incoming>,
     grpc: bool,
 ) -> Done {
@@ -44,7 +44,7 @@ pub(crate) async fn resilient(
     };
     let mut last = Last::default();
     let tries = tries(outbound, upstream, resolved, route, req, grpc, &mut last);
-    match route.timeouts.request {
+    match route.1.timeouts.request {
         Some(limit) => match tokio::time::timeout(limit, tries).await {
             Ok(done) => done,
             Err(_) => {
@@ -98,7 +98,7 @@ async fn tries(
     outbound: &Outbound,
     upstream: &Upstream,
     resolved: &Resolved,
-    route: &Route,
+    (route_index, route): (usize, &Route),
     req: Request<Incoming>,
     grpc: bool,
     last: &mut Last,
@@ -142,8 +142,12 @@ async fn tries(
     let mut retries = 0u32;
     let mut avoid = None;
     loop {
-        let Some((backend, endpoint)) = pick(upstream, resolved, Some(route), avoid.as_ref())
-        else {
+        let Some((backend, endpoint)) = pick(
+            upstream,
+            resolved,
+            Some((route_index, route)),
+            avoid.as_ref(),
+        ) else {
             return no_endpoints(upstream, grpc);
         };
         last.backend = Some(backend);

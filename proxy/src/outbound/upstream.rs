@@ -85,6 +85,10 @@ pub(crate) struct Resolved {
     pub backends: Vec<Vec<Arc<EndpointRuntime>>>,
     pub backend_names: Vec<Arc<str>>,
     pub route_names: Vec<Arc<str>>,
+    /// `route_backends[r]`: the backend refs of `state.routes[r]` as (index
+    /// into `state.backends`, weight), found by name once per snapshot; a ref
+    /// naming no backend is left out.
+    pub route_backends: Vec<Vec<(usize, u32)>>,
 }
 
 impl Runtime {
@@ -152,6 +156,20 @@ impl Runtime {
         Resolved {
             backend_names: state.backends.iter().map(|b| Arc::from(&*b.name)).collect(),
             route_names: state.routes.iter().map(|r| Arc::from(&*r.name)).collect(),
+            route_backends: state
+                .routes
+                .iter()
+                .map(|route| {
+                    route
+                        .backends
+                        .iter()
+                        .filter_map(|r| {
+                            let i = state.backends.iter().position(|b| b.name == r.name)?;
+                            Some((i, r.weight))
+                        })
+                        .collect()
+                })
+                .collect(),
             backends,
             state,
         }
