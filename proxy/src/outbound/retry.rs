@@ -153,6 +153,9 @@ async fn tries(
         last.backend = Some(backend);
         last.endpoint = Some(endpoint.clone());
         let mesh = endpoint.mesh.as_ref();
+        // No try follows this one (no retry policy, or its last retry): it
+        // takes the request's parts instead of a copy.
+        let final_try = policy.is_none_or(|p| retries >= p.attempts);
         let flight = endpoint.start();
         let sent = Instant::now();
         // Connect first: a try that cannot connect never sent the body (a
@@ -174,10 +177,16 @@ async fn tries(
                 },
             };
             let mut req = Request::new(body);
-            *req.method_mut() = parts.method.clone();
-            *req.uri_mut() = parts.uri.clone();
             *req.version_mut() = parts.version;
-            *req.headers_mut() = parts.headers.clone();
+            if final_try {
+                *req.method_mut() = std::mem::take(&mut parts.method);
+                *req.uri_mut() = std::mem::take(&mut parts.uri);
+                *req.headers_mut() = std::mem::take(&mut parts.headers);
+            } else {
+                *req.method_mut() = parts.method.clone();
+                *req.uri_mut() = parts.uri.clone();
+                *req.headers_mut() = parts.headers.clone();
+            }
             match mesh {
                 Some(mesh) => send(outbound, mesh, conn, req, from_http1, connect_timeout).await,
                 None => {
