@@ -1,4 +1,5 @@
-//! `weft install`, the injector and `weft check` against a real API server.
+//! `weft install`, the injector, `weft check` and `weft canary` against a real
+//! API server.
 //!
 //! Runs only when `WEFT_E2E_KUBECONFIG` names a kubeconfig of a disposable cluster
 //! (a bare kube-apiserver 1.28 with kube-controller-manager is enough: there is no
@@ -25,7 +26,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Binding, ConfigMap, Container, Namespace, Node, ObjectReference, Pod, PodCondition, PodSpec,
-    PodStatus, PodTemplateSpec, Secret,
+    PodStatus, PodTemplateSpec, Secret, Service,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
@@ -547,4 +548,225 @@ fn free_port() -> u16 {
 
 fn sibling_binary(name: &str) -> PathBuf {
     Path::new(env!("CARGO_BIN_EXE_weft")).with_file_name(name)
+}
+
+/// `weft canary` on a real API server, end to end: the controller's Kubernetes
+/// discovery (watchers, index, status writer) runs in this process with a
+/// subscriber of `checkout`, an HTTPRoute splits it 90/10, and the `weft`
+/// binary itself runs `canary set`, `status` and `rollback` against the API
+/// server. Each change must reach the subscriber within 1 s of the command's
+/// start (the time is printed); `status` must show the weights on the server;
+/// a split that does not add up to 100 must be refused and change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canary_set_reaches_a_subscriber_through_a_real_api_server() {
+    use weft_api::policy::Target;
+    use weft_controller::discovery::IndexSettings;
+    use weft_controller::discovery::lease::LeaseSettings;
+
+    let Some(kubeconfig) = std::env::var_os(ENV).map(PathBuf::from) else {
+        eprintln!("skipped: {ENV} is not set (see install_inject_and_check_on_a_real_api_server)");
+        return;
+    };
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(&kubeconfig).expect("a readable kubeconfig"),
+        &Default::default(),
+    )
+    .await
+    .expect("a usable kubeconfig");
+    let client = kube::Client::try_from(config).expect("a Kubernetes client");
+    let ns = format!("weft-e2e-canary-{:06x}", rand::random::<u32>() & 0xff_ffff);
+    gateway_api_crds(&kubeconfig);
+    create_namespace(&client, &ns, false).await;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let outcome = tokio::spawn(canary(
+        client.clone(),
+        kubeconfig.clone(),
+        ns.clone(),
+        shutdown.clone(),
+    ))
+    .await;
+    shutdown.cancel();
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic.into_panic());
+    }
+
+    async fn canary(
+        client: kube::Client,
+        kubeconfig: PathBuf,
+        ns: String,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+        for name in ["checkout", "checkout-v1", "checkout-v2"] {
+            let service: Service = serde_json::from_value(serde_json::json!({
+                "metadata": { "name": name },
+                "spec": { "ports": [{ "name": "http", "port": 80, "targetPort": 8080 }],
+                          "selector": { "app": name } },
+            }))
+            .expect("a Service");
+            services
+                .create(&PostParams::default(), &service)
+                .await
+                .expect("create a Service");
+        }
+        let routes = Api::<kube::api::DynamicObject>::namespaced_with(
+            client.clone(),
+            &ns,
+            &kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
+                "gateway.networking.k8s.io",
+                "v1",
+                "HTTPRoute",
+            )),
+        );
+        let route: kube::api::DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "gateway.networking.k8s.io/v1",
+            "kind": "HTTPRoute",
+            "metadata": { "name": "checkout", "namespace": ns },
+            "spec": {
+                "parentRefs": [{ "group": "", "kind": "Service", "name": "checkout", "port": 80 }],
+                "rules": [{ "backendRefs": [
+                    { "name": "checkout-v1", "port": 80, "weight": 90 },
+                    { "name": "checkout-v2", "port": 80, "weight": 10 },
+                ] }],
+            },
+        }))
+        .expect("an HTTPRoute");
+        routes
+            .patch(
+                "checkout",
+                &PatchParams::apply("kubectl"),
+                &Patch::Apply(&route),
+            )
+            .await
+            .expect("apply the HTTPRoute");
+
+        let lease = LeaseSettings {
+            name: format!("weft-controller-status-{ns}"),
+            ..LeaseSettings::new(MESH_NS)
+        };
+        let index = weft_controller::discovery::kube::start(
+            client.clone(),
+            IndexSettings::default(),
+            lease,
+            shutdown,
+        );
+        let target: Target = format!("checkout.{ns}.svc.cluster.local:80")
+            .parse()
+            .expect("a target");
+        let caller = weft_api::Identity::new("cluster.local", &ns, "web").expect("an identity");
+        let mut rx = index
+            .subscribe(&target, &caller)
+            .expect("a Service's authority is in the mesh");
+        let weights = |s: &weft_api::policy::DestinationState| -> Vec<u32> {
+            s.routes
+                .first()
+                .map(|r| r.backends.iter().map(|b| b.weight).collect())
+                .unwrap_or_default()
+        };
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            rx.wait_for(|s| weights(s) == [90, 10]),
+        )
+        .await
+        .expect("the subscriber gets the 90/10 split within 60 s")
+        .expect("the index keeps the subscription");
+
+        let mut changes = Vec::new();
+        for (args, want) in [
+            (
+                vec![
+                    "set",
+                    "checkout",
+                    "--weight",
+                    "checkout-v1=50",
+                    "--weight",
+                    "checkout-v2=50",
+                ],
+                [50, 50],
+            ),
+            (vec!["rollback", "checkout"], [100, 0]),
+        ] {
+            let started = Instant::now();
+            let out = Command::new(env!("CARGO_BIN_EXE_weft"))
+                .arg("canary")
+                .args(&args)
+                .args(["--namespace", &ns, "--kubeconfig"])
+                .arg(&kubeconfig)
+                .env("NO_COLOR", "1")
+                .output()
+                .expect("run weft canary");
+            assert!(
+                out.status.success(),
+                "weft canary {args:?} failed:\n{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            tokio::time::timeout(Duration::from_secs(60), rx.wait_for(|s| weights(s) == want))
+                .await
+                .unwrap_or_else(|_| panic!("weft canary {args:?} never reached the subscriber"))
+                .expect("the index keeps the subscription");
+            let took = started.elapsed();
+            eprintln!(
+                "weft canary {} reached the subscriber {took:?} after the command started",
+                args.join(" ")
+            );
+            changes.push((args.join(" "), took));
+        }
+        for (what, took) in &changes {
+            assert!(
+                *took < Duration::from_secs(1),
+                "weft canary {what} took {took:?} to reach the subscriber (target: under 1 s)"
+            );
+        }
+
+        // `status` reads the weights back from the server.
+        let out = Command::new(env!("CARGO_BIN_EXE_weft"))
+            .args([
+                "canary",
+                "status",
+                "checkout",
+                "--namespace",
+                &ns,
+                "--output",
+                "json",
+            ])
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .output()
+            .expect("run weft canary status");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let status = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            status.contains("checkout-v1") && status.contains("100"),
+            "{status}"
+        );
+
+        // A split that does not add up is refused; the route keeps its weights.
+        let out = Command::new(env!("CARGO_BIN_EXE_weft"))
+            .args(["canary", "set", "checkout", "--namespace", &ns])
+            .args(["--weight", "checkout-v1=50", "--weight", "checkout-v2=40"])
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .output()
+            .expect("run weft canary set");
+        assert!(!out.status.success(), "a 90 % split was accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("100"),
+            "the refusal says what must hold: {stderr}"
+        );
+        let stored = routes.get("checkout").await.expect("the HTTPRoute");
+        let stored: Vec<u64> = stored.data["spec"]["rules"][0]["backendRefs"]
+            .as_array()
+            .map(|b| b.iter().filter_map(|b| b["weight"].as_u64()).collect())
+            .unwrap_or_default();
+        assert_eq!(stored, vec![100, 0], "the refused change touched the route");
+    }
 }
