@@ -260,4 +260,28 @@ fn conversion_errors_name_the_field() {
     let route: HttpRoute = serde_json::from_value(object).expect("parses");
     let err = MeshRoute::try_from(&route).expect_err("bad duration");
     assert_eq!(err.field, "spec.rules[0].retry.backoff");
+    let mut object = gamma_http_route();
+    object["spec"]["rules"][0]["filters"] = serde_json::json!([
+        {"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "x", "value": "y"}]}}
+    ]);
+    let route: HttpRoute = serde_json::from_value(object).expect("parses");
+    let err = MeshRoute::try_from(&route).expect_err("a filter");
+    assert_eq!(err.field, "spec.rules[0].filters[0]");
+    assert!(
+        err.to_string()
+            .contains("RequestHeaderModifier is not supported"),
+        "{err}"
+    );
+    let mut object = gamma_http_route();
+    object["spec"]["rules"][0]["backendRefs"][0]["filters"] =
+        serde_json::json!([{"type": "RequestMirror"}]);
+    let route: HttpRoute = serde_json::from_value(object).expect("parses");
+    let err = MeshRoute::try_from(&route).expect_err("a backend filter");
+    assert_eq!(err.field, "spec.rules[0].backendRefs[0].filters[0]");
+    let mut object = gamma_http_route();
+    object["spec"]["rules"][0]["matches"][0]["queryParams"] =
+        serde_json::json!([{"name": "canary", "value": "1"}]);
+    let route: HttpRoute = serde_json::from_value(object).expect("parses");
+    let err = MeshRoute::try_from(&route).expect_err("query params");
+    assert_eq!(err.field, "spec.rules[0].matches[0].queryParams");
 }

@@ -123,6 +123,9 @@ pub struct BackendReference {
     /// Relative weight, 0 to 1,000,000; default 1 ([`BackendReference::weight`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<i32>,
+    /// Read only to refuse them, as [`HttpRouteRule::filters`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<serde_json::Value>,
 }
 
 impl BackendReference {
@@ -151,6 +154,11 @@ pub struct HttpRouteRule {
     /// Experimental channel only (`HTTPRouteRetry`, GEP-1731).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<HttpRouteRetry>,
+    /// Read only to refuse them: weft applies no filter yet, and a route
+    /// whose filters were silently dropped would send traffic where its
+    /// author did not mean it to go.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<serde_json::Value>,
 }
 
 /// An HTTPRoute match: path, method and headers must all match.
@@ -163,6 +171,10 @@ pub struct HttpRouteMatch {
     pub headers: Vec<HeaderMatch>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
+    /// Read only to refuse them (not supported yet): dropped, the match
+    /// would take requests it was written to leave alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub query_params: Vec<serde_json::Value>,
 }
 
 /// A path match: `type` `Exact` or `PathPrefix` (default), `value` (default `/`).
@@ -218,6 +230,9 @@ pub struct GrpcRouteRule {
     pub matches: Vec<GrpcRouteMatch>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub backend_refs: Vec<BackendReference>,
+    /// Read only to refuse them, as [`HttpRouteRule::filters`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<serde_json::Value>,
 }
 
 /// A GRPCRoute match: method and headers must all match.

@@ -119,6 +119,7 @@ impl TryFrom<&HttpRoute> for MeshRoute {
         let mut rules = Vec::new();
         for (i, rule) in object.spec.rules.iter().enumerate() {
             let path = spec.field("rules").index(i);
+            no_filters(&path.field("filters"), &rule.filters)?;
             let matches = rule
                 .matches
                 .iter()
@@ -167,6 +168,7 @@ impl TryFrom<&GrpcRoute> for MeshRoute {
         let mut rules = Vec::new();
         for (i, rule) in object.spec.rules.iter().enumerate() {
             let path = spec.field("rules").index(i);
+            no_filters(&path.field("filters"), &rule.filters)?;
             let mut matches = Vec::new();
             for (j, m) in rule.matches.iter().enumerate() {
                 let mpath = path.field("matches").index(j);
@@ -283,6 +285,7 @@ fn backend_refs(
                 hint: "name the backend Service".into(),
             }));
         }
+        no_filters(&path.field("filters"), &backend.filters)?;
         let weight = backend.weight();
         if !(0..=MAX_WEIGHT).contains(&weight) {
             let (value, min, max) = (weight.to_string(), "0".into(), MAX_WEIGHT.to_string());
@@ -352,7 +355,30 @@ fn headers(
         .collect()
 }
 
+/// Filters are refused: weft applies none yet, and dropping one would send
+/// requests unchanged (or to the wrong place) without a word.
+fn no_filters(path: &FieldPath, filters: &[serde_json::Value]) -> Result<(), PolicyError> {
+    match filters.first() {
+        None => Ok(()),
+        Some(filter) => Err(path.index(0).error(Problem::Unsupported {
+            what: format!(
+                "the filter {}",
+                filter["type"].as_str().unwrap_or("(without a type)")
+            ),
+            hint: "weft applies no HTTPRoute or GRPCRoute filter (header modifiers, redirects, \
+                   rewrites, mirrors); remove the filters"
+                .into(),
+        })),
+    }
+}
+
 fn http_match(path: &FieldPath, m: &super::HttpRouteMatch) -> Result<RouteMatch, PolicyError> {
+    if !m.query_params.is_empty() {
+        return Err(path.field("queryParams").error(Problem::Unsupported {
+            what: "matching on query parameters".into(),
+            hint: "match on the path, method or headers instead".into(),
+        }));
+    }
     let path_match = match &m.path {
         Some(p) => {
             let value = p.value.clone().unwrap_or_else(|| "/".to_owned());

@@ -57,6 +57,8 @@ pub enum Problem {
     Missing { hint: String },
     #[error("{0}")]
     Conflict(String),
+    #[error("{what} is not supported by weft yet; {hint}")]
+    Unsupported { what: String, hint: String },
     #[error("{name:?} names no {what}; use one of: {known}")]
     UnknownRef {
         name: String,
