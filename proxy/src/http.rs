@@ -80,9 +80,6 @@ pub enum ProxyError {
     NoEndpoints,
     /// The route's request timeout, or its per-try timeout, ran out.
     Timeout,
-    /// The endpoint is not meshed (no identity) and the proxy does not reach
-    /// it in plaintext for this protocol.
-    NotMeshed,
 }
 
 impl ProxyError {
@@ -97,7 +94,6 @@ impl ProxyError {
             Self::MeshIdentityRequired => "mesh-identity-required",
             Self::NoEndpoints => "no-endpoints",
             Self::Timeout => "timeout",
-            Self::NotMeshed => "endpoint-not-meshed",
         }
     }
 
@@ -110,7 +106,6 @@ impl ProxyError {
             | Self::ConnectRefused
             | Self::TlsFailure
             | Self::PeerUnavailable
-            | Self::NotMeshed
             | Self::AppUnavailable => StatusCode::BAD_GATEWAY,
         }
     }

@@ -17,6 +17,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use weft_api::policy::{
@@ -461,6 +462,70 @@ async fn an_endpoint_outside_the_mesh_gets_plaintext_http() {
     let (seen, ok) = load(entry, 200, 2).await;
     assert_eq!(ok, 200, "{seen:?}");
     assert!(seen.get("plain").copied().unwrap_or(0) > 40, "{seen:?}");
+}
+
+/// An upgrade (WebSocket-style, `Upgrade: weft-echo`) to an endpoint outside
+/// the mesh goes in plaintext on a connection of its own: the server answers
+/// 101 and the raw bytes after it cross both ways; it counts with
+/// `tls="false"`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_to_an_endpoint_outside_the_mesh_goes_in_plaintext() {
+    let mesh = Mesh::new();
+    let plain_endpoint = Endpoint {
+        addr: weft_tests::apps::http_echo().await,
+        identity: None,
+        zone: None,
+    };
+    let (client, entry, _tx) = mesh
+        .client(state(
+            vec![backend("plain", 1, vec![plain_endpoint])],
+            vec![],
+        ))
+        .await;
+    let tcp = TcpStream::connect(entry).await.unwrap();
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn.with_upgrades());
+    let req = Request::get("/ws")
+        .header("host", "checkout")
+        .header("connection", "upgrade")
+        .header("upgrade", weft_tests::apps::ECHO_UPGRADE)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let rsp = tx.send_request(req).await.unwrap();
+    assert_eq!(rsp.status(), StatusCode::SWITCHING_PROTOCOLS, "{rsp:?}");
+    assert_eq!(rsp.headers()[weft_tests::apps::SEEN_HOST], "checkout");
+    assert_eq!(
+        rsp.headers()[weft_tests::apps::SEEN_CLIENT_ID],
+        "",
+        "nothing of the mesh is added for a server outside it"
+    );
+    let upgraded = hyper::upgrade::on(rsp).await.expect("upgrade completes");
+    let mut io = TokioIo::new(upgraded);
+    let data: Vec<u8> = (0..256 * 1024).map(|i| (i % 251) as u8).collect();
+    let (mut r, mut w) = tokio::io::split(&mut io);
+    let send = async {
+        w.write_all(&data).await.unwrap();
+        w.flush().await.unwrap();
+    };
+    let recv = async {
+        let mut got = vec![0u8; data.len()];
+        r.read_exact(&mut got).await.unwrap();
+        got
+    };
+    let ((), got) = tokio::join!(send, recv);
+    assert!(got == data, "upgraded bytes differ");
+    let text = metrics(&client).await;
+    assert_eq!(
+        total(
+            &text,
+            "weft_requests_total",
+            "tls=\"false\",peer_identity=\"\",backend=\"plain\""
+        ),
+        1.0,
+        "{text}"
+    );
 }
 
 /// With retries on (the retrying path), an endpoint still failing when its

@@ -308,23 +308,6 @@ pub(crate) fn failure_response(
     error_response(error.kind(), &error.to_string(), grpc)
 }
 
-/// An upgrade (WebSocket) to an endpoint without an identity: not supported
-/// yet (plain requests to such endpoints go in plaintext), answered 502
-/// `endpoint-not-meshed`.
-pub(crate) fn not_meshed(endpoint: &Arc<EndpointRuntime>, backend: usize, grpc: bool) -> Done {
-    let mut done = Done::error(
-        ProxyError::NotMeshed,
-        &format!(
-            "endpoint {} has no mesh identity; the proxy upgrades connections (101) only over mesh mTLS",
-            endpoint.addr()
-        ),
-        grpc,
-    );
-    done.backend = Some(backend);
-    done.endpoint = Some(endpoint.clone());
-    done
-}
-
 /// Sends a request in plaintext to an endpoint outside the mesh (one with no
 /// identity: a pod without a proxy): as it came from the app, HTTP/1.x on a
 /// pooled HTTP/1.1 connection (origin-form URI), HTTP/2 (h2c, gRPC) on one
@@ -364,14 +347,7 @@ pub(crate) async fn send_plain(
         return Ok(rsp.map(incoming));
     }
     let (mut parts, body) = req.into_parts();
-    if !parts.headers.contains_key(header::HOST)
-        && let Some(authority) = parts.uri.authority()
-        && let Ok(host) = HeaderValue::from_str(authority.as_str())
-    {
-        parts.headers.insert(header::HOST, host);
-    }
-    parts.uri = crate::http::origin_form(std::mem::take(&mut parts.uri))
-        .map_err(|e| failed(false, e.into()))?;
+    plain_form(&mut parts).map_err(|e| failed(false, e.into()))?;
     let rsp = outbound
         .plain_http1
         .send(addr, Request::from_parts(parts, body))
@@ -381,6 +357,19 @@ pub(crate) async fn send_plain(
             failed(connect, e.into())
         })?;
     Ok(rsp.map(incoming))
+}
+
+/// The form an HTTP/1 request takes to a server outside the mesh: a `Host`
+/// header (from the authority when the app sent none) and an origin-form URI.
+fn plain_form(parts: &mut http::request::Parts) -> Result<(), http::Error> {
+    if !parts.headers.contains_key(header::HOST)
+        && let Some(authority) = parts.uri.authority()
+        && let Ok(host) = HeaderValue::from_str(authority.as_str())
+    {
+        parts.headers.insert(header::HOST, host);
+    }
+    parts.uri = crate::http::origin_form(std::mem::take(&mut parts.uri))?;
+    Ok(())
 }
 
 async fn upgrade(
@@ -394,10 +383,7 @@ async fn upgrade(
     let Some((backend, endpoint)) = pick(upstream, resolved, route, None) else {
         return no_endpoints(upstream, grpc);
     };
-    let Some(mesh) = endpoint.mesh.as_ref() else {
-        return not_meshed(&endpoint, backend, grpc);
-    };
-    let rsp = match forward_upgrade(outbound, mesh, req).await {
+    let rsp = match forward_upgrade(outbound, &endpoint, req).await {
         Ok(rsp) => rsp,
         Err(error) => failure_response(upstream, &endpoint, &error, grpc),
     };
@@ -554,42 +540,83 @@ pub(crate) async fn peer_connection(
         .await
 }
 
-/// Sends a request that upgrades the connection over its own HTTP/1.1 mTLS
-/// connection, and splices the two upgraded connections together.
+/// Sends a request that upgrades the connection (WebSocket) over a
+/// connection of its own, HTTP/1.1 over mTLS to a meshed endpoint or in
+/// plaintext to one outside the mesh, and splices the two upgraded
+/// connections together once the server answers 101.
 async fn forward_upgrade(
     outbound: &Outbound,
-    endpoint: &Endpoint,
+    endpoint: &EndpointRuntime,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, ForwardError> {
     let downstream = hyper::upgrade::on(&mut req);
-    let io = connect_mesh(
-        &outbound.tls,
-        &outbound.metrics,
-        endpoint,
-        alpn::HTTP1,
-        outbound.connect_timeout,
-    )
-    .await?;
-    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-        .await
-        .map_err(|source| ForwardError::peer(endpoint, source, true))?;
-    tokio::spawn(async move {
-        if let Err(error) = conn.with_upgrades().await {
-            tracing::debug!(%error, "upgraded HTTP/1 connection to peer closed with an error");
+    let mut rsp = match endpoint.mesh.as_ref() {
+        Some(mesh) => {
+            let io = connect_mesh(
+                &outbound.tls,
+                &outbound.metrics,
+                mesh,
+                alpn::HTTP1,
+                outbound.connect_timeout,
+            )
+            .await?;
+            let mut tx = upgrading_connection(io)
+                .await
+                .map_err(|source| ForwardError::peer(mesh, source, true))?;
+            tx.send_request(req.map(incoming))
+                .await
+                .map_err(|source| ForwardError::Send {
+                    peer: mesh.addr.to_string(),
+                    source,
+                })?
         }
-    });
-    let mut rsp =
-        tx.send_request(req.map(incoming))
+        None => {
+            let addr = endpoint.addr();
+            let failed = |connect: bool, source: Box<dyn std::error::Error + Send + Sync>| {
+                ForwardError::Plain {
+                    peer: addr.to_string(),
+                    connect,
+                    source,
+                }
+            };
+            let tcp = tokio::time::timeout(
+                outbound.connect_timeout,
+                crate::transport::connect_tcp(addr),
+            )
             .await
-            .map_err(|source| ForwardError::Send {
-                peer: endpoint.addr.to_string(),
-                source,
-            })?;
+            .map_err(|e| failed(true, e.into()))?
+            .map_err(|e| failed(true, e.into()))?;
+            let mut tx = upgrading_connection(tcp)
+                .await
+                .map_err(|e| failed(true, e.into()))?;
+            let (mut parts, body) = req.into_parts();
+            plain_form(&mut parts).map_err(|e| failed(false, e.into()))?;
+            tx.send_request(Request::from_parts(parts, incoming(body)))
+                .await
+                .map_err(|e| failed(false, e.into()))?
+        }
+    };
     if rsp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let upstream = hyper::upgrade::on(&mut rsp);
         crate::http::splice_upgrade(downstream, upstream);
     }
     Ok(rsp.map(incoming))
+}
+
+/// An HTTP/1.1 client connection that hands its socket over on a 101.
+async fn upgrading_connection<T>(
+    io: T,
+) -> Result<hyper::client::conn::http1::SendRequest<Body>, hyper::Error>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
+    tokio::spawn(async move {
+        if let Err(error) = conn.with_upgrades().await {
+            tracing::debug!(%error, "upgraded HTTP/1 connection to the server closed with an error");
+        }
+    });
+    Ok(tx)
 }
 
 #[cfg(test)]

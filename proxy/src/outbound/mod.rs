@@ -16,8 +16,8 @@
 //! connection per peer ([`pool`]), opaque TCP and connection upgrades on their
 //! own connection. A route with retries or timeouts takes the boxed path of
 //! [`retry`]; every other request is one try ([`http::handle`]). Endpoints
-//! without an identity (not meshed) get opaque TCP in plaintext; HTTP to them
-//! is answered 502 `endpoint-not-meshed`.
+//! without an identity (not meshed) get it all in plaintext instead: opaque
+//! TCP, HTTP as the app sent it, and upgrades on a connection of their own.
 //!
 //! In a pod, the [`transparent`] listener takes the app's redirected TCP,
 //! finds its original destination, and serves it the same way when it is
