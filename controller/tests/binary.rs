@@ -117,3 +117,73 @@ fn every_bad_flag_is_reported_before_exiting() {
         assert!(stderr.contains(flag), "{flag} missing: {stderr}");
     }
 }
+
+/// Local mode has no object status: a policy that is not in force is a
+/// warning in the controller's log, naming the object and the reason
+/// (a conflict between two ResiliencePolicies, a route's missing parent).
+#[test]
+fn local_mode_logs_the_conditions_of_policy_not_in_force() {
+    let state = tempfile::tempdir().expect("a temporary directory");
+    let policy = tempfile::tempdir().expect("a temporary directory");
+    let resilience = |name: &str, created: &str| {
+        format!(
+            "apiVersion: policy.weft.io/v1alpha1\nkind: ResiliencePolicy\nmetadata:\n  name: {name}\n  \
+             namespace: shop\n  creationTimestamp: \"{created}\"\nspec:\n  targetRef: {{group: \"\", kind: Service, \
+             name: checkout}}\n  retryBudget: {{ratio: 0.2}}\n---\n"
+        )
+    };
+    let documents = format!(
+        "apiVersion: {}\nkind: Workloads\nservices:\n  - name: checkout\n    namespace: shop\n    ports: [80]\n---\n\
+         {}{}\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata:\n  name: stray\n  namespace: shop\n\
+         spec:\n  parentRefs:\n    - {{group: \"\", kind: Service, name: ghost}}\n  rules:\n    \
+         - backendRefs:\n        - {{name: checkout, port: 80}}\n",
+        weft_controller::discovery::local::WORKLOADS_API_VERSION,
+        resilience("older", "2026-01-01T00:00:00Z"),
+        resilience("newer", "2026-02-01T00:00:00Z"),
+    );
+    std::fs::write(policy.path().join("shop.yaml"), documents).expect("write the policy");
+    let mut child = Command::new(BIN)
+        .args(["serve", "--state-dir"])
+        .arg(state.path())
+        .arg("--policy-dir")
+        .arg(policy.path())
+        .args(["--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("serve starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let (mut conflict, mut parent) = (None, None);
+    while conflict.is_none() || parent.is_none() {
+        let line = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("no warning for {conflict:?} / {parent:?} within 20 s");
+            }
+        };
+        if line.contains("Conflicted") {
+            conflict = Some(line);
+        } else if line.contains("NoMatchingParent") {
+            parent = Some(line);
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let conflict = conflict.unwrap_or_default();
+    assert!(
+        conflict.contains("WARN")
+            && conflict.contains("shop/newer")
+            && conflict.contains("shop/older"),
+        "{conflict}"
+    );
+    let parent = parent.unwrap_or_default();
+    assert!(parent.contains("shop/ghost does not exist"), "{parent}");
+    eprintln!("{conflict}\n{parent}");
+}

@@ -539,3 +539,241 @@ async fn a_thousand_subscribers_all_get_the_change() {
     }
     assert_eq!(index.with(Index::subscriptions), 104);
 }
+
+/// An HTTPRoute in shop attached to checkout, created at `created`, with one
+/// rule per entry of `rules` (each a list of matches) sending to checkout-v1.
+fn matched_route(name: &str, created: &str, rules: Value) -> Resource {
+    let rules: Vec<Value> = rules
+        .as_array()
+        .expect("rules")
+        .iter()
+        .map(|matches| json!({ "matches": matches, "backendRefs": [{ "name": "checkout-v1", "port": 80 }] }))
+        .collect();
+    Resource::HttpRoute(from::<HttpRoute>(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": { "namespace": "shop", "name": name, "creationTimestamp": created },
+        "spec": {
+            "parentRefs": [{ "group": "", "kind": "Service", "name": "checkout" }],
+            "rules": rules,
+        },
+    })))
+}
+
+/// Each route of the snapshot as `name path-match`.
+fn order(state: &DestinationState) -> Vec<String> {
+    state
+        .routes
+        .iter()
+        .map(|r| {
+            let m = match r.matches.first() {
+                Some(RouteMatch::Http(h)) => {
+                    format!("{:?} {:?} headers={}", h.path, h.method, h.headers.len())
+                }
+                Some(RouteMatch::Grpc(g)) => format!("grpc {:?}/{:?}", g.service, g.method),
+                None => "all".into(),
+            };
+            format!("{} {m}", r.name)
+        })
+        .collect()
+}
+
+#[test]
+fn routes_are_ordered_by_match_precedence_across_routes_and_rules() {
+    let mut index = shop();
+    // The older route has a catch-all prefix and a method match; the newer
+    // an exact path, a long prefix and a header match on a short one.
+    index.apply(matched_route(
+        "old",
+        "2026-01-01T00:00:00Z",
+        json!([
+            [{ "path": { "type": "PathPrefix", "value": "/" } }],
+            [{ "path": { "type": "PathPrefix", "value": "/api" }, "method": "POST" },
+             { "path": { "type": "PathPrefix", "value": "/api/v2/" } }],
+        ]),
+    ));
+    index.apply(matched_route(
+        "new",
+        "2026-02-01T00:00:00Z",
+        json!([
+            [{ "path": { "type": "Exact", "value": "/cart" } }],
+            [{ "path": { "type": "PathPrefix", "value": "/api" },
+               "headers": [{ "name": "x-canary", "value": "1" }] }],
+            [{ "path": { "type": "PathPrefix", "value": "/api" } }],
+        ]),
+    ));
+    let mut rx = index
+        .subscribe(&target("checkout:80"), &caller("shop"))
+        .expect("in mesh");
+    let state = rx.borrow_and_update().clone();
+    state.validate().expect("valid");
+    let names: Vec<&str> = state.routes.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "shop/new/0", // Exact /cart
+            "shop/old/1", // PathPrefix /api/v2/ (longest prefix; the rule's second match)
+            "shop/old/1", // PathPrefix /api + method (older than the header match's route)
+            "shop/new/1", // PathPrefix /api + a header
+            "shop/new/2", // PathPrefix /api
+            "shop/old/0", // PathPrefix /
+        ],
+        "{:#?}",
+        order(&state)
+    );
+    // Each (rule, match) is its own route with one match.
+    assert!(
+        state.routes.iter().all(|r| r.matches.len() == 1),
+        "{:#?}",
+        order(&state)
+    );
+
+    // Equal matches: the older route first, then by name.
+    let mut index = shop();
+    index.apply(matched_route(
+        "b-newer",
+        "2026-03-01T00:00:00Z",
+        json!([[{ "path": { "type": "PathPrefix", "value": "/x" } }]]),
+    ));
+    index.apply(matched_route(
+        "z-older",
+        "2026-01-01T00:00:00Z",
+        json!([[{ "path": { "type": "PathPrefix", "value": "/x" } }]]),
+    ));
+    index.apply(matched_route(
+        "a-older",
+        "2026-01-01T00:00:00Z",
+        json!([[{ "path": { "type": "PathPrefix", "value": "/x" } }]]),
+    ));
+    let mut rx = index
+        .subscribe(&target("checkout:80"), &caller("shop"))
+        .expect("in mesh");
+    let state = rx.borrow_and_update().clone();
+    let names: Vec<&str> = state.routes.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["shop/a-older/0", "shop/z-older/0", "shop/b-newer/0"]
+    );
+}
+
+#[test]
+fn grpc_matches_are_ordered_by_service_then_method() {
+    let mut index = shop();
+    index.apply(Resource::GrpcRoute(from::<GrpcRoute>(json!({
+        "metadata": { "namespace": "shop", "name": "checkout-grpc",
+                      "creationTimestamp": "2026-01-01T00:00:00Z" },
+        "spec": {
+            "parentRefs": [{ "group": "", "kind": "Service", "name": "checkout" }],
+            "rules": [
+                { "matches": [{ "method": { "service": "shop.v1.Checkout" } }],
+                  "backendRefs": [{ "name": "checkout-v1", "port": 80 }] },
+                { "matches": [{ "method": { "service": "shop.v1.Checkout", "method": "PlaceOrder" } }],
+                  "backendRefs": [{ "name": "checkout-v2", "port": 80 }] },
+            ],
+        },
+    }))));
+    let mut rx = index
+        .subscribe(&target("checkout:80"), &caller("shop"))
+        .expect("in mesh");
+    let state = rx.borrow_and_update().clone();
+    assert_eq!(
+        order(&state),
+        [
+            "shop/checkout-grpc/1 grpc Some(\"shop.v1.Checkout\")/Some(\"PlaceOrder\")",
+            "shop/checkout-grpc/0 grpc Some(\"shop.v1.Checkout\")/None",
+        ]
+    );
+}
+
+#[test]
+fn of_two_resilience_policies_on_one_service_the_older_is_in_force_and_the_other_conflicted() {
+    let policy = |name: &str, created: &str, attempts: u32| {
+        Resource::Resilience(from::<ResiliencePolicy>(json!({
+            "apiVersion": "policy.weft.io/v1alpha1", "kind": "ResiliencePolicy",
+            "metadata": { "namespace": "shop", "name": name, "creationTimestamp": created },
+            "spec": {
+                "targetRef": { "group": "", "kind": "Service", "name": "checkout" },
+                "defaultRetry": { "attempts": attempts, "codes": [503] },
+            },
+        })))
+    };
+    let accepted = |index: &Index, name: &str| {
+        let statuses = index.statuses();
+        let status = statuses
+            .iter()
+            .find(|s| s.object.kind == Kind::Resilience && s.object.name == name)
+            .expect("a status");
+        status.conditions[0].clone()
+    };
+    let mut index = shop();
+    let mut rx = index
+        .subscribe(&target("checkout:80"), &caller("shop"))
+        .expect("in mesh");
+    index.apply(policy("newer", "2026-02-01T00:00:00Z", 5));
+    index.apply(policy("older", "2026-01-01T00:00:00Z", 2));
+    index.publish();
+    let state = rx.borrow_and_update().clone();
+    assert_eq!(state.routes[0].retry.as_ref().map(|r| r.attempts), Some(2));
+    assert!(accepted(&index, "older").status);
+    let conflicted = accepted(&index, "newer");
+    assert!(!conflicted.status);
+    assert_eq!(conflicted.reason, condition::REASON_CONFLICTED);
+    assert!(
+        conflicted.message.contains("shop/older") && conflicted.message.contains("checkout"),
+        "{}",
+        conflicted.message
+    );
+
+    // The older one goes: the newer one is in force and accepted.
+    index.delete(&ObjectRef {
+        kind: Kind::Resilience,
+        namespace: "shop".into(),
+        name: "older".into(),
+    });
+    index.publish();
+    let state = fresh(&mut rx).expect("a new snapshot");
+    assert_eq!(state.routes[0].retry.as_ref().map(|r| r.attempts), Some(5));
+    assert!(accepted(&index, "newer").status);
+}
+
+#[test]
+fn a_parent_service_that_does_not_exist_or_lacks_the_port_is_not_accepted_for_that_parent() {
+    let mut index = shop();
+    index.apply(Resource::HttpRoute(from::<HttpRoute>(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": { "namespace": "shop", "name": "three-parents" },
+        "spec": {
+            "parentRefs": [
+                { "group": "", "kind": "Service", "name": "checkout", "port": 80 },
+                { "group": "", "kind": "Service", "name": "checkout", "port": 9090 },
+                { "group": "", "kind": "Service", "name": "ghost" },
+            ],
+            "rules": [{ "backendRefs": [{ "name": "checkout-v1", "port": 80 }] }],
+        },
+    }))));
+    index.publish();
+    let statuses = index.statuses();
+    let status = statuses
+        .iter()
+        .find(|s| s.object.name == "three-parents")
+        .expect("a status");
+    assert_eq!(status.parents.len(), 3);
+    assert!(status.conditions[0].status, "the route itself is valid");
+    let accepted: Vec<(bool, &str, &str)> = status
+        .parent_conditions
+        .iter()
+        .map(|c| (c[0].status, c[0].reason, c[0].message.as_str()))
+        .collect();
+    assert!(accepted[0].0, "{accepted:?}");
+    assert_eq!(accepted[1].1, condition::REASON_NO_MATCHING_PARENT);
+    assert!(
+        accepted[1].2.contains("9090") && accepted[1].2.contains("80"),
+        "{accepted:?}"
+    );
+    assert_eq!(accepted[2].1, condition::REASON_NO_MATCHING_PARENT);
+    assert!(
+        accepted[2].2.contains("shop/ghost does not exist"),
+        "{accepted:?}"
+    );
+    // ResolvedRefs is the route's, for every parent.
+    assert!(status.parent_conditions.iter().all(|c| c[1].status));
+}

@@ -25,7 +25,8 @@
 //!   malformed HTTPRoute get `Accepted=False` on the server naming the field,
 //!   while the subscriber keeps the previous policy and split;
 //! - a backendRef to a Service that does not exist gets `ResolvedRefs=False`
-//!   naming it.
+//!   naming it, and a parentRef to one `Accepted=False` (`NoMatchingParent`)
+//!   in that parent's entry.
 //!
 //! The namespace is deleted at the end.
 
@@ -283,6 +284,20 @@ async fn run(kubeconfig: PathBuf, admin: kube::Client, ns: String) {
         wait_route_condition(&routes, "checkout-ghost", "ResolvedRefs", "False").await;
     eprintln!("missing backend: ResolvedRefs=False {reason}: {message}");
     assert!(message.contains("checkout-v3"), "{message}");
+
+    // A parentRef to a Service that does not exist: that parent's entry says so.
+    apply(
+        &routes,
+        "checkout-stray",
+        http_route(&ns, "nowhere", &[("checkout-v1", 100)]),
+        "kubectl",
+    )
+    .await;
+    let (reason, message) =
+        wait_route_condition(&routes, "checkout-stray", "Accepted", "False").await;
+    eprintln!("missing parent: Accepted=False {reason}: {message}");
+    assert_eq!(reason, "NoMatchingParent");
+    assert!(message.contains("nowhere does not exist"), "{message}");
 
     shutdown.cancel();
     backend.await.expect("the backend stops");

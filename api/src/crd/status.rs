@@ -37,4 +37,7 @@ pub mod condition {
     pub const REASON_BACKEND_NOT_FOUND: &str = "BackendNotFound";
     /// Reason of a route's `Accepted=False` for a parent that does not exist.
     pub const REASON_NO_MATCHING_PARENT: &str = "NoMatchingParent";
+    /// Reason of a policy's `Accepted=False`: an older policy of the same kind
+    /// targets the same object and is the one in force (GEP-713).
+    pub const REASON_CONFLICTED: &str = "Conflicted";
 }

@@ -6,7 +6,11 @@
 //! in the caller's namespace, or the Service's cluster IP):
 //! - routes: the rules of every HTTPRoute and GRPCRoute in force whose
 //!   `parentRefs` name the Service (kind `Service`, a `port` restricts it),
-//!   routes ordered by creation time then namespace/name, rules in order;
+//!   one route per (rule, match), ordered by the Gateway API's precedence
+//!   ([`Precedence`]: an Exact path, then the longest path, then a method
+//!   match, then the most header matches), ties by route creation time,
+//!   then namespace/name, then rule and match order (the proxy takes the
+//!   first route that matches);
 //! - backends: every Service the rules name (weight 0: reached through
 //!   routes), plus the Service itself with weight 1 when a request can fall
 //!   through every route (GAMMA: unmatched requests go to the parent Service);
@@ -16,7 +20,9 @@
 //!   port (or the target's), ready endpoints only (unset `ready` counts as
 //!   ready), identity the Pod's service account when the Pod carries
 //!   `weft.io/injected-by`, zone from the slice;
-//! - the target Service's `ResiliencePolicy` (the oldest, if several): retry
+//! - the target Service's `ResiliencePolicy` (the oldest, then by name, if
+//!   several; each other one gets `Accepted=False`, reason `Conflicted`,
+//!   naming the one in force): retry
 //!   budget, circuit breaker (`None` without one: never eject), load balancer,
 //!   connect timeout, and for routes that set none the retry policy and the
 //!   request and per-try timeouts; a catch-all route `<ns>/<svc>/default`
@@ -30,7 +36,9 @@
 //! convert keeps its last good version in force (or none, if it never had
 //! one) and gets `Accepted=False` (reason `Invalid`, the message names the
 //! field); a backendRef to a missing Service gets `ResolvedRefs=False`
-//! (`BackendNotFound`), its backend no endpoints, and the route stays.
+//! (`BackendNotFound`), its backend no endpoints, and the route stays; a
+//! parentRef to a Service that does not exist (or a port it lacks) gets
+//! `Accepted=False` (`NoMatchingParent`) in that parent's entry only.
 
 mod shared;
 
@@ -190,8 +198,13 @@ pub struct ObjectStatus {
     /// Routes: the Service parentRefs of the newest version. Empty for a
     /// ResiliencePolicy.
     pub parents: Vec<ParentReference>,
-    /// `Accepted` and `ResolvedRefs`.
+    /// `Accepted` and `ResolvedRefs` of the object (of a route: as far as
+    /// they do not depend on the parent).
     pub conditions: Vec<StatusCondition>,
+    /// Routes: the conditions for each of `parents`, in the same order: the
+    /// object's, with `Accepted=False` (`NoMatchingParent`) for a parent
+    /// Service that does not exist or has no such port.
+    pub parent_conditions: Vec<Vec<StatusCondition>>,
 }
 
 /// One condition, without its times (the writer adds them).
@@ -556,15 +569,58 @@ impl Index {
                     message: missing.join("; "),
                 }
             });
+            let parent_conditions = entry
+                .parents
+                .iter()
+                .map(|parent| {
+                    let mut conditions = conditions.clone();
+                    if let Some(unmatched) = self.unmatched_parent(&object.namespace, parent)
+                        && let Some(accepted) = conditions.first_mut()
+                        && accepted.status
+                    {
+                        *accepted = unmatched;
+                    }
+                    conditions
+                })
+                .collect();
             out.push(ObjectStatus {
                 object: object.clone(),
                 generation: entry.generation,
                 parents: entry.parents.clone(),
                 conditions,
+                parent_conditions,
             });
+        }
+        // The policy in force for each Service: the oldest, then by name.
+        let mut in_force: HashMap<(&str, &str), (i64, &str)> = HashMap::new();
+        for ((namespace, name), entry) in &self.resilience {
+            if let Some(policy) = &entry.in_force {
+                let candidate = (entry.created, name.as_str());
+                in_force
+                    .entry((namespace.as_str(), policy.service.as_str()))
+                    .and_modify(|winner| *winner = (*winner).min(candidate))
+                    .or_insert(candidate);
+            }
         }
         for ((namespace, name), entry) in &self.resilience {
             let mut conditions = vec![accepted(entry)];
+            if let Some(policy) = &entry.in_force
+                && entry.error.is_none()
+                && let Some((_, winner)) =
+                    in_force.get(&(namespace.as_str(), policy.service.as_str()))
+                && *winner != name.as_str()
+            {
+                conditions[0] = StatusCondition {
+                    type_: condition::ACCEPTED,
+                    status: false,
+                    reason: condition::REASON_CONFLICTED,
+                    message: format!(
+                        "ResiliencePolicy {namespace}/{winner} already targets Service {} and is \
+                         older; this one is not in force (delete one, or merge them into one)",
+                        policy.service
+                    ),
+                };
+            }
             if let Some(policy) = &entry.in_force {
                 let key = (namespace.clone(), policy.service.clone());
                 conditions.push(if self.services.contains_key(&key) {
@@ -595,9 +651,49 @@ impl Index {
                 generation: entry.generation,
                 parents: Vec::new(),
                 conditions,
+                parent_conditions: Vec::new(),
             });
         }
         out
+    }
+
+    /// `Accepted=False` (`NoMatchingParent`) for a route's parent Service
+    /// (in `namespace`, the route's, unless the parentRef names another)
+    /// that does not exist or has no port the parentRef names.
+    fn unmatched_parent(
+        &self,
+        namespace: &str,
+        parent: &ParentReference,
+    ) -> Option<StatusCondition> {
+        let namespace = parent.namespace.as_deref().unwrap_or(namespace);
+        let problem = match self
+            .services
+            .get(&(namespace.to_owned(), parent.name.clone()))
+        {
+            None => format!(
+                "parentRef Service {namespace}/{} does not exist; the route applies to it once it is created",
+                parent.name
+            ),
+            Some(service) => match parent.port {
+                Some(port) if !service.ports.iter().any(|p| i32::from(p.port) == port) => {
+                    let ports: Vec<String> =
+                        service.ports.iter().map(|p| p.port.to_string()).collect();
+                    format!(
+                        "parentRef port {port}: Service {namespace}/{} has no such port (it has {}); \
+                         name one of its ports or leave port out",
+                        parent.name,
+                        ports.join(", ")
+                    )
+                }
+                _ => return None,
+            },
+        };
+        Some(StatusCondition {
+            type_: condition::ACCEPTED,
+            status: false,
+            reason: condition::REASON_NO_MATCHING_PARENT,
+            message: problem,
+        })
     }
 
     // ---- objects in ----
@@ -861,7 +957,9 @@ impl Index {
                 endpoints: self.endpoints(namespace, name, port),
             });
         }
-        let mut routes = Vec::new();
+        // Every (rule, match) with its precedence; the sort is stable, so
+        // ties keep route age, then namespace/name, rule order, match order.
+        let mut ranked: Vec<(Precedence, Route)> = Vec::new();
         for (_, _, route) in &attached {
             for rule in &route.rules {
                 let mut r = rule.route.clone();
@@ -883,9 +981,19 @@ impl Index {
                 if let Some(res) = resilience {
                     with_defaults(&mut r, res);
                 }
-                routes.push(r);
+                if r.matches.len() <= 1 {
+                    ranked.push((Precedence::of(r.matches.first()), r));
+                } else {
+                    for m in std::mem::take(&mut r.matches) {
+                        let mut one = r.clone();
+                        one.matches = vec![m];
+                        ranked.push((Precedence::of(one.matches.first()), one));
+                    }
+                }
             }
         }
+        ranked.sort_by_key(|(precedence, _)| *precedence);
+        let mut routes: Vec<Route> = ranked.into_iter().map(|(_, r)| r).collect();
         if let Some(res) = resilience
             && falls_through
             && (res.default_retry.is_some()
@@ -982,6 +1090,54 @@ impl Index {
             &info.service_account,
         )
         .ok()
+    }
+}
+
+/// How specific a route match is (Gateway API precedence): smaller sorts
+/// first. HTTP: an Exact path before a PathPrefix, a longer path before a
+/// shorter one (no path, or no match at all: the prefix `/`), then a method
+/// match, then more header matches. gRPC matches are matches on the path
+/// `/<service>/<method>`: service and method are an exact path, a service
+/// alone a prefix of its length, then a method, then more header matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Precedence {
+    /// 0: an exact path; 1: a prefix.
+    prefix: u8,
+    longer: std::cmp::Reverse<usize>,
+    /// 0: a method is matched.
+    no_method: u8,
+    more_headers: std::cmp::Reverse<usize>,
+}
+
+impl Precedence {
+    fn of(m: Option<&weft_api::policy::RouteMatch>) -> Self {
+        use std::cmp::Reverse;
+        use weft_api::policy::{PathMatch, RouteMatch};
+        let (prefix, length, method, headers) = match m {
+            None => (1, 1, false, 0),
+            Some(RouteMatch::Http(h)) => {
+                let (prefix, length) = match &h.path {
+                    Some(PathMatch::Exact(p)) => (0, p.len()),
+                    Some(PathMatch::Prefix(p)) => (1, p.trim_end_matches('/').len().max(1)),
+                    None => (1, 1),
+                };
+                (prefix, length, h.method.is_some(), h.headers.len())
+            }
+            Some(RouteMatch::Grpc(g)) => {
+                let (prefix, length) = match (&g.service, &g.method) {
+                    (Some(s), Some(m)) => (0, s.len() + m.len() + 2),
+                    (Some(s), None) => (1, s.len() + 1),
+                    (None, _) => (1, 1),
+                };
+                (prefix, length, g.method.is_some(), g.headers.len())
+            }
+        };
+        Self {
+            prefix,
+            longer: Reverse(length),
+            no_method: u8::from(!method),
+            more_headers: Reverse(headers),
+        }
     }
 }
 

@@ -589,17 +589,74 @@ pub fn statuses_json(index: &SharedIndex) -> Value {
         .statuses()
         .iter()
         .map(|s| {
-            json!({
+            let conditions = |conditions: &[super::StatusCondition]| {
+                conditions
+                    .iter()
+                    .map(|c| {
+                        json!({
+                            "type": c.type_,
+                            "status": if c.status { "True" } else { "False" },
+                            "reason": c.reason,
+                            "message": c.message,
+                        })
+                    })
+                    .collect::<Vec<_>>()
+            };
+            let mut object = json!({
                 "object": s.object.to_string(),
-                "conditions": s.conditions.iter().map(|c| json!({
-                    "type": c.type_,
-                    "status": if c.status { "True" } else { "False" },
-                    "reason": c.reason,
-                    "message": c.message,
-                })).collect::<Vec<_>>(),
-            })
+                "conditions": conditions(&s.conditions),
+            });
+            if !s.parents.is_empty() {
+                object["parents"] = s
+                    .parents
+                    .iter()
+                    .zip(&s.parent_conditions)
+                    .map(|(p, c)| json!({ "parentRef": p, "conditions": conditions(c) }))
+                    .collect();
+            }
+            object
         })
         .collect()
+}
+
+/// Local mode has no object status to write to: every condition that says
+/// a policy is not (wholly) in force (an invalid field, a conflict, a
+/// missing backend or parent) is logged as a warning when it appears, once
+/// while it holds (again if it comes back).
+async fn log_conditions(index: SharedIndex, stop: CancellationToken) {
+    let mut changes = index.statuses_changed();
+    let mut logged: BTreeSet<(String, String, String)> = BTreeSet::new();
+    loop {
+        let mut now = BTreeSet::new();
+        for status in index.statuses() {
+            let object = status.object.to_string();
+            let per_parent = status.parents.iter().zip(&status.parent_conditions);
+            let mut all: Vec<(
+                Option<&weft_api::crd::ParentReference>,
+                &super::StatusCondition,
+            )> = status.conditions.iter().map(|c| (None, c)).collect();
+            all.extend(per_parent.flat_map(|(p, cs)| cs.iter().map(move |c| (Some(p), c))));
+            for (parent, c) in all.into_iter().filter(|(_, c)| !c.status) {
+                let key = (object.clone(), c.type_.to_owned(), c.message.clone());
+                if !logged.contains(&key) && !now.contains(&key) {
+                    tracing::warn!(
+                        object = %object,
+                        parent = parent.map(|p| p.name.as_str()),
+                        condition = c.type_,
+                        reason = c.reason,
+                        "{}",
+                        c.message
+                    );
+                }
+                now.insert(key);
+            }
+        }
+        logged = now;
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return },
+            () = stop.cancelled() => return,
+        }
+    }
 }
 
 /// Local mode's discovery: an index fed from `dir`, polled every [`POLL`]
@@ -612,6 +669,7 @@ pub fn discovery(
 ) -> Result<(crate::Discovery, Arc<LocalPolicy>), DirError> {
     let index = SharedIndex::new(settings, stop.clone());
     let local = LocalPolicy::load(dir, index.clone())?;
+    tokio::spawn(log_conditions(index.clone(), stop.clone()));
     tokio::spawn(local.clone().watch(POLL, stop));
     let report = local.clone();
     Ok((

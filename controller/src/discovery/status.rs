@@ -292,23 +292,30 @@ enum Want {
 }
 
 fn want_of(status: &ObjectStatus) -> Option<Want> {
-    let conditions: Vec<Wanted> = status
-        .conditions
-        .iter()
-        .map(|c| Wanted::new(c.type_, c.status, c.reason, c.message.clone()))
-        .collect();
+    let wanted = |conditions: &[super::StatusCondition]| -> Vec<Wanted> {
+        conditions
+            .iter()
+            .map(|c| Wanted::new(c.type_, c.status, c.reason, c.message.clone()))
+            .collect()
+    };
     match status.object.kind {
         Kind::HttpRoute | Kind::GrpcRoute => Some(Want::Route(
             status
                 .parents
                 .iter()
-                .map(|p| ParentWanted {
+                .enumerate()
+                .map(|(i, p)| ParentWanted {
                     parent: p.clone(),
-                    conditions: conditions.clone(),
+                    conditions: wanted(
+                        status
+                            .parent_conditions
+                            .get(i)
+                            .map_or(&status.conditions, |c| c),
+                    ),
                 })
                 .collect(),
         )),
-        Kind::Resilience => Some(Want::Policy(conditions)),
+        Kind::Resilience => Some(Want::Policy(wanted(&status.conditions))),
         _ => None,
     }
 }
