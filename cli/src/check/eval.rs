@@ -80,10 +80,21 @@ pub fn version(info: &Info) -> CheckResult {
         (Some(major), Some(minor)) if major > 1 => {
             CheckResult::pass(VERSION, format!("{major}.{minor}"))
         }
+        (Some(major), Some(minor)) => CheckResult::fail(
+            VERSION,
+            format!("{major}.{minor} is older than 1.{MIN_MINOR}"),
+            format!("weft needs Kubernetes 1.{MIN_MINOR} or newer"),
+        ),
         _ => CheckResult::fail(
             VERSION,
-            format!("{}.{} is older than 1.{MIN_MINOR}", info.major, info.minor),
-            format!("weft needs Kubernetes 1.{MIN_MINOR} or newer"),
+            format!(
+                "the API server reports no version number (major {:?}, minor {:?}, gitVersion {:?})",
+                info.major, info.minor, info.git_version
+            ),
+            format!(
+                "weft needs Kubernetes 1.{MIN_MINOR} or newer; a server built without its version \
+                 stamped in (go build without -ldflags) cannot say which it is"
+            ),
         ),
     }
 }
@@ -509,7 +520,16 @@ mod tests {
         assert!(version(&info("1", "33+")).ok);
         let old = version(&info("1", "27"));
         assert!(!old.ok && old.hint.is_some());
-        assert!(!version(&info("", "")).ok);
+        let unknown = version(&Info {
+            git_version: "v0.0.0-master+$Format:%H$".into(),
+            ..info("", "")
+        });
+        assert!(!unknown.ok);
+        assert!(
+            unknown.detail.contains("reports no version number"),
+            "{}",
+            unknown.detail
+        );
         assert!(api_server(Ok(&info("1", "33"))).detail.contains("v1.33.0"));
         assert!(!api_server(Err("connection refused")).ok);
     }
