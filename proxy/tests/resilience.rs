@@ -22,7 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use weft_api::policy::{
     Backend, Backoff, CircuitBreaker, DestinationState, Endpoint, LoadBalancer, RetryBudget,
-    RetryOn, RetryPolicy, Route, RouteTimeouts,
+    RetryCondition, RetryOn, RetryPolicy, Route, RouteTimeouts,
 };
 use weft_proxy::{AppTarget, ProxyConfig, ProxyHandle, Target, Upstream};
 use weft_tests::mesh::{CLIENT_ID, SERVER_ID, metrics, server_proxy};
@@ -666,6 +666,44 @@ async fn a_large_post_is_not_retried_while_the_same_get_is() {
         app.hits.load(Ordering::Relaxed),
         7,
         "the GET was tried 3 times"
+    );
+}
+
+/// A try to an endpoint outside the mesh that cannot connect never read the
+/// request's body, so even a 1 MB POST (beyond the retry buffer, so not kept)
+/// is retried on the other endpoint: the plaintext connection is made before
+/// the body is taken, as a mesh one is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_post_whose_plaintext_try_cannot_connect_is_retried() {
+    let mut mesh = Mesh::new();
+    let app = App::new("live");
+    let live = mesh.endpoint(&app).await;
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead = Endpoint {
+        addr: closed.local_addr().unwrap(),
+        identity: None,
+        zone: None,
+    };
+    drop(closed);
+    let mut route = retry_route(2, &[]);
+    route.retry.as_mut().unwrap().on = RetryOn::new([RetryCondition::ConnectFailure], &[]);
+    let mut s = state(vec![backend("checkout", 1, vec![live, dead])], vec![route]);
+    s.load_balancer = LoadBalancer::RoundRobin;
+    let (client, entry, _tx) = mesh.client(s).await;
+    let mut conn = Conn::open(entry).await;
+    for i in 0..6 {
+        let (status, body, error) = conn.send("POST", Bytes::from(vec![7u8; 1 << 20])).await;
+        assert_eq!(status, StatusCode::OK, "POST {i}: {body} {error:?}");
+    }
+    assert_eq!(app.hits.load(Ordering::Relaxed), 6);
+    let text = metrics(&client).await;
+    assert!(
+        total(
+            &text,
+            "weft_proxy_retries_total",
+            "reason=\"connect-failure\""
+        ) >= 3.0,
+        "every other first try went to the closed port: {text}"
     );
 }
 

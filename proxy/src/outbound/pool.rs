@@ -158,6 +158,13 @@ pub struct Http1Pool {
     idle: Mutex<HashMap<SocketAddr, Vec<http1::SendRequest<Body>>>>,
 }
 
+/// A connection taken from an [`Http1Pool`] for one request: an idle one, or
+/// one just made.
+pub struct Http1Conn {
+    tx: http1::SendRequest<Body>,
+    reused: bool,
+}
+
 impl Http1Pool {
     /// Sends `req` to `addr` on an idle connection, or a new one. A request
     /// that a reused connection could not write (the app closed it while it
@@ -166,21 +173,45 @@ impl Http1Pool {
     pub async fn send(
         self: &Arc<Self>,
         addr: SocketAddr,
+        req: Request<Body>,
+    ) -> Result<Response<ReturnOnEnd>, Http1Error> {
+        let conn = self.connection(addr).await?;
+        self.send_on(addr, conn, req).await
+    }
+
+    /// An idle connection to `addr`, or a new one: taken before the request
+    /// is sent, so that a failure to connect leaves the request (and its
+    /// body) untouched.
+    pub async fn connection(&self, addr: SocketAddr) -> Result<Http1Conn, Http1Error> {
+        Ok(match self.checkout(addr) {
+            Some(tx) => Http1Conn { tx, reused: true },
+            None => Http1Conn {
+                tx: Box::pin(connect_http1(addr)).await?,
+                reused: false,
+            },
+        })
+    }
+
+    /// Sends `req` on `conn`, a connection to `addr` from [`Self::connection`],
+    /// as [`Self::send`] does.
+    pub async fn send_on(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        mut conn: Http1Conn,
         mut req: Request<Body>,
     ) -> Result<Response<ReturnOnEnd>, Http1Error> {
         loop {
-            let (mut tx, reused) = match self.checkout(addr) {
-                Some(tx) => (tx, true),
-                None => (Box::pin(connect_http1(addr)).await?, false),
-            };
-            match tx.try_send_request(req).await {
+            match conn.tx.try_send_request(req).await {
                 Ok(rsp) => {
                     let back = (rsp.status() != http::StatusCode::SWITCHING_PROTOCOLS)
-                        .then(|| (Arc::downgrade(self), addr, tx));
+                        .then(|| (Arc::downgrade(self), addr, conn.tx));
                     return Ok(rsp.map(|inner| ReturnOnEnd { inner, back }));
                 }
                 Err(mut error) => match error.take_message() {
-                    Some(unsent) if reused => req = unsent,
+                    Some(unsent) if conn.reused => {
+                        req = unsent;
+                        conn = self.connection(addr).await?;
+                    }
                     _ => return Err(Http1Error::Send(error.into_error())),
                 },
             }

@@ -23,8 +23,8 @@ use weft_api::policy::{Backoff, GrpcCode, RetryPolicy, Route};
 
 use super::Outbound;
 use super::http::{
-    Done, ForwardError, failure_response, no_endpoints, peer_connection, pick, record, send,
-    send_plain, to_peer,
+    Done, ForwardError, PlainConn, failure_response, no_endpoints, peer_connection, pick,
+    plain_connection, record, send, send_plain_on, to_peer,
 };
 use super::upstream::{Resolved, Upstream};
 use crate::http::{Body, BoxError, ProxyError, error_response, full, incoming};
@@ -158,14 +158,26 @@ async fn tries(
         let final_try = policy.is_none_or(|p| retries >= p.attempts);
         let flight = endpoint.start();
         let sent = Instant::now();
-        // Connect first: a try that cannot connect never sent the body (a
-        // plaintext endpoint outside the mesh connects as it sends).
+        // Connect first, over mTLS or in plaintext: a try that cannot
+        // connect never took the body, and can always go again.
         let attempt = async {
             // The connection made (or found) here is the one the try is sent
             // on: the pool is not asked twice.
             let conn = match mesh {
-                Some(mesh) => Some(peer_connection(outbound, mesh, connect_timeout).await?),
-                None => None,
+                Some(mesh) => TryConn::Mesh(
+                    mesh,
+                    peer_connection(outbound, mesh, connect_timeout).await?,
+                ),
+                None => {
+                    let version = if from_http1 {
+                        http::Version::HTTP_11
+                    } else {
+                        parts.version
+                    };
+                    let plain =
+                        plain_connection(outbound, endpoint.addr(), version, connect_timeout);
+                    TryConn::Plain(plain.await?)
+                }
             };
             let body = match first.take() {
                 Some(body) => body,
@@ -187,15 +199,17 @@ async fn tries(
                 *req.uri_mut() = parts.uri.clone();
                 *req.headers_mut() = parts.headers.clone();
             }
-            match mesh {
-                Some(mesh) => send(outbound, mesh, conn, req, from_http1, connect_timeout).await,
-                None => {
+            match conn {
+                TryConn::Mesh(mesh, conn) => {
+                    send(outbound, mesh, Some(conn), req, from_http1, connect_timeout).await
+                }
+                TryConn::Plain(plain) => {
                     // Back from the peer form: the server is not a proxy.
                     if from_http1 {
                         req.headers_mut().remove(ORIG_PROTO_HEADER);
                         *req.version_mut() = http::Version::HTTP_11;
                     }
-                    send_plain(outbound, endpoint.addr(), req, connect_timeout).await
+                    send_plain_on(outbound, endpoint.addr(), plain, req).await
                 }
             }
         };
@@ -309,6 +323,14 @@ async fn tries(
         tokio::time::sleep(backoff(&policy.backoff, retries)).await;
         avoid = Some(endpoint);
     }
+}
+
+/// The connection a try is sent on, made before its body is touched.
+enum TryConn<'a> {
+    /// Over mesh mTLS to the endpoint's proxy.
+    Mesh(&'a crate::config::Endpoint, super::pool::Conn),
+    /// In plaintext to an endpoint outside the mesh.
+    Plain(PlainConn),
 }
 
 /// The wait before retry `n` (1-based): base doubling up to max, with "equal
