@@ -15,6 +15,24 @@ use weft_controller::ca::new_key_and_csr;
 
 const BIN: &str = env!("CARGO_BIN_EXE_weft-controller");
 
+/// Starts `serve` (a `weft-controller serve` command) on ephemeral loopback
+/// ports; its log lines arrive on the receiver as it writes them.
+fn serve_with_log(mut serve: Command) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    let mut child = serve
+        .args(["--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("serve starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    (child, rx)
+}
+
 #[tokio::test]
 async fn issue_token_serve_certify_and_stop() {
     let state = tempfile::tempdir().expect("a temporary directory");
@@ -29,19 +47,9 @@ async fn issue_token_serve_certify_and_stop() {
     let token = IdentityToken::new(String::from_utf8(issued.stdout).expect("UTF-8"))
         .expect("a token on stdout");
 
-    let mut child = Command::new(BIN)
-        .args(["serve", "--state-dir", state_dir, "--cert-lifetime", "60s"])
-        .args(["--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("serve starts");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let mut serve = Command::new(BIN);
+    serve.args(["serve", "--state-dir", state_dir, "--cert-lifetime", "60s"]);
+    let (mut child, rx) = serve_with_log(serve);
     let started = loop {
         let line = rx
             .recv_timeout(Duration::from_secs(20))
@@ -143,22 +151,13 @@ fn local_mode_logs_the_conditions_of_policy_not_in_force() {
         resilience("newer", "2026-02-01T00:00:00Z"),
     );
     std::fs::write(policy.path().join("shop.yaml"), documents).expect("write the policy");
-    let mut child = Command::new(BIN)
+    let mut serve = Command::new(BIN);
+    serve
         .args(["serve", "--state-dir"])
         .arg(state.path())
         .arg("--policy-dir")
-        .arg(policy.path())
-        .args(["--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("serve starts");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+        .arg(policy.path());
+    let (mut child, rx) = serve_with_log(serve);
     let (mut conflict, mut parent) = (None, None);
     while conflict.is_none() || parent.is_none() {
         let line = match rx.recv_timeout(Duration::from_secs(20)) {

@@ -17,7 +17,6 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use weft_api::policy::{
@@ -502,19 +501,8 @@ async fn an_upgrade_to_an_endpoint_outside_the_mesh_goes_in_plaintext() {
         "nothing of the mesh is added for a server outside it"
     );
     let upgraded = hyper::upgrade::on(rsp).await.expect("upgrade completes");
-    let mut io = TokioIo::new(upgraded);
     let data: Vec<u8> = (0..256 * 1024).map(|i| (i % 251) as u8).collect();
-    let (mut r, mut w) = tokio::io::split(&mut io);
-    let send = async {
-        w.write_all(&data).await.unwrap();
-        w.flush().await.unwrap();
-    };
-    let recv = async {
-        let mut got = vec![0u8; data.len()];
-        r.read_exact(&mut got).await.unwrap();
-        got
-    };
-    let ((), got) = tokio::join!(send, recv);
+    let got = weft_tests::apps::echo_through(upgraded, &data).await;
     assert!(got == data, "upgraded bytes differ");
     let text = metrics(&client).await;
     assert_eq!(

@@ -118,6 +118,29 @@ async fn echo(mut req: Request<Incoming>) -> Result<Response<EchoBody>, Infallib
     Ok(rsp)
 }
 
+/// Writes `data` on a connection upgraded to [`ECHO_UPGRADE`] while reading
+/// it back, and returns what came back (the echo app's side sends each byte
+/// it reads).
+pub async fn echo_through(upgraded: hyper::upgrade::Upgraded, data: &[u8]) -> Vec<u8> {
+    let mut io = TokioIo::new(upgraded);
+    let (mut r, mut w) = tokio::io::split(&mut io);
+    let send = async {
+        w.write_all(data)
+            .await
+            .expect("write on the upgraded connection");
+        w.flush().await.expect("flush the upgraded connection");
+    };
+    let recv = async {
+        let mut got = vec![0u8; data.len()];
+        r.read_exact(&mut got)
+            .await
+            .expect("read the echo on the upgraded connection");
+        got
+    };
+    let ((), got) = tokio::join!(send, recv);
+    got
+}
+
 /// A TCP server that writes back every byte it reads.
 pub async fn tcp_echo() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0")

@@ -138,19 +138,8 @@ async fn http1_upgrade_relays_raw_bytes_both_ways() {
     assert_eq!(rsp.status(), StatusCode::SWITCHING_PROTOCOLS);
     assert_eq!(rsp.headers()[SEEN_CLIENT_ID], CLIENT_ID);
     let upgraded = hyper::upgrade::on(rsp).await.expect("upgrade completes");
-    let mut io = TokioIo::new(upgraded);
     let data = pattern(1024 * 1024, 3);
-    let (mut r, mut w) = tokio::io::split(&mut io);
-    let send = async {
-        w.write_all(&data).await.unwrap();
-        w.flush().await.unwrap();
-    };
-    let recv = async {
-        let mut got = vec![0u8; data.len()];
-        r.read_exact(&mut got).await.unwrap();
-        got
-    };
-    let ((), got) = tokio::join!(send, recv);
+    let got = apps::echo_through(upgraded, &data).await;
     assert!(got == data, "upgraded bytes differ");
 }
 
