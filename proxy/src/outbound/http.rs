@@ -8,7 +8,6 @@ use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use weft_api::consts::{ORIG_PROTO_HEADER, alpn};
 
 use std::sync::Arc;
@@ -609,7 +608,7 @@ async fn forward_upgrade(
                 outbound.connect_timeout,
             )
             .await?;
-            let mut tx = upgrading_connection(io)
+            let mut tx = pool::handshake_http1(io)
                 .await
                 .map_err(|source| ForwardError::peer(mesh, source, true))?;
             tx.send_request(req.map(incoming))
@@ -618,50 +617,25 @@ async fn forward_upgrade(
                     peer: mesh.addr.to_string(),
                     source,
                 })?
+                .map(incoming)
         }
+        // On an HTTP/1.1 connection of the plaintext pool, which keeps no
+        // connection that a 101 handed over.
         None => {
-            let addr = endpoint.addr();
-            let failed = |connect: bool, source: Box<dyn std::error::Error + Send + Sync>| {
-                plain_error(addr, connect, source)
-            };
-            let tcp = tokio::time::timeout(
+            send_plain(
+                outbound,
+                endpoint.addr(),
+                req.map(incoming),
                 outbound.connect_timeout,
-                crate::transport::connect_tcp(addr),
             )
-            .await
-            .map_err(|e| failed(true, e.into()))?
-            .map_err(|e| failed(true, e.into()))?;
-            let mut tx = upgrading_connection(tcp)
-                .await
-                .map_err(|e| failed(true, e.into()))?;
-            let (mut parts, body) = req.into_parts();
-            plain_form(&mut parts).map_err(|e| failed(false, e.into()))?;
-            tx.send_request(Request::from_parts(parts, incoming(body)))
-                .await
-                .map_err(|e| failed(false, e.into()))?
+            .await?
         }
     };
     if rsp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let upstream = hyper::upgrade::on(&mut rsp);
         crate::http::splice_upgrade(downstream, upstream);
     }
-    Ok(rsp.map(incoming))
-}
-
-/// An HTTP/1.1 client connection that hands its socket over on a 101.
-async fn upgrading_connection<T>(
-    io: T,
-) -> Result<hyper::client::conn::http1::SendRequest<Body>, hyper::Error>
-where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
-{
-    let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
-    tokio::spawn(async move {
-        if let Err(error) = conn.with_upgrades().await {
-            tracing::debug!(%error, "upgraded HTTP/1 connection to the server closed with an error");
-        }
-    });
-    Ok(tx)
+    Ok(rsp)
 }
 
 #[cfg(test)]

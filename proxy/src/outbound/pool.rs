@@ -320,12 +320,19 @@ async fn connect_http1(addr: SocketAddr) -> Result<http1::SendRequest<Body>, Htt
     let tcp = crate::transport::connect_tcp(addr)
         .await
         .map_err(Http1Error::Connect)?;
-    let (tx, conn) = http1::handshake(TokioIo::new(tcp))
-        .await
-        .map_err(Http1Error::Handshake)?;
+    handshake_http1(tcp).await.map_err(Http1Error::Handshake)
+}
+
+/// An HTTP/1.1 client connection on `io`, driven by a task of its own, that
+/// hands its socket over when a response upgrades it (101).
+pub async fn handshake_http1<T>(io: T) -> Result<http1::SendRequest<Body>, hyper::Error>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (tx, conn) = http1::handshake(TokioIo::new(io)).await?;
     tokio::spawn(async move {
         if let Err(error) = conn.with_upgrades().await {
-            tracing::debug!(%error, "HTTP/1.1 connection to the app closed with an error");
+            tracing::debug!(%error, "HTTP/1.1 client connection closed with an error");
         }
     });
     Ok(tx)
