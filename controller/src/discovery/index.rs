@@ -591,24 +591,12 @@ impl Index {
                 parent_conditions,
             });
         }
-        // The policy in force for each Service: the oldest, then by name.
-        let mut in_force: HashMap<(&str, &str), (i64, &str)> = HashMap::new();
-        for ((namespace, name), entry) in &self.resilience {
-            if let Some(policy) = &entry.in_force {
-                let candidate = (entry.created, name.as_str());
-                in_force
-                    .entry((namespace.as_str(), policy.service.as_str()))
-                    .and_modify(|winner| *winner = (*winner).min(candidate))
-                    .or_insert(candidate);
-            }
-        }
         for ((namespace, name), entry) in &self.resilience {
             let mut conditions = vec![accepted(entry)];
             if let Some(policy) = &entry.in_force
                 && entry.error.is_none()
-                && let Some((_, winner)) =
-                    in_force.get(&(namespace.as_str(), policy.service.as_str()))
-                && *winner != name.as_str()
+                && let Some((winner, _)) = self.resilience_in_force(namespace, &policy.service)
+                && winner != name.as_str()
             {
                 conditions[0] = StatusCondition {
                     type_: condition::ACCEPTED,
@@ -1020,15 +1008,22 @@ impl Index {
         }
     }
 
-    /// The ResiliencePolicy in force for a Service: the oldest, then by name.
+    /// The ResiliencePolicy in force for a Service.
     fn resilience_for(&self, namespace: &str, service: &str) -> Option<&Resilience> {
+        self.resilience_in_force(namespace, service).map(|(_, r)| r)
+    }
+
+    /// The name and policy of the ResiliencePolicy in force for a Service:
+    /// of those targeting it, the oldest, then by name (the others are
+    /// `Conflicted`).
+    fn resilience_in_force(&self, namespace: &str, service: &str) -> Option<(&str, &Resilience)> {
         self.resilience
             .iter()
             .filter(|((ns, _), _)| ns == namespace)
             .filter_map(|((_, n), e)| e.in_force.as_ref().map(|r| (e.created, n, r)))
             .filter(|(_, _, r)| r.service == service)
             .min_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)))
-            .map(|(_, _, r)| r)
+            .map(|(_, n, r)| (n.as_str(), r))
     }
 
     /// The ready endpoints of port `port` of Service `namespace/name`.
