@@ -135,8 +135,9 @@ pub mod env {
     /// sidecar of a Job's pod, whose workload ends its proxy that way.
     pub const SHUTDOWN_ENDPOINT: &str = "WEFT_PROXY_SHUTDOWN_ENDPOINT";
     /// The default inbound policy of the workload: one of
-    /// `weft_api::policy::InboundMode`. Set by the injector from
-    /// `config.weft.io/default-inbound-policy`; not enforced by the proxy yet.
+    /// `weft_api::policy::InboundMode` (default `allow-all`). Set by the injector
+    /// from `config.weft.io/default-inbound-policy` (pod, then namespace, then
+    /// the install option); the inbound proxy enforces it.
     pub const DEFAULT_INBOUND_POLICY: &str = "WEFT_PROXY_DEFAULT_INBOUND_POLICY";
     /// The largest request body (bytes) buffered so it can be retried; default 65536.
     pub const RETRY_BUFFER_BYTES: &str = "WEFT_PROXY_RETRY_BUFFER_BYTES";

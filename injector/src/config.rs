@@ -58,8 +58,8 @@ pub struct InjectConfig {
     pub opaque_ports: String,
     /// Keep the ports of the app's kubelet probes out of the inbound redirect,
     /// so the probes reach the app directly. Default true: the inbound proxy
-    /// refuses plaintext until inbound policy (allow-all) is enforced; see
-    /// docs/architecture.md, "Injection".
+    /// refuses plaintext under `mesh-only` and `deny` and does not yet exempt
+    /// the probes' paths; see docs/architecture.md, "Injection".
     pub skip_probe_ports: bool,
     /// Lifetime asked for the projected token (the kubelet renews it at 80 %).
     /// Default 3600.

@@ -93,6 +93,9 @@ pub struct ProxyConfig {
     /// The largest request body buffered for retries (`WEFT_PROXY_RETRY_BUFFER_BYTES`,
     /// default 64 KiB); a larger body is never retried.
     pub retry_buffer_bytes: usize,
+    /// What the inbound side lets in when no authorization allows a caller
+    /// (`WEFT_PROXY_DEFAULT_INBOUND_POLICY`, default `allow-all`).
+    pub default_inbound: weft_api::policy::InboundMode,
     /// What the program running the proxy adds to the admin server.
     pub admin: crate::admin::Extras,
 }
@@ -114,6 +117,7 @@ impl ProxyConfig {
             shutdown_grace: Duration::from_secs(30),
             shutdown_endpoint: true,
             retry_buffer_bytes: 64 * 1024,
+            default_inbound: weft_api::policy::InboundMode::default(),
             admin: crate::admin::Extras::default(),
         }
     }
@@ -292,6 +296,15 @@ impl Config {
                         env::RETRY_BUFFER_BYTES,
                         format!("{v:?} is not a byte count; use a whole number such as 65536"),
                     );
+                }
+            }
+        }
+        if let Some(v) = p.get(env::DEFAULT_INBOUND_POLICY) {
+            match v.parse() {
+                Ok(mode) => proxy.default_inbound = mode,
+                Err(problem) => {
+                    let problem = format!("{problem}");
+                    p.error(env::DEFAULT_INBOUND_POLICY, problem);
                 }
             }
         }

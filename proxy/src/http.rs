@@ -74,8 +74,9 @@ pub enum ProxyError {
     PeerUnavailable,
     /// The app behind the inbound proxy could not be reached.
     AppUnavailable,
-    /// The inbound port requires a mesh identity and the client sent none.
-    MeshIdentityRequired,
+    /// The inbound policy does not allow this caller (or a plaintext caller)
+    /// to make this request.
+    Unauthorized,
     /// The target has no endpoint to send to.
     NoEndpoints,
     /// The route's request timeout, or its per-try timeout, ran out.
@@ -91,7 +92,7 @@ impl ProxyError {
             Self::TlsFailure => "tls-failure",
             Self::PeerUnavailable => "peer-unavailable",
             Self::AppUnavailable => "app-unavailable",
-            Self::MeshIdentityRequired => "mesh-identity-required",
+            Self::Unauthorized => "unauthorized",
             Self::NoEndpoints => "no-endpoints",
             Self::Timeout => "timeout",
         }
@@ -99,7 +100,7 @@ impl ProxyError {
 
     pub fn status(self) -> StatusCode {
         match self {
-            Self::MeshIdentityRequired => StatusCode::FORBIDDEN,
+            Self::Unauthorized => StatusCode::FORBIDDEN,
             Self::ConnectTimeout | Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Self::NoEndpoints => StatusCode::SERVICE_UNAVAILABLE,
             Self::IdentityMismatch
@@ -113,7 +114,7 @@ impl ProxyError {
     /// The gRPC status code for the same cause.
     fn grpc_status(self) -> u16 {
         match self {
-            Self::MeshIdentityRequired => 7,           // PERMISSION_DENIED
+            Self::Unauthorized => 7,                   // PERMISSION_DENIED
             Self::ConnectTimeout | Self::Timeout => 4, // DEADLINE_EXCEEDED
             _ => 14,                                   // UNAVAILABLE
         }

@@ -3,9 +3,13 @@
 //! Mesh mTLS is terminated here; the client's identity, proven by its
 //! certificate, is recorded and passed to the app in `weft-client-id`. The ALPN
 //! protocol the client proxy chose says what follows: multiplexed HTTP/2,
-//! HTTP/1.1 (for connection upgrades), or opaque bytes. Plaintext clients are
-//! refused: every inbound port requires a mesh identity until policy says
-//! otherwise.
+//! HTTP/1.1 (for connection upgrades), or opaque bytes. Plaintext clients
+//! (HTTP/1, h2c, opaque) are served as the inbound policy allows
+//! ([`crate::authz`]); every request and opaque connection, meshed or not, is
+//! authorized first: a refused HTTP request gets 403 with `weft-proxy-error:
+//! unauthorized` (gRPC: `PERMISSION_DENIED`), a refused opaque connection is
+//! closed. `weft-client-id` from the caller is always removed; the verified
+//! identity replaces it on mesh requests.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -20,9 +24,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use weft_api::consts::{CLIENT_ID_HEADER, ORIG_PROTO_HEADER, PROXY_ERROR_HEADER, alpn};
+use weft_api::consts::{CLIENT_ID_HEADER, ORIG_PROTO_HEADER, alpn};
 use weft_api::tls::{MeshTls, peer_identity};
 
+use crate::authz::{Authorizer, Caller};
 use crate::config::AppTarget;
 use crate::detect::{self, Protocol};
 use crate::http::{
@@ -47,6 +52,7 @@ pub struct Inbound {
     app_http2: H2Pool<SocketAddr>,
     /// Ports of the proxy's own listeners: never an app port.
     own_ports: Arc<[u16]>,
+    authz: Authorizer,
 }
 
 impl std::fmt::Debug for Inbound {
@@ -65,9 +71,11 @@ impl Inbound {
         app: AppTarget,
         detect_timeout: Duration,
         own_ports: Arc<[u16]>,
+        default_mode: weft_api::policy::InboundMode,
     ) -> Arc<Self> {
         Arc::new(Self {
             acceptor: TlsAcceptor::from(tls.server_config()),
+            authz: Authorizer::new(default_mode, metrics.clone()),
             metrics,
             app,
             detect_timeout,
@@ -128,21 +136,34 @@ async fn handle_connection(
         detection.protocol.as_str(),
         detection.timed_out,
     );
+    let port = app_addr.port();
     match detection.protocol {
         Protocol::Tls => {}
-        Protocol::Http1 => {
-            inbound.metrics.inbound_refused("mesh-identity-required");
-            tracing::warn!(%client, "refused a plaintext HTTP client: this port requires a mesh identity");
-            refuse_plaintext_http(detection.io).await;
+        Protocol::Http1 | Protocol::Http2 => {
+            let io = inbound.metrics.tcp(
+                TcpLabels {
+                    direction: Direction::Inbound,
+                    tls: false,
+                    peer_identity: Arc::from(""),
+                },
+                detection.io,
+            );
+            let http2 = detection.protocol == Protocol::Http2;
+            serve_app_http(
+                inbound,
+                io,
+                app_addr,
+                Arc::new(Caller::plaintext()),
+                http2,
+                &shutdown,
+            )
+            .await;
             return;
         }
-        other => {
-            inbound.metrics.inbound_refused("mesh-identity-required");
-            tracing::warn!(
-                %client,
-                protocol = other.as_str(),
-                "refused a plaintext client: this port requires a mesh identity"
-            );
+        Protocol::Opaque => {
+            if inbound.authz.allows(port, &Caller::plaintext(), None) {
+                relay_to_app(detection.io, app_addr, client).await;
+            }
             return;
         }
     }
@@ -190,46 +211,64 @@ async fn handle_connection(
         }
     };
     let proto = conn.alpn_protocol().map(<[u8]>::to_vec);
-    let id_text = identity.to_string();
-    tracing::debug!(%client, identity = %id_text, "accepted mesh connection");
-    let Ok(client_id) = HeaderValue::from_str(&id_text) else {
-        tracing::warn!(%client, identity = %id_text, "client identity is not a valid header value");
-        return;
-    };
-    let label: Arc<str> = Arc::from(id_text);
+    let caller = Arc::new(Caller::mesh(identity));
+    tracing::debug!(%client, identity = %caller.label, "accepted mesh connection");
     let io = inbound.metrics.tcp(
         TcpLabels {
             direction: Direction::Inbound,
             tls: true,
-            peer_identity: label.clone(),
+            peer_identity: caller.label.clone(),
         },
         tls,
     );
-    let svc = {
-        let inbound = inbound.clone();
-        service_fn(move |req| {
-            let inbound = inbound.clone();
-            let client_id = client_id.clone();
-            let label = label.clone();
-            async move {
-                Ok::<_, std::convert::Infallible>(
-                    handle_request(&inbound, app_addr, client_id, label, req).await,
-                )
-            }
-        })
-    };
-    let result = match proto.as_deref() {
-        Some(p) if p == alpn::H2 => serve_http2(io, svc, &shutdown).await,
+    match proto.as_deref() {
+        Some(p) if p == alpn::H2 => {
+            serve_app_http(inbound, io, app_addr, caller, true, &shutdown).await;
+        }
         Some(p) if p == alpn::HTTP1 => {
-            serve_http1(io, svc, &shutdown, Some(crate::http::HEADER_READ_TIMEOUT)).await
+            serve_app_http(inbound, io, app_addr, caller, false, &shutdown).await;
         }
         _ => {
-            relay_to_app(io, app_addr, client).await;
-            Ok(())
+            if inbound.authz.allows(port, &caller, None) {
+                relay_to_app(io, app_addr, client).await;
+            }
         }
+    }
+}
+
+/// Serves HTTP/1 or HTTP/2 from `caller` on `io`, each request authorized
+/// then sent to the app.
+async fn serve_app_http<I>(
+    inbound: Arc<Inbound>,
+    io: I,
+    app_addr: SocketAddr,
+    caller: Arc<Caller>,
+    http2: bool,
+    shutdown: &CancellationToken,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let client_id = caller
+        .identity
+        .as_ref()
+        .and_then(|_| HeaderValue::from_str(&caller.label).ok());
+    let svc = service_fn(move |req| {
+        let inbound = inbound.clone();
+        let client_id = client_id.clone();
+        let caller = caller.clone();
+        async move {
+            Ok::<_, std::convert::Infallible>(
+                handle_request(&inbound, app_addr, client_id, &caller, req).await,
+            )
+        }
+    });
+    let result = if http2 {
+        serve_http2(io, svc, shutdown).await
+    } else {
+        serve_http1(io, svc, shutdown, Some(crate::http::HEADER_READ_TIMEOUT)).await
     };
     if let Err(error) = result {
-        tracing::debug!(%client, %error, "mesh HTTP connection closed with an error");
+        tracing::debug!(%error, "inbound HTTP connection closed with an error");
     }
 }
 
@@ -270,20 +309,6 @@ async fn linger<I: AsyncRead + AsyncWrite + Unpin>(mut io: I) {
         }
     })
     .await;
-}
-
-/// Answers a plaintext HTTP/1 client with a 403 naming the cause, then closes.
-async fn refuse_plaintext_http<I: AsyncWrite + Unpin>(mut io: I) {
-    let body =
-        "weft proxy: this port requires a mesh identity (mTLS); call it through a weft proxy\n";
-    let response = format!(
-        "HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain; charset=utf-8\r\n{PROXY_ERROR_HEADER}: {}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        ProxyError::MeshIdentityRequired.as_str(),
-        body.len(),
-    );
-    // Best effort: the client may already be gone.
-    let _ = io.write_all(response.as_bytes()).await;
-    let _ = io.shutdown().await;
 }
 
 async fn relay_to_app<I: AsyncRead + AsyncWrite + Unpin>(
@@ -328,17 +353,53 @@ enum AppError {
 async fn handle_request(
     inbound: &Inbound,
     app: SocketAddr,
-    client_id: HeaderValue,
-    label: Arc<str>,
+    client_id: Option<HeaderValue>,
+    caller: &Caller,
     mut req: Request<Incoming>,
 ) -> Response<Body> {
     let start = Instant::now();
     let grpc = is_grpc(&req);
+    let label = caller.label.clone();
+    let path = req.uri().path();
+    if !inbound
+        .authz
+        .allows(app.port(), caller, Some((req.method().as_str(), path)))
+    {
+        let detail = match caller.identity {
+            Some(_) => format!(
+                "{} may not call port {} of this workload; an AuthorizationPolicy must allow it",
+                caller.label,
+                app.port()
+            ),
+            None => format!(
+                "port {} of this workload requires a mesh identity (mTLS); call it through a \
+                 weft proxy, or allow plaintext with an AuthorizationPolicy",
+                app.port()
+            ),
+        };
+        let rsp = error_response(ProxyError::Unauthorized, &detail, grpc);
+        inbound.metrics.request(
+            &RequestLabels {
+                direction: Direction::Inbound,
+                status_code: rsp.status().as_u16(),
+                tls: caller.identity.is_some(),
+                peer_identity: label,
+            },
+            start.elapsed(),
+        );
+        return rsp;
+    }
     let headers = req.headers_mut();
     // Only the proxy may say who the caller is.
     headers.remove(CLIENT_ID_HEADER);
-    headers.insert(CLIENT_ID_HEADER, client_id);
-    let orig_proto = headers.remove(ORIG_PROTO_HEADER);
+    if let Some(client_id) = client_id {
+        headers.insert(CLIENT_ID_HEADER, client_id);
+    }
+    // Only a client proxy sets the original protocol of a request it carried
+    // over HTTP/2; a plaintext caller's header is not trusted.
+    let orig_proto = headers
+        .remove(ORIG_PROTO_HEADER)
+        .filter(|_| caller.identity.is_some());
     let result = if req.version() == Version::HTTP_2 && orig_proto.is_none() {
         to_app_http2(inbound, app, req).await
     } else {
@@ -363,7 +424,7 @@ async fn handle_request(
         &RequestLabels {
             direction: Direction::Inbound,
             status_code: rsp.status().as_u16(),
-            tls: true,
+            tls: caller.identity.is_some(),
             peer_identity: label,
         },
         elapsed,

@@ -26,6 +26,7 @@
 //!   (`SO_ORIGINAL_DST`); the only module that may hold `unsafe` (it has none).
 
 pub mod admin;
+pub mod authz;
 pub mod config;
 pub mod destinations;
 pub mod detect;

@@ -49,6 +49,19 @@ pub struct RequestLabels {
     pub peer_identity: Arc<str>,
 }
 
+/// Labels of an inbound authorization decision.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct AuthzLabels {
+    /// `allowed`, `denied` or `audited`.
+    pub decision: &'static str,
+    /// The authorization's policy name, or `default:<mode>`.
+    pub policy: Arc<str>,
+    pub tls: bool,
+    pub peer_identity: Arc<str>,
+    /// The app port the caller asked for.
+    pub port: u16,
+}
+
 /// The labels outbound requests add: the backend that served the request and
 /// the route it took (empty for the target's default route). Inbound
 /// requests have neither, and encode no label for them.
@@ -155,6 +168,7 @@ pub struct Metrics {
     handshakes: Family<HandshakeLabels, Counter>,
     handshake_errors: Family<ReasonLabels, Counter>,
     refused: Family<ReasonLabels, Counter>,
+    authz: Family<AuthzLabels, Counter>,
     detect: Family<DetectLabels, Counter>,
     outbound_refused: Family<ReasonLabels, Counter>,
     cert_expiry: Family<IdentityLabels, Gauge>,
@@ -210,6 +224,7 @@ impl Metrics {
         let handshakes = Family::default();
         let handshake_errors = Family::default();
         let refused = Family::default();
+        let authz = Family::default();
         let detect = Family::default();
         let outbound_refused = Family::default();
         let cert_expiry = Family::default();
@@ -262,6 +277,14 @@ impl Metrics {
             refused.clone(),
         );
         registry.register(
+            "inbound_authz",
+            "Inbound authorization decisions (requests, and opaque connections): allowed, \
+             denied, or audited (let through by the audit mode, which deny would refuse), by the \
+             policy that decided (`default:<mode>` when no authorization did), whether the \
+             caller was mTLS and its identity (empty for plaintext)",
+            authz.clone(),
+        );
+        registry.register(
             "protocol_detect",
             "Protocol detection results, including fallbacks to opaque after the timeout",
             detect.clone(),
@@ -292,6 +315,7 @@ impl Metrics {
             handshakes,
             handshake_errors,
             refused,
+            authz,
             detect,
             outbound_refused,
             cert_expiry,
@@ -422,6 +446,11 @@ impl Metrics {
                 reason,
             })
             .inc();
+    }
+
+    /// Counts one inbound authorization decision.
+    pub fn authz(&self, labels: AuthzLabels) {
+        self.authz.get_or_create(&labels).inc();
     }
 
     pub fn outbound_refused(&self, reason: &'static str) {

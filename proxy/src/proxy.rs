@@ -149,6 +149,7 @@ pub async fn start_with(
         config.app,
         config.detect_timeout,
         own_ports.clone(),
+        config.default_inbound,
     );
     tracker.spawn(inbound::serve(
         inbound,

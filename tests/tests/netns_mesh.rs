@@ -598,3 +598,82 @@ fn ipv6_connections_reach_the_proxy_and_keep_their_original_destination() {
     let passed = "weft_tcp_open_total{direction=\"outbound\",tls=\"false\",peer_identity=\"\"}";
     assert_eq!(metric(&a, passed), 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_inbound_modes_decide_what_reaches_a_pod_through_interception() {
+    if skip_unless_root("default_inbound_modes_decide_what_reaches_a_pod_through_interception") {
+        return;
+    }
+    let mesh = Mesh::new("modes").unwrap();
+    let strict = mesh
+        .meshed_pod("strict", &[(env::DEFAULT_INBOUND_POLICY, "mesh-only")])
+        .unwrap();
+    let open = mesh.meshed_pod("open", &[]).unwrap();
+    let destinations = format!(
+        "{} {}",
+        destination(&strict, "strict"),
+        destination(&open, "open")
+    );
+    let meshed = mesh
+        .meshed_pod("meshed", &[(env::DESTINATIONS, &destinations)])
+        .unwrap();
+    let plain = mesh.plain_pod("plain").unwrap();
+    apps::http_echo_on(tokio_listener(&strict, "0.0.0.0:8080"));
+    apps::http_echo_on(tokio_listener(&open, "0.0.0.0:8080"));
+    let spoofed = "spiffe://cluster.local/ns/default/sa/admin";
+    let curl = |pod: &Pod, target: &Pod| {
+        let url = format!("http://{}:8080/orders", target.addr());
+        let out = pod
+            .run(pod.command("curl").args([
+                "-sS",
+                "-i",
+                "--max-time",
+                "10",
+                "-H",
+                &format!("weft-client-id: {spoofed}"),
+                &url,
+            ]))
+            .unwrap();
+        stdout(&out)
+    };
+
+    // mesh-only: the meshed caller gets through with its verified identity,
+    // the plaintext caller gets 403 from the proxy.
+    let text = curl(&meshed, &strict);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.contains(&format!("{SEEN_CLIENT_ID}: {}", identity("meshed"))),
+        "{text}"
+    );
+    let text = curl(&plain, &strict);
+    assert!(text.starts_with("HTTP/1.1 403"), "{text}");
+    assert!(
+        text.contains(&format!("{PROXY_ERROR_HEADER}: unauthorized")),
+        "{text}"
+    );
+    assert!(!text.contains(SEEN_CLIENT_ID), "reached the app: {text}");
+
+    // allow-all (the default): the plaintext caller reaches the app, without
+    // the identity it claimed.
+    let text = curl(&plain, &open);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        !text.contains(spoofed),
+        "the spoofed id reached the app: {text}"
+    );
+
+    let metrics = proxy_metrics(&strict).unwrap();
+    let denied = "weft_inbound_authz_total{decision=\"denied\",policy=\"default:mesh-only\",tls=\"false\",peer_identity=\"\",port=\"8080\"}";
+    assert_eq!(sample(&metrics, denied), Some(1.0), "{metrics}");
+    let allowed = format!(
+        "weft_inbound_authz_total{{decision=\"allowed\",policy=\"default:mesh-only\",tls=\"true\",peer_identity=\"{}\",port=\"8080\"}}",
+        identity("meshed")
+    );
+    assert_eq!(sample(&metrics, &allowed), Some(1.0), "{metrics}");
+    assert!(
+        mesh.proxy_log("strict")
+            .contains("denied an inbound request"),
+        "{}",
+        mesh.proxy_log("strict")
+    );
+}

@@ -125,41 +125,6 @@ async fn client_certificate_from_another_ca_is_refused() {
     still_serves(&ca, &server).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn plaintext_clients_are_refused_on_the_inbound_port() {
-    let ca = TestCa::new("weft test");
-    let server = server_proxy(ca.mesh_tls(SERVER_ID), apps::http_echo().await).await;
-
-    // Plaintext HTTP gets a 403 that says why.
-    let mut tcp = TcpStream::connect(server.inbound_addr).await.unwrap();
-    tcp.write_all(b"GET / HTTP/1.1\r\nhost: checkout\r\n\r\n")
-        .await
-        .unwrap();
-    let mut rsp = String::new();
-    tcp.read_to_string(&mut rsp).await.unwrap();
-    assert!(rsp.starts_with("HTTP/1.1 403"), "{rsp}");
-    assert!(
-        rsp.contains("weft-proxy-error: mesh-identity-required"),
-        "{rsp}"
-    );
-
-    // Other plaintext is closed without reaching the app.
-    let mut tcp = TcpStream::connect(server.inbound_addr).await.unwrap();
-    tcp.write_all(b"hello there\n").await.unwrap();
-    let mut rest = Vec::new();
-    tcp.read_to_end(&mut rest).await.unwrap();
-    assert!(rest.is_empty());
-
-    let (value, m) = metrics_reaching(
-        &server,
-        "weft_inbound_refused_total{direction=\"inbound\",reason=\"mesh-identity-required\"}",
-        2.0,
-    )
-    .await;
-    assert_eq!(value, Some(2.0), "{m}");
-    still_serves(&ca, &server).await;
-}
-
 fn expired(identity: &str) -> LeafSpec {
     let now = OffsetDateTime::now_utc();
     LeafSpec {

@@ -1,7 +1,8 @@
 //! The ports the kubelet probes the app on. Its probes come from the node, in
 //! plaintext, to the pod's address: the injector keeps these ports out of the
-//! inbound redirect (`InjectConfig::skip_probe_ports`) while the inbound proxy
-//! refuses plaintext.
+//! inbound redirect (`InjectConfig::skip_probe_ports`): the inbound proxy
+//! refuses plaintext under the `mesh-only` and `deny` modes, and does not yet
+//! authorize the probes' own paths.
 
 use std::collections::BTreeSet;
 

@@ -1,0 +1,192 @@
+//! Inbound authorization: the workload's inbound policy applied to every
+//! request and opaque connection that reaches the inbound listener, each
+//! decision counted (`weft_inbound_authz_total`) and each denial (and audited
+//! would-be denial) logged once per caller, port and policy, then at most once
+//! a minute with the number left unlogged.
+//!
+//! The policy is the default inbound mode of the workload
+//! (`WEFT_PROXY_DEFAULT_INBOUND_POLICY`: `allow-all`, `mesh-only`, `deny` or
+//! `audit`) with no authorizations; `Inbound.Watch` is to push per-port
+//! policies into the same [`Authorizer`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use weft_api::Identity;
+use weft_api::policy::{Decision, InboundMode, InboundPolicy, ProtocolHint};
+
+use crate::metrics::{AuthzLabels, Metrics};
+
+/// How often one (caller, port, policy) denial is logged again.
+const LOG_EVERY: Duration = Duration::from_secs(60);
+/// Denial log keys kept; past this the oldest are forgotten (a flood of
+/// distinct callers cannot grow the proxy's memory).
+const MAX_LOG_KEYS: usize = 1024;
+
+/// Who called, as authorization, metrics and logs see it.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The identity the client's certificate proved; `None`: plaintext.
+    pub identity: Option<Identity>,
+    /// The identity's text, empty for plaintext (a metric label).
+    pub label: Arc<str>,
+}
+
+impl Caller {
+    pub fn plaintext() -> Self {
+        Self {
+            identity: None,
+            label: Arc::from(""),
+        }
+    }
+
+    pub fn mesh(identity: Identity) -> Self {
+        let label = Arc::from(identity.to_string());
+        Self {
+            identity: Some(identity),
+            label,
+        }
+    }
+}
+
+/// Applies the inbound policy; see the module docs.
+pub struct Authorizer {
+    policy: Arc<InboundPolicy>,
+    /// `default:<mode>`, the policy label of decisions by the default mode.
+    default_label: Arc<str>,
+    metrics: Arc<Metrics>,
+    logged: Mutex<HashMap<LogKey, Logged>>,
+}
+
+type LogKey = (Arc<str>, u16, Arc<str>);
+
+struct Logged {
+    at: Instant,
+    unlogged: u64,
+}
+
+impl std::fmt::Debug for Authorizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authorizer")
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Authorizer {
+    /// An authorizer of `mode` with no authorizations.
+    pub fn new(mode: InboundMode, metrics: Arc<Metrics>) -> Self {
+        let policy = InboundPolicy {
+            protocol: ProtocolHint::Unknown,
+            default_mode: mode,
+            authorizations: Vec::new(),
+        };
+        Self {
+            default_label: Arc::from(format!("default:{mode}")),
+            policy: Arc::new(policy),
+            metrics,
+            logged: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether `caller` may make `request` (`(method, path)`; `None`: an opaque
+    /// connection) on the app's `port`. Counts the decision and logs a denial.
+    pub fn allows(&self, port: u16, caller: &Caller, request: Option<(&str, &str)>) -> bool {
+        let decision = self.policy.decide(caller.identity.as_ref(), request);
+        let (outcome, policy, allowed) = match decision {
+            Decision::Allowed(Some(name)) => ("allowed", Arc::from(name), true),
+            Decision::Allowed(None) => ("allowed", self.default_label.clone(), true),
+            Decision::Audited => ("audited", self.default_label.clone(), true),
+            Decision::Denied => ("denied", self.default_label.clone(), false),
+        };
+        if outcome != "allowed" {
+            self.log(outcome, port, caller, request, &policy);
+        }
+        self.metrics.authz(AuthzLabels {
+            decision: outcome,
+            policy,
+            tls: caller.identity.is_some(),
+            peer_identity: caller.label.clone(),
+            port,
+        });
+        allowed
+    }
+
+    fn log(
+        &self,
+        outcome: &'static str,
+        port: u16,
+        caller: &Caller,
+        request: Option<(&str, &str)>,
+        policy: &Arc<str>,
+    ) {
+        let key = (caller.label.clone(), port, policy.clone());
+        let now = Instant::now();
+        let unlogged = {
+            // A poisoned lock only means a panic elsewhere mid-update of this
+            // log bookkeeping; the map is still usable.
+            let mut logged = self
+                .logged
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(entry) = logged.get_mut(&key) {
+                if now.duration_since(entry.at) < LOG_EVERY {
+                    entry.unlogged += 1;
+                    return;
+                }
+                let unlogged = entry.unlogged;
+                *entry = Logged {
+                    at: now,
+                    unlogged: 0,
+                };
+                unlogged
+            } else {
+                if logged.len() >= MAX_LOG_KEYS {
+                    logged.retain(|_, e| now.duration_since(e.at) < LOG_EVERY);
+                    if logged.len() >= MAX_LOG_KEYS {
+                        logged.clear();
+                    }
+                }
+                logged.insert(
+                    key,
+                    Logged {
+                        at: now,
+                        unlogged: 0,
+                    },
+                );
+                0
+            }
+        };
+        let caller_text = if caller.identity.is_some() {
+            &*caller.label
+        } else {
+            "plaintext (no mesh identity)"
+        };
+        let (method, path) = request.unwrap_or(("", ""));
+        let mode = self.policy.default_mode.as_str();
+        if outcome == "denied" {
+            tracing::warn!(
+                caller = caller_text,
+                port,
+                policy = %policy,
+                method,
+                path,
+                unlogged_since_last = unlogged,
+                "denied an inbound {}: no authorization allows this caller and the default mode is {mode}",
+                if request.is_some() { "request" } else { "connection" },
+            );
+        } else {
+            tracing::info!(
+                caller = caller_text,
+                port,
+                policy = %policy,
+                method,
+                path,
+                unlogged_since_last = unlogged,
+                "audit mode let through an inbound {} that deny would refuse",
+                if request.is_some() { "request" } else { "connection" },
+            );
+        }
+    }
+}
