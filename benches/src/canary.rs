@@ -402,9 +402,9 @@ fn config(admin: SocketAddr) -> anyhow::Result<Value> {
     serde_json::from_str(&body).context("not JSON")
 }
 
-/// The release `weft` binary (built when run under cargo).
+/// The `weft` binary of the harness's profile (built when run under cargo).
 pub fn find_weft() -> Result<PathBuf, String> {
-    crate::systems::find_release_binary("weft-cli", "weft")
+    crate::systems::find_binary("weft-cli", "weft")
 }
 
 #[cfg(test)]

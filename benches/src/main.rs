@@ -107,6 +107,13 @@ fn all(settings: &Settings) -> anyhow::Result<ExitCode> {
         written.json.display(),
         written.png.display()
     );
+    if cfg!(debug_assertions) {
+        eprintln!(
+            "a debug build of the harness, so of the proxies and the weft CLI too: the figures \
+             and the verdicts below say nothing of speed (figures: `cargo run -p weft-benches \
+             --release -- all`)"
+        );
+    }
     for v in report::targets(&report) {
         if v.outcome == report::Outcome::NotMet {
             eprintln!("weft falls short: {}: {}", v.target, v.detail);

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::pki::Pki;
 
-pub use weft::{WeftProxy, find_release_binary, find_weft_proxy};
+pub use weft::{WeftProxy, find_binary, find_weft_proxy};
 
 /// The systems, in report order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -22,7 +22,7 @@ pub struct WeftProxy {
 
 /// Finds (building it first when run under cargo) the release `weft-proxy`
 /// binary, or says why there is none: `explicit` (`--weft-proxy`) if given,
-/// else as [`find_release_binary`].
+/// else as [`find_binary`].
 pub fn find_weft_proxy(explicit: Option<&Path>) -> Result<WeftProxy, String> {
     if let Some(path) = explicit {
         return if path.is_file() {
@@ -33,25 +33,39 @@ pub fn find_weft_proxy(explicit: Option<&Path>) -> Result<WeftProxy, String> {
             Err(format!("--weft-proxy {} does not exist", path.display()))
         };
     }
-    find_release_binary("weft-proxy", "weft-proxy").map(|path| WeftProxy { path })
+    find_binary("weft-proxy", "weft-proxy").map(|path| WeftProxy { path })
 }
 
-/// Finds (building it first when run under cargo) the release binary `bin`
-/// of workspace package `package`, or says why there is none: when the
-/// harness was started by `cargo run` (`CARGO` is set), `cargo build
-/// --release -p <package> --bin <bin>`; then `<bin>` beside the harness
-/// executable.
-pub fn find_release_binary(package: &str, bin: &str) -> Result<PathBuf, String> {
+/// The cargo profile the harness itself was built with: `release` for the
+/// figures; a debug harness (`cargo run -p weft-benches -- all --quick`, what
+/// CI runs after the tests built the debug binaries) uses debug binaries too,
+/// since quick mode asserts no speed.
+const PROFILE: &str = if cfg!(debug_assertions) {
+    "debug"
+} else {
+    "release"
+};
+
+/// Finds (building it first when run under cargo) the binary `bin` of
+/// workspace package `package` in the harness's own profile ([`PROFILE`]), or
+/// says why there is none: when the harness was started by `cargo run`
+/// (`CARGO` is set), `cargo build [--release] -p <package> --bin <bin>`; then
+/// `<bin>` beside the harness executable.
+pub fn find_binary(package: &str, bin: &str) -> Result<PathBuf, String> {
     let mut build_note = String::new();
     if let Some(cargo) = std::env::var_os("CARGO") {
         let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
             .parent()
             .unwrap_or(Path::new("."));
-        let build = format!("cargo build --release -p {package} --bin {bin}");
-        eprintln!("building the release {bin} binary ({build})");
+        let mut args = vec!["build", "-p", package, "--bin", bin];
+        if PROFILE == "release" {
+            args.insert(1, "--release");
+        }
+        let build = format!("cargo {}", args.join(" "));
+        eprintln!("building the {PROFILE} {bin} binary ({build})");
         let output = Command::new(cargo)
             .current_dir(workspace)
-            .args(["build", "--release", "-p", package, "--bin", bin])
+            .args(&args)
             .output();
         match output {
             Ok(out) if out.status.success() => {}
@@ -72,7 +86,7 @@ pub fn find_release_binary(package: &str, bin: &str) -> Result<PathBuf, String> 
     match sibling {
         Some(path) if path.is_file() && build_note.is_empty() => Ok(path),
         Some(path) => Err(format!(
-            "no release {bin} binary at {}{build_note}",
+            "no {PROFILE} {bin} binary at {}{build_note}",
             path.display()
         )),
         None => Err(format!("cannot locate the harness executable{build_note}")),
