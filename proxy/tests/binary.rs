@@ -78,8 +78,10 @@ fn body_of(response: &str) -> &str {
     response.split_once("\r\n\r\n").map_or("", |(_, b)| b)
 }
 
+/// Waits for `/ready`: a debug binary starting beside a busy test run (CI
+/// builds the static binaries meanwhile) took over 10 s once.
 fn wait_ready(admin: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         if let Some((200, _)) = http_get(admin, "/ready") {
             return;
