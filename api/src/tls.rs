@@ -158,6 +158,18 @@ pub fn not_after(cert: &CertificateDer<'_>) -> Result<SystemTime, PeerIdentityEr
     Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0)))
 }
 
+/// The serial number of a certificate, as lowercase hex of its DER bytes (the
+/// form the controller's audit trail records).
+pub fn serial_hex(cert: &CertificateDer<'_>) -> Result<String, PeerIdentityError> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
+        .map_err(|e| PeerIdentityError::Parse(e.to_string()))?;
+    Ok(parsed
+        .raw_serial()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
 /// Parses every certificate of a PEM bundle.
 pub fn certs_from_pem(
     pem: &[u8],

@@ -90,6 +90,8 @@ pub async fn run(
         let wait = match certify_once(&config, &client, &tls).await {
             Ok(credentials) => {
                 metrics.certified(true);
+                // Its serial, expiry and the renewal time, as it goes in.
+                metrics.observe_credentials(Some(&credentials));
                 backoff = BACKOFF_MIN;
                 let wait = renew_after(credentials.not_after(), SystemTime::now());
                 tracing::info!(

@@ -5,8 +5,9 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -133,11 +134,30 @@ struct IdentityLabels {
     identity: String,
 }
 
+/// The certificate in use: its identity and serial (lowercase hex).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct CertificateLabels {
+    identity: String,
+    serial: String,
+}
+
+/// The certificate the gauges describe, and when the proxy first saw it in use.
+#[derive(Debug)]
+struct InUse {
+    leaf: Vec<u8>,
+    labels: CertificateLabels,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct DetectLabels {
     direction: Direction,
     protocol: &'static str,
     timed_out: bool,
+}
+
+fn unix_seconds(t: SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// Latency buckets, in seconds: 100 µs to 10 s.
@@ -172,6 +192,9 @@ pub struct Metrics {
     detect: Family<DetectLabels, Counter>,
     outbound_refused: Family<ReasonLabels, Counter>,
     cert_expiry: Family<IdentityLabels, Gauge>,
+    certificate: Family<CertificateLabels, Gauge>,
+    renewed: Family<CertificateLabels, Gauge>,
+    in_use: Mutex<Option<InUse>>,
     certify: Family<ResultLabels, Counter>,
 }
 
@@ -228,6 +251,8 @@ impl Metrics {
         let detect = Family::default();
         let outbound_refused = Family::default();
         let cert_expiry = Family::default();
+        let certificate = Family::default();
+        let renewed = Family::default();
         let certify = Family::default();
         registry.register(
             "identity_certify",
@@ -299,6 +324,18 @@ impl Metrics {
             "When the workload certificate in use expires (Unix time), by identity",
             cert_expiry.clone(),
         );
+        registry.register(
+            "identity_certificate",
+            "The workload certificate in use, by identity and serial (lowercase hex); the value \
+             is when it expires (Unix time). One series: the previous certificate's goes at renewal",
+            certificate.clone(),
+        );
+        registry.register(
+            "identity_certificate_renewed_timestamp_seconds",
+            "When the proxy installed the workload certificate in use (Unix time), by identity and \
+             serial; for a certificate read from files, when the proxy first reported it",
+            renewed.clone(),
+        );
         Self {
             registry,
             requests,
@@ -319,6 +356,9 @@ impl Metrics {
             detect,
             outbound_refused,
             cert_expiry,
+            certificate,
+            renewed,
+            in_use: Mutex::new(None),
             certify,
         }
     }
@@ -332,18 +372,48 @@ impl Metrics {
             .inc();
     }
 
-    /// Records the identity and expiry of the certificate in use.
+    /// Records the identity, serial and expiry of the certificate in use, and,
+    /// when it is not the one recorded last, that it was installed now (the
+    /// identity task calls this as it installs each certificate; `/metrics`
+    /// before every encoding).
     pub fn observe_credentials(&self, credentials: Option<&weft_api::tls::Credentials>) {
+        self.observe_credentials_at(credentials, SystemTime::now());
+    }
+
+    fn observe_credentials_at(
+        &self,
+        credentials: Option<&weft_api::tls::Credentials>,
+        now: SystemTime,
+    ) {
         let Some(c) = credentials else { return };
-        let expiry = c
-            .not_after()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        let expiry = unix_seconds(c.not_after());
         self.cert_expiry
             .get_or_create(&IdentityLabels {
                 identity: c.identity().to_string(),
             })
             .set(expiry);
+        let Some(leaf) = c.chain().first() else {
+            return;
+        };
+        let mut in_use = crate::lock(&self.in_use);
+        if in_use.as_ref().is_none_or(|u| u.leaf != leaf.as_ref()) {
+            let labels = CertificateLabels {
+                identity: c.identity().to_string(),
+                serial: weft_api::tls::serial_hex(leaf).unwrap_or_default(),
+            };
+            if let Some(old) = in_use.take() {
+                self.certificate.remove(&old.labels);
+                self.renewed.remove(&old.labels);
+            }
+            self.renewed.get_or_create(&labels).set(unix_seconds(now));
+            *in_use = Some(InUse {
+                leaf: leaf.as_ref().to_vec(),
+                labels,
+            });
+        }
+        if let Some(u) = in_use.as_ref() {
+            self.certificate.get_or_create(&u.labels).set(expiry);
+        }
     }
 
     /// Records one request and the latency of its response.
@@ -575,5 +645,71 @@ impl<I: AsyncWrite> AsyncWrite for Counted<I> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.project().io.poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+    use super::*;
+    use weft_tests::pki::TestCa;
+
+    fn lines_with(text: &str, prefix: &str) -> Vec<String> {
+        text.lines()
+            .filter(|l| l.starts_with(prefix))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn the_certificate_in_use_is_one_series_renewed_when_it_changes() {
+        let ca = TestCa::new("weft test");
+        let id = "spiffe://cluster.local/ns/shop/sa/web";
+        let first = ca.issue(id).credentials();
+        let second = ca.issue(id).credentials();
+        let serial =
+            |c: &weft_api::tls::Credentials| weft_api::tls::serial_hex(&c.chain()[0]).unwrap();
+        let expiry = unix_seconds(first.not_after());
+        let at = |s| std::time::UNIX_EPOCH + Duration::from_secs(s);
+        let metrics = Metrics::new();
+        metrics.observe_credentials_at(Some(&first), at(100));
+        metrics.observe_credentials_at(Some(&first), at(200));
+        let text = metrics.encode().unwrap();
+        assert_eq!(
+            lines_with(&text, "weft_identity_certificate{"),
+            [format!(
+                "weft_identity_certificate{{identity=\"{id}\",serial=\"{}\"}} {expiry}",
+                serial(&first)
+            )],
+            "{text}"
+        );
+        assert_eq!(
+            lines_with(
+                &text,
+                "weft_identity_certificate_renewed_timestamp_seconds{"
+            ),
+            [format!(
+                "weft_identity_certificate_renewed_timestamp_seconds{{identity=\"{id}\",serial=\"{}\"}} 100",
+                serial(&first)
+            )],
+            "the same certificate seen again is not a renewal: {text}"
+        );
+
+        metrics.observe_credentials_at(Some(&second), at(300));
+        let text = metrics.encode().unwrap();
+        let renewed = lines_with(
+            &text,
+            "weft_identity_certificate_renewed_timestamp_seconds{",
+        );
+        assert_eq!(renewed.len(), 1, "{text}");
+        assert!(renewed[0].contains(&serial(&second)), "{text}");
+        assert!(renewed[0].ends_with(" 300"), "{text}");
+        assert_eq!(
+            lines_with(&text, "weft_identity_certificate{").len(),
+            1,
+            "{text}"
+        );
+        assert_ne!(serial(&first), serial(&second));
     }
 }
