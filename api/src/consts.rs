@@ -141,6 +141,17 @@ pub mod env {
     pub const DEFAULT_INBOUND_POLICY: &str = "WEFT_PROXY_DEFAULT_INBOUND_POLICY";
     /// The largest request body (bytes) buffered so it can be retried; default 65536.
     pub const RETRY_BUFFER_BYTES: &str = "WEFT_PROXY_RETRY_BUFFER_BYTES";
+    /// The workload the proxy serves, as `Inbound.Watch` names it:
+    /// `<namespace>/<pod name>` (the injector sets it from the downward API),
+    /// the workload's name in local mode. Unset: no inbound policy is watched.
+    pub const WORKLOAD: &str = "WEFT_PROXY_WORKLOAD";
+    /// The app ports (comma-separated) whose inbound policy the proxy watches
+    /// from the start (the injector sets the pod's container ports).
+    pub const INBOUND_PORTS: &str = "WEFT_PROXY_INBOUND_PORTS";
+    /// The pod's name and namespace (downward API), from which the injector
+    /// composes [`WORKLOAD`].
+    pub const POD_NAME: &str = "WEFT_PROXY_POD_NAME";
+    pub const POD_NAMESPACE: &str = "WEFT_PROXY_POD_NAMESPACE";
 }
 
 /// Environment variables `weft-init` reads when the matching flag is not given

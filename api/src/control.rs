@@ -123,19 +123,29 @@ impl ControlClient {
     }
 }
 
-/// A client of `weft.v1.Discovery` at `addr`, on a channel of its own: it
-/// connects (lazily, again after each failure) with the workload certificate
-/// installed in `tls` at that moment, which `Discovery.Watch` requires (the
-/// channel of [`ControlClient`] may have connected before there was one).
-/// No per-call timeout: a `Watch` stream lives as long as the proxy; HTTP/2
-/// pings find a controller that went away.
+/// A client of `weft.v1.Discovery` at `addr`, on a [`watch_channel`] of its own.
 pub fn discovery_client(
     addr: &str,
     tls: Arc<MeshTls>,
     expected: &Identity,
     resolver: Resolver,
 ) -> Result<DiscoveryClient<Channel>, ControlError> {
-    channel(addr, tls, expected, resolver, None).map(DiscoveryClient::new)
+    watch_channel(addr, tls, expected, resolver).map(DiscoveryClient::new)
+}
+
+/// A channel to the controller at `addr` for the `Watch` streams
+/// (`Discovery`, `Inbound`): it connects (lazily, again after each failure)
+/// with the workload certificate installed in `tls` at that moment, which the
+/// streams require (the channel of [`ControlClient`] may have connected before
+/// there was one). No per-call timeout: a `Watch` stream lives as long as the
+/// proxy; HTTP/2 pings find a controller that went away.
+pub fn watch_channel(
+    addr: &str,
+    tls: Arc<MeshTls>,
+    expected: &Identity,
+    resolver: Resolver,
+) -> Result<Channel, ControlError> {
+    channel(addr, tls, expected, resolver, None)
 }
 
 /// A lazily connecting channel to the controller at `addr`, which must prove

@@ -280,14 +280,29 @@ fn the_proxy_accepts_the_environment_it_is_given() {
         .into_iter()
         .find(|c| c.name == "weft-proxy")
         .unwrap();
-    let vars = proxy
-        .env
-        .unwrap()
-        .into_iter()
-        .map(|e| (e.name, e.value.unwrap()))
-        .collect();
+    // As the kubelet does: the downward API's fields, then `$(VAR)` of the
+    // variables before.
+    let mut vars: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    for e in proxy.env.unwrap() {
+        let value = match (e.value, e.value_from) {
+            (Some(mut value), None) => {
+                for (name, v) in &vars {
+                    value = value.replace(&format!("$({name})"), v);
+                }
+                value
+            }
+            (None, Some(from)) => match from.field_ref.unwrap().field_path.as_str() {
+                "metadata.name" => "p".to_owned(),
+                "metadata.namespace" => "shop".to_owned(),
+                other => panic!("unexpected field {other}"),
+            },
+            other => panic!("{}: {other:?}", e.name),
+        };
+        vars.insert(e.name, value);
+    }
     let parsed = weft_proxy::Config::from_env(&vars).unwrap();
     assert!(!parsed.proxy.shutdown_endpoint);
+    assert_eq!(parsed.proxy.workload.as_deref(), Some("shop/p"));
     assert!(matches!(
         parsed.trust_anchors,
         weft_proxy::config::TrustAnchorsSource::Inline(_)

@@ -4,10 +4,12 @@
 //! would-be denial) logged once per caller, port and policy, then at most once
 //! a minute with the number left unlogged.
 //!
-//! The policy is the default inbound mode of the workload
+//! The policy of a port is what the controller pushes for it
+//! ([`crate::inbound_policy`]: `Inbound.Watch(workload, port)`), applied to
+//! each new request and connection; without a controller, or before its first
+//! answer, the default inbound mode of the workload
 //! (`WEFT_PROXY_DEFAULT_INBOUND_POLICY`: `allow-all`, `mesh-only`, `deny` or
-//! `audit`) with no authorizations; `Inbound.Watch` is to push per-port
-//! policies into the same [`Authorizer`].
+//! `audit`) with no authorizations.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -16,6 +18,7 @@ use std::time::{Duration, Instant};
 use weft_api::Identity;
 use weft_api::policy::{Decision, InboundMode, InboundPolicy, ProtocolHint};
 
+use crate::inbound_policy::InboundPolicies;
 use crate::metrics::{AuthzLabels, Metrics};
 
 /// How often one (caller, port, policy) denial is logged again.
@@ -52,9 +55,14 @@ impl Caller {
 
 /// Applies the inbound policy; see the module docs.
 pub struct Authorizer {
+    /// The policy without a controller.
     policy: Arc<InboundPolicy>,
-    /// `default:<mode>`, the policy label of decisions by the default mode.
-    default_label: Arc<str>,
+    /// The controller's per-port policies, when there is a controller and the
+    /// proxy knows its workload.
+    pushed: Option<InboundPolicies>,
+    /// `default:<mode>` of each [`InboundMode::ALL`], the policy label of
+    /// decisions by the default mode.
+    default_labels: [Arc<str>; 4],
     metrics: Arc<Metrics>,
     logged: Mutex<HashMap<LogKey, Logged>>,
 }
@@ -70,6 +78,7 @@ impl std::fmt::Debug for Authorizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Authorizer")
             .field("policy", &self.policy)
+            .field("pushed", &self.pushed)
             .finish_non_exhaustive()
     }
 }
@@ -77,35 +86,53 @@ impl std::fmt::Debug for Authorizer {
 impl Authorizer {
     /// An authorizer of `mode` with no authorizations.
     pub fn new(mode: InboundMode, metrics: Arc<Metrics>) -> Self {
-        let policy = InboundPolicy {
-            protocol: ProtocolHint::Unknown,
-            default_mode: mode,
-            authorizations: Vec::new(),
-        };
         Self {
-            default_label: Arc::from(format!("default:{mode}")),
-            policy: Arc::new(policy),
+            policy: Arc::new(default_policy(mode)),
+            pushed: None,
+            default_labels: InboundMode::ALL.map(|m| Arc::from(format!("default:{m}"))),
             metrics,
             logged: Mutex::new(HashMap::new()),
         }
     }
 
+    /// Takes each port's policy from the controller.
+    pub fn with_pushed(mut self, pushed: InboundPolicies) -> Self {
+        self.pushed = Some(pushed);
+        self
+    }
+
+    /// The controller's policies, when it pushes them.
+    pub fn pushed(&self) -> Option<&InboundPolicies> {
+        self.pushed.as_ref()
+    }
+
     /// Whether `caller` may make `request` (`(method, path)`; `None`: an opaque
     /// connection) on the app's `port`. Counts the decision and logs a denial.
-    pub fn allows(&self, port: u16, caller: &Caller, request: Option<(&str, &str)>) -> bool {
-        let decision = self.policy.decide(caller.identity.as_ref(), request);
-        let (outcome, policy, allowed) = match decision {
+    pub async fn allows(&self, port: u16, caller: &Caller, request: Option<(&str, &str)>) -> bool {
+        let policy = match &self.pushed {
+            Some(pushed) => pushed.policy(port).await,
+            None => self.policy.clone(),
+        };
+        let decision = policy.decide(caller.identity.as_ref(), request);
+        let default_label = || {
+            let i = InboundMode::ALL
+                .iter()
+                .position(|m| *m == policy.default_mode)
+                .unwrap_or(0);
+            self.default_labels[i].clone()
+        };
+        let (outcome, label, allowed) = match decision {
             Decision::Allowed(Some(name)) => ("allowed", Arc::from(name), true),
-            Decision::Allowed(None) => ("allowed", self.default_label.clone(), true),
-            Decision::Audited => ("audited", self.default_label.clone(), true),
-            Decision::Denied => ("denied", self.default_label.clone(), false),
+            Decision::Allowed(None) => ("allowed", default_label(), true),
+            Decision::Audited => ("audited", default_label(), true),
+            Decision::Denied => ("denied", default_label(), false),
         };
         if outcome != "allowed" {
-            self.log(outcome, port, caller, request, &policy);
+            self.log(outcome, port, caller, request, &label, policy.default_mode);
         }
         self.metrics.authz(AuthzLabels {
             decision: outcome,
-            policy,
+            policy: label,
             tls: caller.identity.is_some(),
             peer_identity: caller.label.clone(),
             port,
@@ -120,6 +147,7 @@ impl Authorizer {
         caller: &Caller,
         request: Option<(&str, &str)>,
         policy: &Arc<str>,
+        mode: InboundMode,
     ) {
         let key = (caller.label.clone(), port, policy.clone());
         let now = Instant::now();
@@ -164,29 +192,28 @@ impl Authorizer {
             "plaintext (no mesh identity)"
         };
         let (method, path) = request.unwrap_or(("", ""));
-        let mode = self.policy.default_mode.as_str();
-        if outcome == "denied" {
-            tracing::warn!(
-                caller = caller_text,
-                port,
-                policy = %policy,
-                method,
-                path,
-                unlogged_since_last = unlogged,
-                "denied an inbound {}: no authorization allows this caller and the default mode is {mode}",
-                if request.is_some() { "request" } else { "connection" },
-            );
+        let what = if request.is_some() {
+            "request"
         } else {
-            tracing::info!(
-                caller = caller_text,
-                port,
-                policy = %policy,
-                method,
-                path,
-                unlogged_since_last = unlogged,
-                "audit mode let through an inbound {} that deny would refuse",
-                if request.is_some() { "request" } else { "connection" },
-            );
+            "connection"
+        };
+        let mode = mode.as_str();
+        // tracing's level is part of each event's static metadata, hence two calls.
+        if outcome == "denied" {
+            tracing::warn!(caller = caller_text, port, policy = %policy, method, path, unlogged_since_last = unlogged,
+                "denied an inbound {what}: no authorization allows this caller and the default mode is {mode}");
+        } else {
+            tracing::info!(caller = caller_text, port, policy = %policy, method, path, unlogged_since_last = unlogged,
+                "audit mode let through an inbound {what} that deny would refuse");
         }
+    }
+}
+
+/// A port's policy before (or without) the controller: `mode`, no authorizations.
+pub fn default_policy(mode: InboundMode) -> InboundPolicy {
+    InboundPolicy {
+        protocol: ProtocolHint::Unknown,
+        default_mode: mode,
+        authorizations: Vec::new(),
     }
 }

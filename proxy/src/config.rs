@@ -96,6 +96,14 @@ pub struct ProxyConfig {
     /// What the inbound side lets in when no authorization allows a caller
     /// (`WEFT_PROXY_DEFAULT_INBOUND_POLICY`, default `allow-all`).
     pub default_inbound: weft_api::policy::InboundMode,
+    /// The workload whose inbound policy the controller pushes
+    /// (`WEFT_PROXY_WORKLOAD`: `<namespace>/<pod>`, the local workload's name);
+    /// `None`: the default inbound mode alone applies.
+    pub workload: Option<String>,
+    /// The app ports whose inbound policy is watched from the start
+    /// (`WEFT_PROXY_INBOUND_PORTS`; the app's port when it is fixed); others
+    /// the first time a caller reaches them.
+    pub inbound_ports: Vec<u16>,
     /// What the program running the proxy adds to the admin server.
     pub admin: crate::admin::Extras,
 }
@@ -118,6 +126,8 @@ impl ProxyConfig {
             shutdown_endpoint: true,
             retry_buffer_bytes: 64 * 1024,
             default_inbound: weft_api::policy::InboundMode::default(),
+            workload: None,
+            inbound_ports: Vec::new(),
             admin: crate::admin::Extras::default(),
         }
     }
@@ -308,6 +318,12 @@ impl Config {
                 }
             }
         }
+        proxy.workload = p
+            .get(env::WORKLOAD)
+            .map(str::trim)
+            .filter(|w| !w.is_empty())
+            .map(str::to_owned);
+        proxy.inbound_ports = p.ports(env::INBOUND_PORTS);
         (proxy.upstreams, proxy.service_upstreams) = p.upstreams(env::UPSTREAMS);
         proxy.transparent = p.transparent(proxy.app == AppTarget::OriginalDst);
         let identity = p.identity_source();
@@ -569,18 +585,25 @@ impl Parser<'_> {
                 Err(e) => self.error(env::DESTINATIONS_FILE, format!("cannot read {path:?}: {e}")),
             }
         }
-        if let Some(v) = self.get(env::OPAQUE_PORTS).map(str::to_owned) {
+        t.opaque_ports = self.ports(env::OPAQUE_PORTS);
+        Some(t)
+    }
+
+    /// A comma-separated list of ports (`25,6379`); absent: none.
+    fn ports(&mut self, var: &'static str) -> Vec<u16> {
+        let mut out = Vec::new();
+        if let Some(v) = self.get(var).map(str::to_owned) {
             for item in v.split(',').map(str::trim).filter(|i| !i.is_empty()) {
                 match item.parse::<u16>() {
-                    Ok(port) if port > 0 => t.opaque_ports.push(port),
+                    Ok(port) if port > 0 => out.push(port),
                     _ => self.error(
-                        env::OPAQUE_PORTS,
+                        var,
                         format!("{item:?} is not a port (1 to 65535); expected e.g. 25,6379"),
                     ),
                 }
             }
         }
-        Some(t)
+        out
     }
 
     /// Static entries, and entries that name a service (`listen=service:port[,opaque]`).

@@ -68,19 +68,21 @@ struct Entry {
 /// The discovery client of one proxy. Cheap to clone.
 #[derive(Clone)]
 pub struct Discovery {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
-    /// Replaced by a new channel when the controller finds no client
-    /// certificate on the current one (it connected before there was one).
-    client: Mutex<DiscoveryClient<Channel>>,
+pub(crate) struct Inner {
+    /// The channel of the `Watch` streams (discovery's and the inbound
+    /// policy's, [`crate::inbound_policy`]). Replaced by a new channel when
+    /// the controller finds no client certificate on the current one (it
+    /// connected before there was one).
+    channel: Mutex<Channel>,
     config: DiscoveryConfig,
     tls: Arc<MeshTls>,
     caller: Identity,
-    controller: String,
+    pub(crate) controller: String,
     targets: Mutex<HashMap<Target, Entry>>,
-    stop: CancellationToken,
+    pub(crate) stop: CancellationToken,
 }
 
 impl std::fmt::Debug for Discovery {
@@ -108,10 +110,10 @@ impl Discovery {
         tls: Arc<MeshTls>,
         stop: CancellationToken,
     ) -> Result<Self, weft_api::control::ControlError> {
-        let client = new_client(config, &tls)?;
+        let channel = new_channel(config, &tls)?;
         Ok(Self {
             inner: Arc::new(Inner {
-                client: Mutex::new(client),
+                channel: Mutex::new(channel),
                 config: config.clone(),
                 tls,
                 caller: config.identity.clone(),
@@ -193,11 +195,11 @@ impl Discovery {
     }
 }
 
-fn new_client(
+fn new_channel(
     config: &DiscoveryConfig,
     tls: &Arc<MeshTls>,
-) -> Result<DiscoveryClient<Channel>, weft_api::control::ControlError> {
-    weft_api::control::discovery_client(
+) -> Result<Channel, weft_api::control::ControlError> {
+    weft_api::control::watch_channel(
         &config.controller_addr,
         tls.clone(),
         &config.controller_identity,
@@ -206,16 +208,21 @@ fn new_client(
 }
 
 impl Inner {
+    /// The current channel to the controller.
+    pub(crate) fn channel(&self) -> Channel {
+        lock(&self.channel).clone()
+    }
+
     /// A new channel, whose handshake presents the certificate installed now.
-    fn reconnect(&self) {
-        match new_client(&self.config, &self.tls) {
-            Ok(client) => *lock(&self.client) = client,
+    pub(crate) fn reconnect(&self) {
+        match new_channel(&self.config, &self.tls) {
+            Ok(channel) => *lock(&self.channel) = channel,
             Err(error) => tracing::warn!(%error, "cannot make a new channel to the controller"),
         }
     }
 
     /// Waits until the proxy holds a certificate (the controller asks for it).
-    async fn certified(&self) {
+    pub(crate) async fn certified(&self) {
         while self.tls.credentials().is_none() {
             tokio::select! {
                 () = tokio::time::sleep(Duration::from_millis(50)) => {}
@@ -266,7 +273,7 @@ async fn stream_target(
     let mut failures: u32 = 0;
     inner.certified().await;
     loop {
-        let mut client = lock(&inner.client).clone();
+        let mut client = DiscoveryClient::new(inner.channel());
         let opened = tokio::select! {
             opened = client.watch(request.clone()) => opened,
             () = inner.stop.cancelled() => return,

@@ -71,11 +71,11 @@ impl Inbound {
         app: AppTarget,
         detect_timeout: Duration,
         own_ports: Arc<[u16]>,
-        default_mode: weft_api::policy::InboundMode,
+        authz: Authorizer,
     ) -> Arc<Self> {
         Arc::new(Self {
             acceptor: TlsAcceptor::from(tls.server_config()),
-            authz: Authorizer::new(default_mode, metrics.clone()),
+            authz,
             metrics,
             app,
             detect_timeout,
@@ -113,10 +113,16 @@ async fn handle_connection(
     if let Err(error) = tcp.set_nodelay(true) {
         tracing::debug!(%error, "could not set TCP_NODELAY");
     }
-    let app_addr = match inbound.app {
-        AppTarget::Fixed(addr) => addr,
+    // The port the caller dialled, which policy is about: the app's port
+    // (intercepted), or this listener's (local mode, where the listener is
+    // the endpoint callers are given).
+    let (app_addr, port) = match inbound.app {
+        AppTarget::Fixed(addr) => {
+            let dialled = tcp.local_addr().map_or(addr.port(), |a| a.port());
+            (addr, dialled)
+        }
         AppTarget::OriginalDst => match original_app_addr(&tcp, &inbound.own_ports) {
-            Ok(addr) => addr,
+            Ok(addr) => (addr, addr.port()),
             Err(reason) => {
                 inbound.metrics.inbound_refused(reason);
                 tracing::warn!(%client, reason, "refused an inbound connection");
@@ -136,32 +142,24 @@ async fn handle_connection(
         detection.protocol.as_str(),
         detection.timed_out,
     );
-    let port = app_addr.port();
     match detection.protocol {
         Protocol::Tls => {}
         Protocol::Http1 | Protocol::Http2 => {
+            let caller = Arc::new(Caller::plaintext());
             let io = inbound.metrics.tcp(
                 TcpLabels {
                     direction: Direction::Inbound,
                     tls: false,
-                    peer_identity: Arc::from(""),
+                    peer_identity: caller.label.clone(),
                 },
                 detection.io,
             );
             let http2 = detection.protocol == Protocol::Http2;
-            serve_app_http(
-                inbound,
-                io,
-                app_addr,
-                Arc::new(Caller::plaintext()),
-                http2,
-                &shutdown,
-            )
-            .await;
+            serve_app_http(inbound, io, app_addr, port, caller, http2, &shutdown).await;
             return;
         }
         Protocol::Opaque => {
-            if inbound.authz.allows(port, &Caller::plaintext(), None) {
+            if inbound.authz.allows(port, &Caller::plaintext(), None).await {
                 relay_to_app(detection.io, app_addr, client).await;
             }
             return;
@@ -223,13 +221,13 @@ async fn handle_connection(
     );
     match proto.as_deref() {
         Some(p) if p == alpn::H2 => {
-            serve_app_http(inbound, io, app_addr, caller, true, &shutdown).await;
+            serve_app_http(inbound, io, app_addr, port, caller, true, &shutdown).await;
         }
         Some(p) if p == alpn::HTTP1 => {
-            serve_app_http(inbound, io, app_addr, caller, false, &shutdown).await;
+            serve_app_http(inbound, io, app_addr, port, caller, false, &shutdown).await;
         }
         _ => {
-            if inbound.authz.allows(port, &caller, None) {
+            if inbound.authz.allows(port, &caller, None).await {
                 relay_to_app(io, app_addr, client).await;
             }
         }
@@ -242,6 +240,7 @@ async fn serve_app_http<I>(
     inbound: Arc<Inbound>,
     io: I,
     app_addr: SocketAddr,
+    port: u16,
     caller: Arc<Caller>,
     http2: bool,
     shutdown: &CancellationToken,
@@ -258,7 +257,7 @@ async fn serve_app_http<I>(
         let caller = caller.clone();
         async move {
             Ok::<_, std::convert::Infallible>(
-                handle_request(&inbound, app_addr, client_id, &caller, req).await,
+                handle_request(&inbound, app_addr, port, client_id, &caller, req).await,
             )
         }
     });
@@ -353,64 +352,34 @@ enum AppError {
 async fn handle_request(
     inbound: &Inbound,
     app: SocketAddr,
+    port: u16,
     client_id: Option<HeaderValue>,
     caller: &Caller,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
 ) -> Response<Body> {
     let start = Instant::now();
     let grpc = is_grpc(&req);
     let label = caller.label.clone();
     let path = req.uri().path();
-    if !inbound
+    let rsp = if inbound
         .authz
-        .allows(app.port(), caller, Some((req.method().as_str(), path)))
+        .allows(port, caller, Some((req.method().as_str(), path)))
+        .await
     {
+        to_app(inbound, app, client_id, caller, req, grpc).await
+    } else {
         let detail = match caller.identity {
             Some(_) => format!(
                 "{} may not call port {} of this workload; an AuthorizationPolicy must allow it",
-                caller.label,
-                app.port()
+                caller.label, port
             ),
             None => format!(
                 "port {} of this workload requires a mesh identity (mTLS); call it through a \
                  weft proxy, or allow plaintext with an AuthorizationPolicy",
-                app.port()
+                port
             ),
         };
-        let rsp = error_response(ProxyError::Unauthorized, &detail, grpc);
-        inbound.metrics.request(
-            &RequestLabels {
-                direction: Direction::Inbound,
-                status_code: rsp.status().as_u16(),
-                tls: caller.identity.is_some(),
-                peer_identity: label,
-            },
-            start.elapsed(),
-        );
-        return rsp;
-    }
-    let headers = req.headers_mut();
-    // Only the proxy may say who the caller is.
-    headers.remove(CLIENT_ID_HEADER);
-    if let Some(client_id) = client_id {
-        headers.insert(CLIENT_ID_HEADER, client_id);
-    }
-    // Only a client proxy sets the original protocol of a request it carried
-    // over HTTP/2; a plaintext caller's header is not trusted.
-    let orig_proto = headers
-        .remove(ORIG_PROTO_HEADER)
-        .filter(|_| caller.identity.is_some());
-    let result = if req.version() == Version::HTTP_2 && orig_proto.is_none() {
-        to_app_http2(inbound, app, req).await
-    } else {
-        to_app_http1(inbound, app, orig_proto, req).await
-    };
-    let rsp = match result {
-        Ok(rsp) => rsp,
-        Err(error) => {
-            tracing::warn!(%app, client = %label, %error, "inbound request failed");
-            error_response(ProxyError::AppUnavailable, &error.to_string(), grpc)
-        }
+        error_response(ProxyError::Unauthorized, &detail, grpc)
     };
     let elapsed = start.elapsed();
     tracing::debug!(
@@ -430,6 +399,41 @@ async fn handle_request(
         elapsed,
     );
     rsp
+}
+
+/// Sends an authorized request to the app: `weft-client-id` is the verified
+/// identity or nothing, and the original protocol is restored.
+async fn to_app(
+    inbound: &Inbound,
+    app: SocketAddr,
+    client_id: Option<HeaderValue>,
+    caller: &Caller,
+    mut req: Request<Incoming>,
+    grpc: bool,
+) -> Response<Body> {
+    let headers = req.headers_mut();
+    // Only the proxy may say who the caller is.
+    headers.remove(CLIENT_ID_HEADER);
+    if let Some(client_id) = client_id {
+        headers.insert(CLIENT_ID_HEADER, client_id);
+    }
+    // Only a client proxy sets the original protocol of a request it carried
+    // over HTTP/2; a plaintext caller's header is not trusted.
+    let orig_proto = headers
+        .remove(ORIG_PROTO_HEADER)
+        .filter(|_| caller.identity.is_some());
+    let result = if req.version() == Version::HTTP_2 && orig_proto.is_none() {
+        to_app_http2(inbound, app, req).await
+    } else {
+        to_app_http1(inbound, app, orig_proto, req).await
+    };
+    match result {
+        Ok(rsp) => rsp,
+        Err(error) => {
+            tracing::warn!(%app, client = %caller.label, %error, "inbound request failed");
+            error_response(ProxyError::AppUnavailable, &error.to_string(), grpc)
+        }
+    }
 }
 
 /// Delivers a request to the app over HTTP/1.1, restoring the original

@@ -34,6 +34,7 @@ pub mod discovery;
 pub mod http;
 pub mod identity;
 pub mod inbound;
+pub mod inbound_policy;
 pub mod iptables;
 pub mod metrics;
 pub mod outbound;

@@ -143,13 +143,39 @@ pub async fn start_with(
         .chain(outbound_addrs.iter().map(SocketAddr::port))
         .collect();
 
+    let mut authz = crate::authz::Authorizer::new(config.default_inbound, metrics.clone());
+    match (&discovery, &config.workload) {
+        (Some(discovery), Some(workload)) => {
+            let pushed = crate::inbound_policy::InboundPolicies::new(
+                discovery.clone(),
+                workload,
+                Arc::new(crate::authz::default_policy(config.default_inbound)),
+            );
+            // Local mode: callers dial the inbound listener, whose port the
+            // policy names.
+            let fixed = match config.app {
+                crate::config::AppTarget::Fixed(_) => Some(inbound_addr.port()),
+                crate::config::AppTarget::OriginalDst => None,
+            };
+            for port in config.inbound_ports.iter().copied().chain(fixed) {
+                pushed.watch(port);
+            }
+            authz = authz.with_pushed(pushed);
+        }
+        (Some(_), None) => tracing::info!(
+            mode = %config.default_inbound,
+            "{} is unset: no inbound policy is watched; the default inbound mode applies to every port",
+            env::WORKLOAD
+        ),
+        (None, _) => {}
+    }
     let inbound = Inbound::new(
         &tls,
         metrics.clone(),
         config.app,
         config.detect_timeout,
         own_ports.clone(),
-        config.default_inbound,
+        authz,
     );
     tracker.spawn(inbound::serve(
         inbound,

@@ -72,7 +72,20 @@ async fn server(ca: &TestCa, app: SocketAddr, mode: InboundMode) -> ProxyHandle 
         .expect("server proxy starts")
 }
 
-/// The server proxy's decision counter for one caller on the app's port.
+/// A client proxy holding `CLIENT_ID` whose upstream `name` is `server`.
+async fn mesh_client(ca: &TestCa, name: &str, server: &ProxyHandle, opaque: bool) -> ProxyHandle {
+    client_proxy(
+        ca.mesh_tls(CLIENT_ID),
+        name,
+        server.inbound_addr,
+        SERVER_ID,
+        opaque,
+    )
+    .await
+}
+
+/// The server proxy's decision counter for one caller on the port it dialled
+/// (with a fixed app, the proxy's inbound listener: the endpoint callers are given).
 fn authz(decision: &str, mode: InboundMode, caller: &str, port: u16) -> String {
     let tls = !caller.is_empty();
     format!(
@@ -90,14 +103,7 @@ async fn allow_all_serves_plaintext_and_mesh_callers_with_the_verified_identity_
     let ca = TestCa::new("weft test");
     let app = apps::http_echo().await;
     let server = server(&ca, app, InboundMode::AllowAll).await;
-    let client = client_proxy(
-        ca.mesh_tls(CLIENT_ID),
-        "checkout",
-        server.inbound_addr,
-        SERVER_ID,
-        false,
-    )
-    .await;
+    let client = mesh_client(&ca, "checkout", &server, false).await;
 
     let mesh = get(client.upstream_addr("checkout").unwrap(), "/cart").await;
     assert_eq!(mesh.status, StatusCode::OK);
@@ -115,7 +121,7 @@ async fn allow_all_serves_plaintext_and_mesh_callers_with_the_verified_identity_
         "a plaintext caller's weft-client-id is removed, and none is set"
     );
 
-    let port = app.port();
+    let port = server.inbound_addr.port();
     expect_count(
         &server,
         &authz("allowed", InboundMode::AllowAll, CLIENT_ID, port),
@@ -135,14 +141,7 @@ async fn mesh_only_refuses_plaintext_http_and_opaque_callers() {
     let ca = TestCa::new("weft test");
     let app = apps::http_echo().await;
     let server = server(&ca, app, InboundMode::MeshOnly).await;
-    let client = client_proxy(
-        ca.mesh_tls(CLIENT_ID),
-        "checkout",
-        server.inbound_addr,
-        SERVER_ID,
-        false,
-    )
-    .await;
+    let client = mesh_client(&ca, "checkout", &server, false).await;
 
     let mesh = get(client.upstream_addr("checkout").unwrap(), "/").await;
     assert_eq!(mesh.status, StatusCode::OK);
@@ -163,7 +162,7 @@ async fn mesh_only_refuses_plaintext_http_and_opaque_callers() {
     tcp.read_to_end(&mut rest).await.unwrap();
     assert!(rest.is_empty(), "{rest:?}");
 
-    let port = app.port();
+    let port = server.inbound_addr.port();
     expect_count(
         &server,
         &authz("denied", InboundMode::MeshOnly, "", port),
@@ -183,21 +182,14 @@ async fn deny_refuses_mesh_http_grpc_and_opaque_callers_with_no_authorization() 
     let ca = TestCa::new("weft test");
     let http_app = apps::http_echo().await;
     let http_server = server(&ca, http_app, InboundMode::Deny).await;
-    let http_client = client_proxy(
-        ca.mesh_tls(CLIENT_ID),
-        "checkout",
-        http_server.inbound_addr,
-        SERVER_ID,
-        false,
-    )
-    .await;
+    let http_client = mesh_client(&ca, "checkout", &http_server, false).await;
     let denied = get(http_client.upstream_addr("checkout").unwrap(), "/").await;
     assert_eq!(denied.status, StatusCode::FORBIDDEN);
     assert_eq!(denied.error.as_deref(), Some("unauthorized"));
     assert_eq!(denied.seen_client_id, None);
     expect_count(
         &http_server,
-        &authz("denied", InboundMode::Deny, CLIENT_ID, http_app.port()),
+        &authz("denied", InboundMode::Deny, CLIENT_ID, http_server.inbound_addr.port()),
         1.0,
     )
     .await;
@@ -205,14 +197,7 @@ async fn deny_refuses_mesh_http_grpc_and_opaque_callers_with_no_authorization() 
     // gRPC over the mesh: PERMISSION_DENIED, with the reason.
     let grpc_app = apps::grpc_echo().await;
     let grpc_server = server(&ca, grpc_app, InboundMode::Deny).await;
-    let grpc_client = client_proxy(
-        ca.mesh_tls(CLIENT_ID),
-        "checkout",
-        grpc_server.inbound_addr,
-        SERVER_ID,
-        false,
-    )
-    .await;
+    let grpc_client = mesh_client(&ca, "checkout", &grpc_server, false).await;
     let entry = grpc_client.upstream_addr("checkout").unwrap();
     let channel = tonic::transport::Channel::from_shared(format!("http://{entry}"))
         .unwrap()
@@ -228,14 +213,7 @@ async fn deny_refuses_mesh_http_grpc_and_opaque_callers_with_no_authorization() 
     // Opaque TCP over the mesh is closed before reaching the app.
     let tcp_app = apps::tcp_echo().await;
     let tcp_server = server(&ca, tcp_app, InboundMode::Deny).await;
-    let tcp_client = client_proxy(
-        ca.mesh_tls(CLIENT_ID),
-        "db",
-        tcp_server.inbound_addr,
-        SERVER_ID,
-        true,
-    )
-    .await;
+    let tcp_client = mesh_client(&ca, "db", &tcp_server, true).await;
     let mut tcp = TcpStream::connect(tcp_client.upstream_addr("db").unwrap())
         .await
         .unwrap();
@@ -245,7 +223,7 @@ async fn deny_refuses_mesh_http_grpc_and_opaque_callers_with_no_authorization() 
     assert!(rest.is_empty(), "the echo app answered {rest:?}");
     expect_count(
         &tcp_server,
-        &authz("denied", InboundMode::Deny, CLIENT_ID, tcp_app.port()),
+        &authz("denied", InboundMode::Deny, CLIENT_ID, tcp_server.inbound_addr.port()),
         1.0,
     )
     .await;
@@ -261,7 +239,7 @@ async fn audit_lets_the_would_be_denial_through_and_counts_it() {
     assert_eq!(plain.seen_client_id.as_deref(), Some(""));
     expect_count(
         &server,
-        &authz("audited", InboundMode::Audit, "", app.port()),
+        &authz("audited", InboundMode::Audit, "", server.inbound_addr.port()),
         1.0,
     )
     .await;

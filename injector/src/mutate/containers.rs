@@ -3,10 +3,10 @@
 //! `/run`.
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, ExecAction,
-    HTTPGetAction, Lifecycle, LifecycleHandler, Probe, ProjectedVolumeSource, ResourceRequirements,
-    SeccompProfile, SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount,
-    VolumeProjection,
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction,
+    HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector, Probe, ProjectedVolumeSource,
+    ResourceRequirements, SeccompProfile, SecurityContext, ServiceAccountTokenProjection, Volume,
+    VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use weft_api::Identity;
@@ -25,6 +25,39 @@ pub(super) struct ProxyInputs<'a> {
     /// `/shutdown` on: the classic sidecar of a Job's pod.
     pub shutdown_endpoint: bool,
     pub native: bool,
+    /// The app containers' ports, whose inbound policy the proxy watches from the start.
+    pub inbound_ports: Vec<u16>,
+}
+
+/// The TCP ports the pod's containers declare, sorted.
+pub(super) fn app_ports(spec: &k8s_openapi::api::core::v1::PodSpec) -> Vec<u16> {
+    let mut ports: Vec<u16> = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter(|p| p.protocol.as_deref().is_none_or(|proto| proto == "TCP"))
+        .filter_map(|p| u16::try_from(p.container_port).ok())
+        .filter(|p| *p > 0)
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
+/// An environment variable from the pod's own fields (the downward API).
+fn field_env(name: &str, field_path: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                api_version: None,
+                field_path: field_path.to_owned(),
+            }),
+            ..EnvVarSource::default()
+        }),
+    }
 }
 
 fn env_var(name: &str, value: impl Into<String>) -> EnvVar {
@@ -142,7 +175,20 @@ pub(super) fn proxy_container(config: &InjectConfig, p: &ProxyInputs<'_>) -> Con
             s.default_inbound_policy.clone(),
         ),
         env_var(env::SHUTDOWN_ENDPOINT, p.shutdown_endpoint.to_string()),
+        // A pod's name is not known at admission (a ReplicaSet's pods are
+        // named by generateName): the kubelet fills these in, and expands
+        // `$(...)` of the variables before.
+        field_env(env::POD_NAME, "metadata.name"),
+        field_env(env::POD_NAMESPACE, "metadata.namespace"),
+        env_var(
+            env::WORKLOAD,
+            format!("$({})/$({})", env::POD_NAMESPACE, env::POD_NAME),
+        ),
     ];
+    if !p.inbound_ports.is_empty() {
+        let ports: Vec<String> = p.inbound_ports.iter().map(u16::to_string).collect();
+        env.push(env_var(env::INBOUND_PORTS, ports.join(",")));
+    }
     if !s.opaque_ports.is_empty() {
         let ports: Vec<String> = s.opaque_ports.iter().map(u16::to_string).collect();
         env.push(env_var(env::OPAQUE_PORTS, ports.join(",")));

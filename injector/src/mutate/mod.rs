@@ -209,6 +209,7 @@ fn additions(
             settings: &settings,
             shutdown_endpoint: !native && decide::is_job_pod(pod),
             native,
+            inbound_ports: containers::app_ports(spec),
         },
     );
     let mut annotations =
