@@ -112,6 +112,7 @@ async fn run(kubeconfig: PathBuf, admin: kube::Client, ns: String) {
         IndexSettings {
             trust_domain: TRUST_DOMAIN.into(),
             cluster_domain: "cluster.local".into(),
+            ..IndexSettings::default()
         },
         shutdown.clone(),
     );

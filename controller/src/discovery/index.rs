@@ -39,9 +39,18 @@
 //! (`BackendNotFound`), its backend no endpoints, and the route stays; a
 //! parentRef to a Service that does not exist (or a port it lacks) gets
 //! `Accepted=False` (`NoMatchingParent`) in that parent's entry only.
+//!
+//! The inbound side (AuthorizationPolicies, Namespaces; one `watch` of an
+//! `InboundPolicy` per subscribed pod port, and the `weft audit policy` view)
+//! is in [`inbound`]; an invalid AuthorizationPolicy follows the same
+//! last-good rule.
 
+mod inbound;
 mod shared;
 
+pub use inbound::{
+    FindingKind, PolicyAudit, PolicyFinding, PortAccess, ServiceAccess, Severity, UnknownWorkload,
+};
 pub use shared::SharedIndex;
 
 use std::{
@@ -52,10 +61,13 @@ use std::{
 
 use k8s_openapi::{
     api::{
-        core::v1::{Pod, Service},
+        core::v1::{Namespace, Pod, Service},
         discovery::v1::EndpointSlice,
     },
-    apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time},
+    apimachinery::pkg::{
+        apis::meta::v1::{Condition, ObjectMeta, Time},
+        util::intstr::IntOrString,
+    },
 };
 use tokio::sync::watch;
 use weft_api::{
@@ -63,8 +75,8 @@ use weft_api::{
     consts::INJECTED_BY_ANNOTATION,
     crd::{GrpcRoute, HttpRoute, MeshRoute, ParentReference, ResiliencePolicy, condition},
     policy::{
-        Backend, DestinationState, Endpoint, LoadBalancer, PolicyError, Resilience, RetryBudget,
-        Route, RouteTimeouts, Target,
+        Backend, DestinationState, Endpoint, InboundMode, LoadBalancer, PolicyError, Resilience,
+        RetryBudget, Route, RouteTimeouts, Target,
     },
 };
 
@@ -83,6 +95,9 @@ pub enum Resource {
     HttpRoute(HttpRoute),
     GrpcRoute(GrpcRoute),
     Resilience(ResiliencePolicy),
+    AuthorizationPolicy(weft_api::crd::AuthorizationPolicy),
+    /// Cluster-scoped: its [`ObjectRef`] has an empty namespace.
+    Namespace(Namespace),
 }
 
 /// The kinds of [`Resource`].
@@ -94,6 +109,8 @@ pub enum Kind {
     HttpRoute,
     GrpcRoute,
     Resilience,
+    AuthorizationPolicy,
+    Namespace,
 }
 
 impl Kind {
@@ -106,6 +123,8 @@ impl Kind {
             Self::HttpRoute => "HTTPRoute",
             Self::GrpcRoute => "GRPCRoute",
             Self::Resilience => "ResiliencePolicy",
+            Self::AuthorizationPolicy => "AuthorizationPolicy",
+            Self::Namespace => "Namespace",
         }
     }
 }
@@ -133,6 +152,8 @@ impl Resource {
             Self::HttpRoute(_) => Kind::HttpRoute,
             Self::GrpcRoute(_) => Kind::GrpcRoute,
             Self::Resilience(_) => Kind::Resilience,
+            Self::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
+            Self::Namespace(_) => Kind::Namespace,
         }
     }
 
@@ -144,6 +165,8 @@ impl Resource {
             Self::HttpRoute(o) => &o.metadata,
             Self::GrpcRoute(o) => &o.metadata,
             Self::Resilience(o) => &o.metadata,
+            Self::AuthorizationPolicy(o) => &o.metadata,
+            Self::Namespace(o) => &o.metadata,
         }
     }
 
@@ -165,6 +188,10 @@ pub struct IndexSettings {
     pub trust_domain: String,
     /// The cluster's DNS domain (`cluster.local`): `svc.ns.svc.<domain>`.
     pub cluster_domain: String,
+    /// The mesh-wide default inbound mode (`--default-inbound-mode`), for
+    /// pods and namespaces without the `config.weft.io/default-inbound-policy`
+    /// annotation. Default `allow-all`.
+    pub default_inbound_mode: InboundMode,
 }
 
 impl Default for IndexSettings {
@@ -172,6 +199,7 @@ impl Default for IndexSettings {
         Self {
             trust_domain: "cluster.local".into(),
             cluster_domain: "cluster.local".into(),
+            default_inbound_mode: InboundMode::default(),
         }
     }
 }
@@ -238,12 +266,23 @@ type Key = (String, String);
 struct ServicePort {
     name: String,
     port: u16,
+    /// Where the port goes on the pods (`targetPort`; unset: `port`).
+    target: TargetPort,
+}
+
+/// A Service port's `targetPort`: a container port number or name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum TargetPort {
+    Number(u16),
+    Name(String),
 }
 
 #[derive(Debug)]
 struct ServiceInfo {
     ports: Vec<ServicePort>,
     cluster_ips: Vec<IpAddr>,
+    /// `spec.selector`; `None` (or empty): the Service selects no pods.
+    selector: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug)]
@@ -268,6 +307,11 @@ struct PodInfo {
     service_account: String,
     injected: bool,
     ips: Vec<IpAddr>,
+    labels: BTreeMap<String, String>,
+    /// `config.weft.io/default-inbound-policy`, when it names a mode.
+    default_inbound: Option<InboundMode>,
+    /// Container ports: (name, may be empty; number).
+    container_ports: Vec<(String, u16)>,
 }
 
 #[derive(Debug)]
@@ -350,7 +394,12 @@ pub struct Index {
     pod_ips: HashMap<IpAddr, Key>,
     routes: BTreeMap<ObjectRef, PolicyEntry<Arc<MeshRoute>>>,
     resilience: BTreeMap<Key, PolicyEntry<Resilience>>,
+    authorization: BTreeMap<Key, PolicyEntry<weft_api::policy::AuthorizationPolicy>>,
+    /// Namespace name -> its `config.weft.io/default-inbound-policy`.
+    namespaces: HashMap<String, Option<InboundMode>>,
     subscriptions: HashMap<(Target, Resolved), Subscription>,
+    inbound_subscriptions:
+        HashMap<inbound::InboundKey, watch::Sender<Arc<weft_api::policy::InboundPolicy>>>,
     /// The last version handed out; every new snapshot takes the next.
     version: u64,
     dirty: bool,
@@ -370,7 +419,10 @@ impl Index {
             pod_ips: HashMap::new(),
             routes: BTreeMap::new(),
             resilience: BTreeMap::new(),
+            authorization: BTreeMap::new(),
+            namespaces: HashMap::new(),
             subscriptions: HashMap::new(),
+            inbound_subscriptions: HashMap::new(),
             version: 0,
             dirty: false,
             last_statuses: Vec::new(),
@@ -401,6 +453,8 @@ impl Index {
                 let entry = next_entry(entry, &policy.metadata, Vec::new(), converted);
                 self.resilience.insert(key, entry);
             }
+            Resource::AuthorizationPolicy(policy) => self.apply_authorization(key, &policy),
+            Resource::Namespace(namespace) => self.apply_namespace(&namespace),
         }
     }
 
@@ -417,6 +471,12 @@ impl Index {
             }
             Kind::Resilience => {
                 self.resilience.remove(&key);
+            }
+            Kind::AuthorizationPolicy => {
+                self.authorization.remove(&key);
+            }
+            Kind::Namespace => {
+                self.namespaces.remove(&object.name);
             }
         }
     }
@@ -455,6 +515,16 @@ impl Index {
             Kind::EndpointSlice => refs(&mut self.slices.keys()),
             Kind::Pod => refs(&mut self.pods.keys()),
             Kind::Resilience => refs(&mut self.resilience.keys()),
+            Kind::AuthorizationPolicy => refs(&mut self.authorization.keys()),
+            Kind::Namespace => self
+                .namespaces
+                .keys()
+                .map(|name| ObjectRef {
+                    kind,
+                    namespace: String::new(),
+                    name: name.clone(),
+                })
+                .collect(),
             Kind::HttpRoute | Kind::GrpcRoute => self
                 .routes
                 .keys()
@@ -517,6 +587,7 @@ impl Index {
             sub.tx
                 .send_replace(Arc::new(body.state(self.version, sub.target.clone())));
         }
+        self.publish_inbound();
         let statuses = self.statuses();
         if statuses != self.last_statuses {
             self.last_statuses = statuses;
@@ -529,12 +600,13 @@ impl Index {
         self.statuses_tx.subscribe()
     }
 
-    /// How many targets are watched.
+    /// How many targets (and workload ports) are watched.
     pub fn subscriptions(&self) -> usize {
-        self.subscriptions.len()
+        self.subscriptions.len() + self.inbound_subscriptions.len()
     }
 
-    /// The status of every HTTPRoute, GRPCRoute and ResiliencePolicy, by object.
+    /// The status of every HTTPRoute, GRPCRoute, ResiliencePolicy and
+    /// AuthorizationPolicy, by object.
     pub fn statuses(&self) -> Vec<ObjectStatus> {
         let mut out = Vec::new();
         for (object, entry) in &self.routes {
@@ -642,6 +714,7 @@ impl Index {
                 parent_conditions: Vec::new(),
             });
         }
+        out.extend(self.authorization_statuses());
         out
     }
 
@@ -694,12 +767,23 @@ impl Index {
             .unwrap_or_default()
             .into_iter()
             .filter_map(|p| {
+                let port = u16::try_from(p.port).ok()?;
+                let target = match p.target_port {
+                    Some(IntOrString::Int(n)) => TargetPort::Number(u16::try_from(n).ok()?),
+                    Some(IntOrString::String(name)) => match name.parse::<u16>() {
+                        Ok(n) => TargetPort::Number(n),
+                        Err(_) => TargetPort::Name(name),
+                    },
+                    None => TargetPort::Number(port),
+                };
                 Some(ServicePort {
                     name: p.name.unwrap_or_default(),
-                    port: u16::try_from(p.port).ok()?,
+                    port,
+                    target,
                 })
             })
             .collect();
+        let selector = spec.selector.filter(|s| !s.is_empty());
         let mut ips: Vec<String> = spec.cluster_ips.unwrap_or_default();
         ips.extend(spec.cluster_ip);
         let mut cluster_ips: Vec<IpAddr> = ips.iter().filter_map(|ip| ip.parse().ok()).collect();
@@ -708,8 +792,14 @@ impl Index {
         for ip in &cluster_ips {
             self.cluster_ips.insert(*ip, key.clone());
         }
-        self.services
-            .insert(key, ServiceInfo { ports, cluster_ips });
+        self.services.insert(
+            key,
+            ServiceInfo {
+                ports,
+                cluster_ips,
+                selector,
+            },
+        );
     }
 
     fn remove_service(&mut self, key: &Key) {
@@ -784,11 +874,22 @@ impl Index {
         let service_account = spec
             .and_then(|s| s.service_account_name.clone())
             .unwrap_or_else(|| "default".to_owned());
-        let injected = pod
-            .metadata
-            .annotations
-            .as_ref()
-            .is_some_and(|a| a.contains_key(INJECTED_BY_ANNOTATION));
+        let annotations = pod.metadata.annotations.as_ref();
+        let injected = annotations.is_some_and(|a| a.contains_key(INJECTED_BY_ANNOTATION));
+        let default_inbound = inbound::mode_annotation(annotations, &key);
+        let labels = pod.metadata.labels.clone().unwrap_or_default();
+        let container_ports = spec
+            .into_iter()
+            .flat_map(|s| s.init_containers.iter().flatten().chain(&s.containers))
+            .flat_map(|c| c.ports.iter().flatten())
+            .filter(|p| p.protocol.as_deref().is_none_or(|p| p == "TCP"))
+            .filter_map(|p| {
+                Some((
+                    p.name.clone().unwrap_or_default(),
+                    u16::try_from(p.container_port).ok()?,
+                ))
+            })
+            .collect();
         let host_network = spec.and_then(|s| s.host_network).unwrap_or(false);
         let mut ips: Vec<IpAddr> = Vec::new();
         if let Some(status) = &pod.status {
@@ -812,6 +913,9 @@ impl Index {
                 service_account,
                 injected,
                 ips,
+                labels,
+                default_inbound,
+                container_ports,
             },
         );
     }

@@ -17,6 +17,7 @@ pub mod service;
 pub mod status;
 
 pub use index::{
-    Index, IndexSettings, Kind, NotInMesh, ObjectRef, ObjectStatus, Resource, SharedIndex,
-    StatusCondition,
+    FindingKind, Index, IndexSettings, Kind, NotInMesh, ObjectRef, ObjectStatus, PolicyAudit,
+    PolicyFinding, PortAccess, Resource, ServiceAccess, Severity, SharedIndex, StatusCondition,
+    UnknownWorkload,
 };

@@ -10,10 +10,13 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use weft_api::{
     Identity,
-    policy::{DestinationState, Target},
+    policy::{DestinationState, InboundPolicy, InboundRequest, Target},
 };
 
-use super::{Index, IndexSettings, Kind, NotInMesh, ObjectRef, ObjectStatus, Resource};
+use super::{
+    Index, IndexSettings, Kind, NotInMesh, ObjectRef, ObjectStatus, PolicyAudit, Resource,
+    UnknownWorkload,
+};
 
 /// A clonable handle on one [`Index`]. Changes (`apply`, `delete`, `reset`)
 /// reach subscribers [`SharedIndex::DEBOUNCE`] after the first change of a
@@ -82,6 +85,24 @@ impl SharedIndex {
         caller: &Identity,
     ) -> Result<watch::Receiver<Arc<DestinationState>>, NotInMesh> {
         self.lock().subscribe(target, caller)
+    }
+
+    /// See [`Index::subscribe_inbound`]: the receiver holds the port's current policy.
+    pub fn subscribe_inbound(
+        &self,
+        request: &InboundRequest,
+    ) -> Result<watch::Receiver<Arc<InboundPolicy>>, UnknownWorkload> {
+        self.lock().subscribe_inbound(request)
+    }
+
+    /// See [`Index::workload_identity`].
+    pub fn workload_identity(&self, workload: &str) -> Result<Identity, UnknownWorkload> {
+        self.lock().workload_identity(workload)
+    }
+
+    /// See [`Index::policy_audit`].
+    pub fn policy_audit(&self) -> PolicyAudit {
+        self.lock().policy_audit()
     }
 
     pub fn statuses(&self) -> Vec<ObjectStatus> {
