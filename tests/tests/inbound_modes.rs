@@ -189,7 +189,12 @@ async fn deny_refuses_mesh_http_grpc_and_opaque_callers_with_no_authorization() 
     assert_eq!(denied.seen_client_id, None);
     expect_count(
         &http_server,
-        &authz("denied", InboundMode::Deny, CLIENT_ID, http_server.inbound_addr.port()),
+        &authz(
+            "denied",
+            InboundMode::Deny,
+            CLIENT_ID,
+            http_server.inbound_addr.port(),
+        ),
         1.0,
     )
     .await;
@@ -223,7 +228,12 @@ async fn deny_refuses_mesh_http_grpc_and_opaque_callers_with_no_authorization() 
     assert!(rest.is_empty(), "the echo app answered {rest:?}");
     expect_count(
         &tcp_server,
-        &authz("denied", InboundMode::Deny, CLIENT_ID, tcp_server.inbound_addr.port()),
+        &authz(
+            "denied",
+            InboundMode::Deny,
+            CLIENT_ID,
+            tcp_server.inbound_addr.port(),
+        ),
         1.0,
     )
     .await;
@@ -239,7 +249,12 @@ async fn audit_lets_the_would_be_denial_through_and_counts_it() {
     assert_eq!(plain.seen_client_id.as_deref(), Some(""));
     expect_count(
         &server,
-        &authz("audited", InboundMode::Audit, "", server.inbound_addr.port()),
+        &authz(
+            "audited",
+            InboundMode::Audit,
+            "",
+            server.inbound_addr.port(),
+        ),
         1.0,
     )
     .await;
