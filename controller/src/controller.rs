@@ -178,9 +178,16 @@ impl Controller {
         let cancel = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let service = IdentityService::new(ca.clone(), verifier, audit.clone(), metrics.clone());
-        let discovery_service = discovery
-            .as_ref()
-            .map(|d| DiscoveryService::new(d.index.clone(), metrics.clone(), cancel.clone()));
+        let discovery_service = discovery.as_ref().map(|d| {
+            (
+                DiscoveryService::new(d.index.clone(), metrics.clone(), cancel.clone()),
+                crate::discovery::inbound_service::InboundService::new(
+                    d.index.clone(),
+                    metrics.clone(),
+                    cancel.clone(),
+                ),
+            )
+        });
         let server_tls = tls.server_config_with_optional_client_auth(alpn::H2);
         let stop = cancel.clone();
         tasks.spawn(async move {

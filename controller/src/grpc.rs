@@ -21,6 +21,7 @@ use weft_api::certify::{CertifyRequest, Refusal};
 use weft_api::proto::weft_v1 as wire;
 use weft_api::proto::weft_v1::discovery_server::DiscoveryServer;
 use weft_api::proto::weft_v1::identity_server::IdentityServer;
+use weft_api::proto::weft_v1::inbound_server::InboundServer;
 
 use crate::audit::{AuditEvent, AuditLog};
 use crate::ca::{Ca, Issued};
@@ -152,7 +153,10 @@ pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     identity: IdentityService,
-    discovery: Option<crate::discovery::service::DiscoveryService>,
+    discovery: Option<(
+        crate::discovery::service::DiscoveryService,
+        crate::discovery::inbound_service::InboundService,
+    )>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<TlsConn>>(64);
@@ -193,9 +197,14 @@ pub async fn serve(
         },
     ));
     let incoming = tokio_stream::wrappers::ReceiverStream::new(rx);
+    let (discovery, inbound) = match discovery {
+        Some((d, i)) => (Some(d), Some(i)),
+        None => (None, None),
+    };
     let result = tonic::transport::Server::builder()
         .add_service(IdentityServer::new(identity))
         .add_optional_service(discovery.map(DiscoveryServer::new))
+        .add_optional_service(inbound.map(InboundServer::new))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     stop_accepting.cancel();

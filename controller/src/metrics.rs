@@ -5,6 +5,8 @@
 //! - `weft_issuer_expiry_timestamp_seconds`: the issuer's notAfter, Unix time
 //! - `weft_discovery_subscribers`: open `Discovery.Watch` streams
 //! - `weft_discovery_snapshots_sent_total`: snapshots sent on them
+//! - `weft_inbound_subscribers`: open `Inbound.Watch` streams
+//! - `weft_inbound_policies_sent_total`: inbound policies sent on them
 
 use std::sync::atomic::AtomicI64;
 use std::time::SystemTime;
@@ -26,6 +28,8 @@ pub struct Metrics {
     issuer_expiry: Gauge<i64, AtomicI64>,
     discovery_subscribers: Gauge<i64, AtomicI64>,
     discovery_snapshots: Counter,
+    inbound_subscribers: Gauge<i64, AtomicI64>,
+    inbound_policies: Counter,
 }
 
 impl Default for Metrics {
@@ -57,6 +61,8 @@ impl Metrics {
         );
         let discovery_subscribers = Gauge::<i64, AtomicI64>::default();
         let discovery_snapshots = Counter::default();
+        let inbound_subscribers = Gauge::<i64, AtomicI64>::default();
+        let inbound_policies = Counter::default();
         registry.register(
             "weft_discovery_subscribers",
             "Open Discovery.Watch streams",
@@ -66,6 +72,16 @@ impl Metrics {
             "weft_discovery_snapshots_sent",
             "Destination snapshots sent on Discovery.Watch streams",
             discovery_snapshots.clone(),
+        );
+        registry.register(
+            "weft_inbound_subscribers",
+            "Open Inbound.Watch streams",
+            inbound_subscribers.clone(),
+        );
+        registry.register(
+            "weft_inbound_policies_sent",
+            "Inbound policies sent on Inbound.Watch streams",
+            inbound_policies.clone(),
         );
         for reason in RefusalReason::ALL {
             // Every reason is present from the start, at zero.
@@ -78,6 +94,8 @@ impl Metrics {
             issuer_expiry,
             discovery_subscribers,
             discovery_snapshots,
+            inbound_subscribers,
+            inbound_policies,
         }
     }
 
@@ -93,6 +111,15 @@ impl Metrics {
 
     pub fn discovery_snapshot_sent(&self) {
         self.discovery_snapshots.inc();
+    }
+
+    /// An `Inbound.Watch` stream opened (`1`) or closed (`-1`).
+    pub fn inbound_subscribed(&self, delta: i64) {
+        self.inbound_subscribers.inc_by(delta);
+    }
+
+    pub fn inbound_policy_sent(&self) {
+        self.inbound_policies.inc();
     }
 
     pub fn issued(&self) {

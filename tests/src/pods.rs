@@ -57,6 +57,12 @@ impl Mesh {
     /// added to its environment; returns once `/ready` answers 200.
     pub fn meshed_pod(&self, name: &str, env: &[(&str, &str)]) -> anyhow::Result<Pod> {
         let pod = self.net.pod(name)?;
+        self.mesh_pod(pod, name, env)
+    }
+
+    /// Meshes a pod made with `self.net.pod(name)` (whose address a test
+    /// needed first), as [`Mesh::meshed_pod`] does.
+    pub fn mesh_pod(&self, pod: Pod, name: &str, env: &[(&str, &str)]) -> anyhow::Result<Pod> {
         pod.run(&mut pod.command(workspace_binary("weft-init")?))?;
 
         let leaf = self.ca.issue(&identity(name));

@@ -3,8 +3,9 @@
 //! fed to the [`SharedIndex`] and read again when a file changes.
 //!
 //! Documents:
-//! - `HTTPRoute`, `GRPCRoute` (`gateway.networking.k8s.io/v1`) and
-//!   `ResiliencePolicy` (`policy.weft.io/v1alpha1`), as on Kubernetes;
+//! - `HTTPRoute`, `GRPCRoute` (`gateway.networking.k8s.io/v1`),
+//!   `ResiliencePolicy` and `AuthorizationPolicy` (`policy.weft.io/v1alpha1`),
+//!   as on Kubernetes;
 //! - `kind: Workloads` (`apiVersion: local.weft.io/v1alpha1`): the local
 //!   services and their endpoints ([`Workloads`]), turned into the Service,
 //!   EndpointSlice and Pod objects Kubernetes would hold, so that the index
@@ -25,7 +26,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{
-    ObjectReference, Pod, PodIP, PodSpec, PodStatus, Service, ServicePort, ServiceSpec,
+    Container, ContainerPort, ObjectReference, Pod, PodIP, PodSpec, PodStatus, Service,
+    ServicePort, ServiceSpec,
 };
 use k8s_openapi::api::discovery::v1::{
     Endpoint as SliceEndpoint, EndpointConditions, EndpointPort, EndpointSlice,
@@ -34,12 +36,19 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
-use weft_api::crd::{GrpcRoute, HttpRoute, ResiliencePolicy, from_value_strict};
+use weft_api::crd::{
+    AuthorizationPolicy, GrpcRoute, HttpRoute, ResiliencePolicy, from_value_strict,
+};
 
 use super::index::{Kind, Resource, SharedIndex};
 
 /// How often the directory is checked for changes.
 pub const POLL: Duration = Duration::from_millis(500);
+
+/// The label each local pod carries with its service's name, which the
+/// local Service selects (as a Deployment's pods carry the labels their
+/// Service selects).
+pub const SERVICE_LABEL: &str = "local.weft.io/service";
 
 /// The `apiVersion` of a [`Workloads`] document.
 pub const WORKLOADS_API_VERSION: &str = "local.weft.io/v1alpha1";
@@ -185,6 +194,11 @@ impl WorkloadService {
             metadata: self.meta(self.name.clone()),
             spec: Some(ServiceSpec {
                 cluster_ip: Some("None".into()),
+                // What policies that target the Service select its pods by.
+                selector: Some(BTreeMap::from([(
+                    SERVICE_LABEL.to_owned(),
+                    self.name.clone(),
+                )])),
                 ports: Some(
                     self.ports
                         .iter()
@@ -207,6 +221,7 @@ impl WorkloadService {
             labels
                 .entry("app".into())
                 .or_insert_with(|| self.name.clone());
+            labels.insert(SERVICE_LABEL.into(), self.name.clone());
             meta.labels = Some(labels);
             if endpoint.service_account.is_some() {
                 meta.annotations = Some(BTreeMap::from([(
@@ -217,8 +232,26 @@ impl WorkloadService {
             let ip = endpoint.address.ip().to_string();
             out.push(Resource::Pod(Pod {
                 metadata: meta,
+                // One container serving every port of the service on the
+                // endpoint's port (what callers dial), named as the
+                // Service's ports, so that policies name ports either way.
                 spec: Some(PodSpec {
                     service_account_name: endpoint.service_account.clone(),
+                    containers: vec![Container {
+                        name: "app".into(),
+                        ports: Some(
+                            self.ports
+                                .iter()
+                                .map(|&port| ContainerPort {
+                                    name: Some(Self::port_name(port)),
+                                    container_port: i32::from(endpoint.address.port()),
+                                    protocol: Some("TCP".into()),
+                                    ..ContainerPort::default()
+                                })
+                                .collect(),
+                        ),
+                        ..Container::default()
+                    }],
                     ..PodSpec::default()
                 }),
                 status: Some(PodStatus {
@@ -283,6 +316,7 @@ enum Document {
     HttpRoute(HttpRoute),
     GrpcRoute(GrpcRoute),
     Resilience(ResiliencePolicy),
+    Authorization(AuthorizationPolicy),
 }
 
 /// An object of the directory: its kind, namespace and name.
@@ -521,6 +555,7 @@ impl LocalPolicy {
         let mut http = Vec::new();
         let mut grpc = Vec::new();
         let mut resilience = Vec::new();
+        let mut authorization = Vec::new();
         for object in objects.values() {
             match &object.document {
                 Document::Workloads(w) => {
@@ -536,6 +571,9 @@ impl LocalPolicy {
                 Document::HttpRoute(r) => http.push(Resource::HttpRoute(r.clone())),
                 Document::GrpcRoute(r) => grpc.push(Resource::GrpcRoute(r.clone())),
                 Document::Resilience(r) => resilience.push(Resource::Resilience(r.clone())),
+                Document::Authorization(a) => {
+                    authorization.push(Resource::AuthorizationPolicy(a.clone()));
+                }
             }
         }
         // Pods and endpoints before the routes that point at them.
@@ -543,6 +581,7 @@ impl LocalPolicy {
         self.index.reset(Kind::Service, services);
         self.index.reset(Kind::EndpointSlice, slices);
         self.index.reset(Kind::Resilience, resilience);
+        self.index.reset(Kind::AuthorizationPolicy, authorization);
         self.index.reset(Kind::GrpcRoute, grpc);
         self.index.reset(Kind::HttpRoute, http);
     }
@@ -757,7 +796,7 @@ fn parse(mut value: Value) -> Result<Document, (String, String)> {
         .ok_or_else(|| {
             (
                 "kind".to_owned(),
-                "missing; each document needs a kind (HTTPRoute, GRPCRoute, ResiliencePolicy or Workloads)"
+                "missing; each document needs a kind (HTTPRoute, GRPCRoute, ResiliencePolicy, AuthorizationPolicy or Workloads)"
                     .to_owned(),
             )
         })?
@@ -831,10 +870,20 @@ fn parse(mut value: Value) -> Result<Document, (String, String)> {
                 from_value_strict(value).map_err(strict_error)?,
             ))
         }
+        "AuthorizationPolicy" => {
+            expect_version(&format!(
+                "{}/{}",
+                weft_api::consts::CRD_GROUP,
+                weft_api::consts::CRD_VERSION
+            ))?;
+            Ok(Document::Authorization(
+                from_value_strict(value).map_err(strict_error)?,
+            ))
+        }
         other => Err((
             "kind".into(),
             format!(
-                "{other:?} is not read in local mode; use HTTPRoute, GRPCRoute, ResiliencePolicy or Workloads"
+                "{other:?} is not read in local mode; use HTTPRoute, GRPCRoute, ResiliencePolicy, AuthorizationPolicy or Workloads"
             ),
         )),
     }

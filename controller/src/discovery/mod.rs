@@ -6,9 +6,11 @@
 //! - [`kube`]: the Kubernetes backend (watchers feeding the index) and
 //!   [`status`], which writes the index's verdicts into the objects' status
 //!   while this replica holds the [`lease`].
-//! - [`service`]: the `weft.v1.Discovery` gRPC service, reading the index.
+//! - [`service`]: the `weft.v1.Discovery` gRPC service, reading the index;
+//!   [`inbound_service`]: `weft.v1.Inbound`, a workload port's inbound policy.
 //! - [`local`]: local mode's policy directory, feeding the index.
 
+pub mod inbound_service;
 pub mod index;
 pub mod kube;
 pub mod lease;

@@ -16,7 +16,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use weft_api::Identity;
-use weft_api::policy::{DestinationState, DiscoveryRequest, Target};
+use weft_api::policy::{DestinationState, DiscoveryRequest, InboundPolicy, InboundRequest, Target};
+
+use super::UnknownWorkload;
 use weft_api::proto::weft_v1 as pb;
 
 use crate::grpc::ConnInfo;
@@ -31,6 +33,24 @@ pub trait Subscribe: Send + Sync + 'static {
         target: &Target,
         caller: &Identity,
     ) -> Option<watch::Receiver<Arc<DestinationState>>>;
+
+    /// A workload port's inbound policies (`Inbound.Watch`). Without an
+    /// inbound index, no workload is known.
+    fn subscribe_inbound(
+        &self,
+        request: &InboundRequest,
+    ) -> Result<watch::Receiver<Arc<InboundPolicy>>, UnknownWorkload> {
+        Err(UnknownWorkload {
+            workload: request.workload.clone(),
+        })
+    }
+
+    /// The identity of a workload's pod (its service account).
+    fn workload_identity(&self, workload: &str) -> Result<Identity, UnknownWorkload> {
+        Err(UnknownWorkload {
+            workload: workload.to_owned(),
+        })
+    }
 }
 
 impl Subscribe for super::SharedIndex {
@@ -40,6 +60,17 @@ impl Subscribe for super::SharedIndex {
         caller: &Identity,
     ) -> Option<watch::Receiver<Arc<DestinationState>>> {
         super::SharedIndex::subscribe(self, target, caller).ok()
+    }
+
+    fn subscribe_inbound(
+        &self,
+        request: &InboundRequest,
+    ) -> Result<watch::Receiver<Arc<InboundPolicy>>, UnknownWorkload> {
+        super::SharedIndex::subscribe_inbound(self, request)
+    }
+
+    fn workload_identity(&self, workload: &str) -> Result<Identity, UnknownWorkload> {
+        super::SharedIndex::workload_identity(self, workload)
     }
 }
 
