@@ -5,7 +5,8 @@
 //! same executable, so that a newcomer builds one thing.
 //!
 //! - `demo/`: `weft demo`, a whole mesh on one machine.
-//! - `audit.rs`: `weft audit certs`, the issuance audit trail as a table or JSON.
+//! - `audit/`: `weft audit certs`, `identities`, `edges`, `policy`: evidence for
+//!   security teams, as tables, JSON or one self-contained HTML page.
 //! - `install/`: `weft install`, the mesh's Kubernetes objects (and `deploy/`).
 //! - `check/`: `weft check`, is the cluster ready for the mesh, is the mesh healthy.
 //! - `inject.rs`: `weft inject` / `weft uninject`, the injection applied to manifests.
