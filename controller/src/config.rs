@@ -51,7 +51,7 @@ pub struct Args {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the controller.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Issue a bootstrap token for a local workload and print it.
     IssueToken(IssueTokenArgs),
 }
@@ -93,6 +93,11 @@ pub struct ServeArgs {
     /// Log filter.
     #[arg(long, default_value = "info")]
     pub log: String,
+    /// The mesh's default inbound mode (`allow-all`, `mesh-only`, `deny` or
+    /// `audit`) for ports of pods and namespaces without a
+    /// `config.weft.io/default-inbound-policy` annotation.
+    #[arg(long, default_value = "allow-all")]
+    pub default_inbound_mode: String,
 }
 
 #[derive(Debug, Clone, ClapArgs)]
@@ -125,6 +130,7 @@ pub struct ServeConfig {
     pub log: String,
     /// Local mode's policy directory, when discovery is served from one.
     pub policy_dir: Option<PathBuf>,
+    pub default_inbound_mode: weft_api::policy::InboundMode,
 }
 
 /// Every problem found in the flags, one per line.
@@ -188,6 +194,13 @@ impl ServeArgs {
                 ));
             }
         }
+        let default_inbound_mode = self
+            .default_inbound_mode
+            .parse::<weft_api::policy::InboundMode>()
+            .unwrap_or_else(|problem| {
+                errors.push(format!("--default-inbound-mode: {problem}"));
+                weft_api::policy::InboundMode::default()
+            });
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
             errors.push(format!("--log {:?}: {e}", self.log));
         }
@@ -222,6 +235,7 @@ impl ServeArgs {
             state_dir: self.state_dir.clone(),
             log: self.log.clone(),
             policy_dir: self.policy_dir.clone(),
+            default_inbound_mode,
             settings: Settings {
                 trust_domain: self.trust_domain.clone(),
                 issuer_dir,

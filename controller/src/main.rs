@@ -27,6 +27,7 @@ async fn main() -> anyhow::Result<()> {
             let stop = tokio_util::sync::CancellationToken::new();
             let settings = weft_controller::discovery::IndexSettings {
                 trust_domain: config.settings.trust_domain.clone(),
+                default_inbound_mode: config.default_inbound_mode,
                 ..Default::default()
             };
             let (verifier, discovery): (Arc<dyn TokenVerifier>, _) = match config.mode {

@@ -112,6 +112,8 @@ pub fn controller(opts: &InstallOptions) -> Result<Vec<Document>, RenderError> {
             &format!("{AUDIT_DIR}/audit.log"),
             "--audit-stdout",
             "true",
+            "--default-inbound-mode",
+            opts.default_inbound_mode.as_str(),
         ])),
         ports: Some(vec![
             port("grpc", consts::CONTROLLER_GRPC_PORT),

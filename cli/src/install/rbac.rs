@@ -29,6 +29,13 @@ const CONTROLLER_GRANTS: &[Grant] = &[
               reads a single object, so no get, and never writes one.",
     },
     Grant {
+        api_group: "",
+        resources: &["namespaces"],
+        verbs: &["list", "watch"],
+        why: "list, watch: each namespace's config.weft.io/default-inbound-policy, the\n\
+              default inbound mode of its pods' ports.",
+    },
+    Grant {
         api_group: "discovery.k8s.io",
         resources: &["endpointslices"],
         verbs: &["list", "watch"],

@@ -1,5 +1,6 @@
 //! The Kubernetes backend of discovery: one kube-runtime watcher per kind
-//! (Services, EndpointSlices, Pods, HTTPRoutes, GRPCRoutes, ResiliencePolicies;
+//! (Services, EndpointSlices, Pods, Namespaces, HTTPRoutes, GRPCRoutes,
+//! ResiliencePolicies, AuthorizationPolicies;
 //! cluster-wide) feeding the [`SharedIndex`], and the status writer
 //! ([`super::status`]) reporting back what the index made of each route and
 //! policy.
@@ -19,7 +20,7 @@
 use std::collections::{HashMap, HashSet};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::WatchStreamExt;
@@ -29,7 +30,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 #[cfg(test)]
 use weft_api::crd::ParentReference;
-use weft_api::crd::{GrpcRoute, HttpRoute, ResiliencePolicy};
+use weft_api::crd::{AuthorizationPolicy, GrpcRoute, HttpRoute, ResiliencePolicy};
 
 use super::index::{IndexSettings, Kind, ObjectRef, Resource, SharedIndex};
 use super::lease::LeaseSettings;
@@ -112,6 +113,14 @@ impl Watched {
                     decode_as(v).map(Resource::Resilience)
                 })
             },
+            Self {
+                has_status: true,
+                install_hint: "install weft's CRDs (deploy/crds, or `weft install`)",
+                ..Self::new::<AuthorizationPolicy>(Kind::AuthorizationPolicy, |v| {
+                    decode_as(v).map(Resource::AuthorizationPolicy)
+                })
+            },
+            Self::new::<Namespace>(Kind::Namespace, |v| decode_as(v).map(Resource::Namespace)),
         ]
     }
 

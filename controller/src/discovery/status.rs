@@ -28,8 +28,8 @@ use serde_json::json;
 use tokio::sync::{Notify, watch};
 use weft_api::consts::ROUTE_CONTROLLER_NAME;
 use weft_api::crd::{
-    GrpcRoute, HttpRoute, ParentReference, PolicyStatus, ResiliencePolicy, RouteParentStatus,
-    RouteStatus, condition,
+    AuthorizationPolicy, GrpcRoute, HttpRoute, ParentReference, PolicyStatus, ResiliencePolicy,
+    RouteParentStatus, RouteStatus, condition,
 };
 
 use super::index::{Kind, ObjectRef, ObjectStatus, SharedIndex};
@@ -200,7 +200,7 @@ async fn write_changed(client: &kube::Client, index: &SharedIndex, book: &Status
     for (reference, observed) in &undecodable {
         let conditions =
             undecodable_conditions(observed.undecodable.as_deref().unwrap_or_default());
-        let want = if reference.kind == Kind::Resilience {
+        let want = if matches!(reference.kind, Kind::Resilience | Kind::AuthorizationPolicy) {
             Want::Policy(conditions)
         } else {
             Want::Route(
@@ -315,7 +315,9 @@ fn want_of(status: &ObjectStatus) -> Option<Want> {
                 })
                 .collect(),
         )),
-        Kind::Resilience => Some(Want::Policy(wanted(&status.conditions))),
+        Kind::Resilience | Kind::AuthorizationPolicy => {
+            Some(Want::Policy(wanted(&status.conditions)))
+        }
         _ => None,
     }
 }
@@ -329,6 +331,7 @@ async fn patch_status(
     let resource = match reference.kind {
         Kind::HttpRoute => ApiResource::erase::<HttpRoute>(&()),
         Kind::GrpcRoute => ApiResource::erase::<GrpcRoute>(&()),
+        Kind::AuthorizationPolicy => ApiResource::erase::<AuthorizationPolicy>(&()),
         _ => ApiResource::erase::<ResiliencePolicy>(&()),
     };
     let api: Api<DynamicObject> =
