@@ -65,8 +65,9 @@ fn weight(tick: &Value, backend: &str) -> Option<f64> {
 /// The whole demo as a user sees it: every edge mTLS, certificates renewed,
 /// checkout split 90/10 until `weft canary set` from "a second terminal"
 /// (which finds the running demo by itself) moves it to 50/50, inventory's
-/// flaky replica ejected while retries keep every request successful, and
-/// nothing left running.
+/// flaky replica ejected while retries keep every request successful, the
+/// load generator's stray calls to inventory refused by inventory's
+/// AuthorizationPolicy, and nothing left running.
 #[test]
 fn demo_runs_a_meshed_app_with_mtls_everywhere_renews_and_leaves_nothing() {
     let xdg = temp_state("run");
@@ -79,6 +80,8 @@ fn demo_runs_a_meshed_app_with_mtls_everywhere_renews_and_leaves_nothing() {
             "json",
             "--cert-ttl",
             "5s",
+            "--stray-calls",
+            "2",
         ])
         // The default state directory, as `weft canary` looks for it.
         .env("XDG_STATE_HOME", &xdg)
@@ -225,11 +228,24 @@ fn demo_runs_a_meshed_app_with_mtls_everywhere_renews_and_leaves_nothing() {
     seen.sort();
     let mut expected = vec![
         (id("loadgen"), id("web")),
+        // The stray calls: mTLS too, and refused by inventory's policy.
+        (id("loadgen"), id("inventory")),
         (id("web"), id("checkout")),
         (id("web"), id("inventory")),
     ];
     expected.sort();
     assert_eq!(seen, expected, "{summary}");
+
+    // Zero trust: inventory refused the stray calls by its policy, and
+    // nothing else was refused (checkout and inventory accept web).
+    let denials = summary["denials"].as_array().unwrap();
+    assert_eq!(denials.len(), 1, "{summary}");
+    let stray = &denials[0];
+    assert_eq!(stray["from"], "loadgen", "{stray}");
+    assert_eq!(stray["to"], "inventory", "{stray}");
+    assert_eq!(stray["decision"], "denied", "{stray}");
+    assert_eq!(stray["policy"], "default:deny", "{stray}");
+    assert!(stray["total"].as_u64().unwrap() >= 10, "{stray}");
 
     // With 5 s certificates, renewals happened during the 20 s run.
     let renewals: u64 = summary["renewals"]

@@ -42,12 +42,21 @@ pub struct DemoArgs {
     /// Default: $XDG_STATE_HOME/weft/demo or ~/.local/state/weft/demo.
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
+    /// Also send this many requests per second from the load generator
+    /// straight to inventory, which only web may call: the view shows them
+    /// denied (403) by inventory's AuthorizationPolicy.
+    #[arg(long, value_name = "RPS")]
+    pub stray_calls: Option<f64>,
 }
 
 /// Runs `weft demo`.
 pub fn demo(args: DemoArgs) -> ExitCode {
     if !(args.rate > 0.0 && args.rate <= 5_000.0) {
         eprintln!("weft demo: --rate must be between 0 and 5000 requests per second");
+        return ExitCode::from(2);
+    }
+    if args.stray_calls.is_some_and(|r| !(r > 0.0 && r <= 5_000.0)) {
+        eprintln!("weft demo: --stray-calls must be between 0 and 5000 requests per second");
         return ExitCode::from(2);
     }
     tracing_subscriber::fmt()

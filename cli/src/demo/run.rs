@@ -213,6 +213,29 @@ async fn run_mesh(
     let counts = Arc::new(LoadCounts::default());
     let stop = CancellationToken::new();
     let load = tokio::spawn(loadgen::run(entry, args.rate, counts.clone(), stop.clone()));
+    // Stray calls: the load generator straight to inventory, which refuses it.
+    let stray = match args.stray_calls {
+        Some(rate) => {
+            let target = workloads
+                .iter()
+                .find(|w| w.service == "loadgen")
+                .and_then(|w| {
+                    w.upstreams
+                        .iter()
+                        .find(|(service, _)| *service == topology::STRAY_TARGET)
+                })
+                .map(|(_, addr)| *addr)
+                .context("the demo's load generator has no listener for inventory")?;
+            let stray_counts = Arc::new(LoadCounts::default());
+            Some(tokio::spawn(loadgen::run(
+                target,
+                rate,
+                stray_counts,
+                stop.clone(),
+            )))
+        }
+        None => None,
+    };
 
     let outcome = live_view(
         args,
@@ -227,6 +250,9 @@ async fn run_mesh(
     .await;
     stop.cancel();
     let _ = load.await;
+    if let Some(stray) = stray {
+        let _ = stray.await;
+    }
     let (last, reason) = outcome?;
     summary(mode, &last, &counts, reason, started.elapsed());
     Ok(())
@@ -246,6 +272,11 @@ fn sidecar_env(w: &Workload, proof: &identity::Proof) -> Vec<(String, String)> {
         (env::UPSTREAMS.to_owned(), topology::upstreams_env(w)),
         (env::SHUTDOWN_GRACE.to_owned(), "2".to_owned()),
         (env::LOG.to_owned(), "info".to_owned()),
+        // As the controller's local mode names the replica's pod.
+        (
+            env::WORKLOAD.to_owned(),
+            format!("{}/{}", topology::NAMESPACE, w.replica),
+        ),
     ];
     vars.extend(proof.env(w));
     vars
@@ -526,6 +557,7 @@ fn summary(mode: Mode, last: &Tick, counts: &LoadCounts, reason: StopReason, too
                 "edges": &last.edges,
                 "services": &last.services,
                 "backends": &last.backends,
+                "denials": &last.denials,
                 "events": &last.events,
                 "renewals": renewals,
             })
@@ -557,6 +589,12 @@ fn summary(mode: Mode, last: &Tick, counts: &LoadCounts, reason: StopReason, too
         s.push_str(&format!(
             "  {:<12} backend of {}{weight}: {} retries, {} ejections\n",
             b.backend, b.service, b.retries_total, b.ejections_total
+        ));
+    }
+    for d in &last.denials {
+        s.push_str(&format!(
+            "  {:<12} -> {}: {} {} ({})\n",
+            d.from, d.to, d.total, d.decision, d.policy
         ));
     }
     view::out(&s);

@@ -58,6 +58,25 @@ pub struct ServiceRow {
     pub success_rate: Option<f64>,
     pub p50_ms: Option<f64>,
     pub p99_ms: Option<f64>,
+    /// Inbound requests and connections its policy refused, per second this tick.
+    pub denied_per_s: f64,
+}
+
+/// Callers a service's inbound policy refused (or, in audit mode, would
+/// have), as its proxies counted them.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct DenialRow {
+    /// The caller's service, or `plaintext` for a caller with no identity.
+    pub from: String,
+    pub to: String,
+    pub from_identity: String,
+    /// `denied` or `audited`.
+    pub decision: String,
+    /// The policy that decided (`default:deny` when no authorization allowed it).
+    pub policy: String,
+    pub per_s: f64,
+    /// Since the demo started.
+    pub total: u64,
 }
 
 /// Traffic from one service to another, as the client's proxy saw it.
@@ -106,6 +125,7 @@ pub struct Tick {
     pub services: Vec<ServiceRow>,
     pub backends: Vec<BackendRow>,
     pub edges: Vec<EdgeRow>,
+    pub denials: Vec<DenialRow>,
     /// Ejections and returns, newest last (at most [`EVENTS_KEPT`]).
     pub events: Vec<String>,
     /// Proxies that did not answer this tick.
@@ -118,6 +138,8 @@ pub struct Stats {
     watched: Vec<Watched>,
     state: Vec<ProxyState>,
     edge_totals: BTreeMap<(String, String, bool), u64>,
+    /// (caller identity, service, decision, policy) -> count since the start.
+    denial_totals: BTreeMap<(String, String, String, String), u64>,
     /// Replicas ejected at the last tick.
     ejected: std::collections::BTreeSet<String>,
     events: Vec<String>,
@@ -133,6 +155,7 @@ impl Stats {
             watched,
             state,
             edge_totals: BTreeMap::new(),
+            denial_totals: BTreeMap::new(),
             ejected: std::collections::BTreeSet::new(),
             events: Vec::new(),
         }
@@ -195,8 +218,17 @@ impl Stats {
             let inbound = |s: &&Sample| s.label("direction") == "inbound";
             let mut total = 0.0;
             let mut ok = 0.0;
+            let mut denied = 0.0;
             let mut buckets: BTreeMap<OrderedF64, f64> = BTreeMap::new();
             for &i in &members {
+                for s in deltas[i]
+                    .iter()
+                    .filter(|s| s.name == "weft_inbound_authz_total")
+                {
+                    if s.label("decision") == "denied" {
+                        denied += s.value;
+                    }
+                }
                 for s in deltas[i].iter().filter(inbound) {
                     match s.name.as_str() {
                         "weft_requests_total" => {
@@ -233,8 +265,45 @@ impl Stats {
                 success_rate: (total > 0.0).then(|| ok / total),
                 p50_ms: quantile(&buckets, 0.5).map(|s| s * 1000.0),
                 p99_ms: quantile(&buckets, 0.99).map(|s| s * 1000.0),
+                denied_per_s: denied / dt,
             });
         }
+
+        // Denials, from each server's inbound decisions.
+        let mut denials: BTreeMap<(String, String, String, String), f64> = BTreeMap::new();
+        for (i, d) in deltas.iter().enumerate() {
+            for s in d.iter().filter(|s| {
+                s.name == "weft_inbound_authz_total" && s.label("decision") != "allowed"
+            }) {
+                let key = (
+                    s.label("peer_identity").to_owned(),
+                    self.watched[i].account.clone(),
+                    s.label("decision").to_owned(),
+                    s.label("policy").to_owned(),
+                );
+                *denials.entry(key).or_default() += s.value;
+            }
+        }
+        for (key, n) in &denials {
+            *self.denial_totals.entry(key.clone()).or_default() += *n as u64;
+        }
+        let denials = self
+            .denial_totals
+            .iter()
+            .map(|(key, total)| DenialRow {
+                from: if key.0.is_empty() {
+                    "plaintext".to_owned()
+                } else {
+                    self.service_of(&key.0)
+                },
+                to: key.1.clone(),
+                from_identity: key.0.clone(),
+                decision: key.2.clone(),
+                policy: key.3.clone(),
+                per_s: denials.get(key).copied().unwrap_or(0.0) / dt,
+                total: *total,
+            })
+            .collect();
 
         // Edges, from each client's outbound requests.
         let mut edges: BTreeMap<(String, String, bool), (f64, f64)> = BTreeMap::new();
@@ -282,6 +351,7 @@ impl Stats {
             services,
             backends,
             edges,
+            denials,
             events: self.events.clone(),
             unreachable,
         }

@@ -51,7 +51,8 @@ const SERVICES: &[ServiceSpec] = &[
         account: "loadgen",
         version: None,
         replicas: 1,
-        upstreams: &["web"],
+        // inventory: only for `--stray-calls`, which its policy refuses.
+        upstreams: &["web", STRAY_TARGET],
     },
     ServiceSpec {
         service: "web",
@@ -88,6 +89,10 @@ pub const CANARY_SERVICE: &str = "checkout";
 pub const CANARY_START: &[(&str, u32)] = &[("checkout-v1", 90), ("checkout-v2", 10)];
 /// The service with a flaky replica, retries and circuit breaking.
 pub const FLAKY_SERVICE: &str = "inventory";
+/// Where `weft demo --stray-calls` sends the load generator's stray calls.
+pub const STRAY_TARGET: &str = "inventory";
+/// The only caller (service account) checkout and inventory accept.
+pub const ALLOWED_CALLER: &str = "web";
 /// The port every demo Service is called on (`checkout:80`).
 pub const SERVICE_PORT: u16 = 80;
 
@@ -185,10 +190,13 @@ pub fn policy_files(all: &[Workload]) -> anyhow::Result<Vec<(&'static str, Strin
                     .map(|w| WorkloadEndpoint {
                         address: w.inbound,
                         service_account: Some(w.account.to_owned()),
+                        // `app` names what the pod is (both checkout
+                        // versions are `checkout`), as policies select it.
                         labels: w
                             .version
                             .map(|v| ("version".to_owned(), v.to_owned()))
                             .into_iter()
+                            .chain([("app".to_owned(), w.account.to_owned())])
                             .collect(),
                         zone: None,
                     })
@@ -231,6 +239,30 @@ pub fn policy_files(all: &[Workload]) -> anyhow::Result<Vec<(&'static str, Strin
             "timeouts": { "connect": "1s", "request": "2s" },
         },
     });
+    // Zero trust: checkout's pods (both versions) and inventory accept only
+    // web; everything else keeps the default mode (allow-all).
+    let only_web = |name: &str, target: serde_json::Value| {
+        let mut spec = serde_json::json!({
+            "rules": [{ "from": { "serviceAccounts": [{ "name": ALLOWED_CALLER }] } }],
+        });
+        if let (Some(spec), Some(target)) = (spec.as_object_mut(), target.as_object()) {
+            spec.extend(target.clone());
+        }
+        serde_json::json!({
+            "apiVersion": "policy.weft.io/v1alpha1",
+            "kind": "AuthorizationPolicy",
+            "metadata": { "name": name, "namespace": NAMESPACE },
+            "spec": spec,
+        })
+    };
+    let checkout_authz = only_web(
+        "checkout-from-web",
+        serde_json::json!({ "podSelector": { "matchLabels": { "app": CANARY_SERVICE } } }),
+    );
+    let inventory_authz = only_web(
+        "inventory-from-web",
+        serde_json::json!({ "targetRef": { "group": "", "kind": "Service", "name": STRAY_TARGET } }),
+    );
     fn yaml(header: &str, doc: &impl serde::Serialize) -> anyhow::Result<String> {
         Ok(format!("# {header}\n{}", serde_yaml::to_string(doc)?))
     }
@@ -254,6 +286,20 @@ pub fn policy_files(all: &[Workload]) -> anyhow::Result<Vec<(&'static str, Strin
             yaml(
                 "inventory: retry what a failing replica answers; eject a replica after 3 failures in a row.",
                 &resilience,
+            )?,
+        ),
+        (
+            "checkout-authz.yaml",
+            yaml(
+                "checkout (both versions) accepts only web; every other caller gets 403.",
+                &checkout_authz,
+            )?,
+        ),
+        (
+            "inventory-authz.yaml",
+            yaml(
+                "inventory accepts only web; try: weft demo --stray-calls 2 (loadgen straight to inventory).",
+                &inventory_authz,
             )?,
         ),
     ])

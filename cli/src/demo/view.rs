@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::io::Write as _;
 
-use super::stats::{BackendRow, EdgeRow, ServiceRow, Tick};
+use super::stats::{BackendRow, DenialRow, EdgeRow, ServiceRow, Tick};
 
 /// How output is rendered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,6 +95,16 @@ pub fn render(tick: &Tick, mode: Mode, header: &str) -> String {
     );
     for edge in &tick.edges {
         s.push_str(&edge_line(edge, mode));
+    }
+    if !tick.denials.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n{:<12}    {:<10} {:>8} {:>7}  {:<9} POLICY",
+            "REFUSED", "BY", "RPS", "TOTAL", "DECISION"
+        );
+        for row in &tick.denials {
+            s.push_str(&denial_line(row, mode));
+        }
     }
     if !tick.events.is_empty() {
         let _ = writeln!(s, "\ncircuit breaker:");
@@ -194,5 +204,27 @@ fn edge_line(edge: &EdgeRow, mode: Mode) -> String {
         mtls,
         edge.from_identity,
         edge.to_identity,
+    )
+}
+
+fn denial_line(row: &DenialRow, mode: Mode) -> String {
+    let colour = if row.decision == "denied" {
+        RED
+    } else {
+        YELLOW
+    };
+    format!(
+        "{:<12} -> {:<10} {:>8.1} {:>7}  {} {}  {}\n",
+        row.from,
+        row.to,
+        row.per_s,
+        row.total,
+        paint(mode, colour, &format!("{:<9}", row.decision)),
+        row.policy,
+        if row.from_identity.is_empty() {
+            "no mesh identity"
+        } else {
+            &row.from_identity
+        },
     )
 }
