@@ -97,9 +97,10 @@ impl Scene {
     }
 
     /// `weft audit edges --output json` once both counts are in (the proxy
-    /// counts a request as its response goes out).
-    async fn edges(&self, extra: &[String]) -> Value {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    /// counts a request as its response goes out; Prometheus scrapes every
+    /// second), within `within`.
+    async fn edges(&self, extra: &[String], within: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + within;
         loop {
             let mut args = vec![
                 "audit".into(),
@@ -108,17 +109,19 @@ impl Scene {
                 "json".into(),
             ];
             args.extend_from_slice(extra);
-            let report = weft_json(&args).unwrap();
-            let requests: Vec<u64> = report["edges"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|e| e["requests"].as_u64().unwrap())
-                .collect();
-            if requests.iter().sum::<u64>() == (MTLS_CALLS + PLAIN_CALLS) as u64
+            let report = weft_json(&args);
+            let total = report.as_ref().ok().map(|r| {
+                r["edges"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|e| e["requests"].as_u64())
+                    .sum::<u64>()
+            });
+            if total == Some((MTLS_CALLS + PLAIN_CALLS) as u64)
                 || tokio::time::Instant::now() > deadline
             {
-                return report;
+                return report.unwrap();
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -152,7 +155,9 @@ fn assert_edges(report: &Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edges_from_the_admin_servers_are_the_calls_made_mtls_or_not() {
     let scene = Scene::start().await;
-    let report = scene.edges(&scene.proxy_args()).await;
+    let report = scene
+        .edges(&scene.proxy_args(), Duration::from_secs(10))
+        .await;
     assert_edges(&report);
     assert_eq!(report["counted"], "since each proxy started");
     scene.pair.shutdown().await;
@@ -230,7 +235,11 @@ async fn the_html_report_renders_in_chromium_without_console_errors() {
     };
     let scene = Scene::start().await;
     // Wait for the counts, then render the same data as HTML.
-    assert_edges(&scene.edges(&scene.proxy_args()).await);
+    assert_edges(
+        &scene
+            .edges(&scene.proxy_args(), Duration::from_secs(10))
+            .await,
+    );
     let mut args: Vec<String> = ["audit", "edges", "--output", "html"]
         .map(String::from)
         .to_vec();
@@ -320,4 +329,51 @@ async fn the_html_report_renders_in_chromium_without_console_errors() {
         .filter(|p| p.len() >= 3 && p[0] > 180 && p[1] < 90 && p[2] < 90)
         .count();
     assert!(red > 50, "no red pixels in the screenshot ({red})");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edges_from_prometheus_are_the_same_calls() {
+    let Some(prometheus) = tool("/usr/bin/prometheus") else {
+        return;
+    };
+    let scene = Scene::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let targets: Vec<String> = [&scene.pair.server, &scene.pair.client]
+        .iter()
+        .map(|s| format!("\"{}\"", s.proxy.admin_addr))
+        .collect();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\nscrape_configs:\n  - job_name: weft\n    static_configs:\n      - targets: [{}]\n",
+            targets.join(", ")
+        ),
+    )
+    .unwrap();
+    let listen = weft_tests::control::free_port();
+    let mut server = tokio::process::Command::new(prometheus)
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address={listen}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("prometheus.log")).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let url = format!("http://{listen}");
+    let report = scene
+        .edges(&["--prometheus".into(), url], Duration::from_secs(60))
+        .await;
+    server.kill().await.unwrap();
+    // Prometheus names workloads by `instance`: the proxies' admin addresses.
+    assert_edges(&report);
+    assert_eq!(
+        report["edges"][1]["workloads"][0],
+        scene.pair.server.proxy.admin_addr.to_string()
+    );
+    scene.pair.shutdown().await;
 }
