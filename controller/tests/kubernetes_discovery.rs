@@ -24,6 +24,10 @@
 //! - a ResiliencePolicy's retry budget; then a malformed ResiliencePolicy and a
 //!   malformed HTTPRoute get `Accepted=False` on the server naming the field,
 //!   while the subscriber keeps the previous policy and split;
+//! - an AuthorizationPolicy applied with kubectl reaches the inbound
+//!   subscription of a pod behind its Service (what `Inbound.Watch` streams),
+//!   with the port's mode escalated to deny; a malformed version gets
+//!   `Accepted=False` naming the field while the last good one stays;
 //! - a backendRef to a Service that does not exist gets `ResolvedRefs=False`
 //!   naming it, and a parentRef to one `Accepted=False` (`NoMatchingParent`)
 //!   in that parent's entry.
@@ -46,7 +50,9 @@ use serde_json::json;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use weft_api::Identity;
-use weft_api::policy::{DestinationState, Target};
+use weft_api::policy::{
+    Decision, DestinationState, InboundMode, InboundPolicy, InboundRequest, Target,
+};
 use weft_controller::discovery::index::{IndexSettings, SharedIndex};
 use weft_controller::discovery::lease::{self, LeaseSettings};
 
@@ -269,6 +275,87 @@ async fn run(kubeconfig: PathBuf, admin: kube::Client, ns: String) {
         "the last good split stays: {now:#?}"
     );
 
+    // An AuthorizationPolicy applied with kubectl reaches the inbound
+    // subscription of a pod behind its Service (what `Inbound.Watch` streams):
+    // web may call checkout-v1's `http` port, everyone else is denied.
+    let workload = InboundRequest {
+        workload: format!("{ns}/checkout-v1-0"),
+        port: 8080,
+    };
+    let mut inbound = index
+        .subscribe_inbound(&workload)
+        .expect("checkout-v1-0 is a known pod");
+    let file = std::env::temp_dir().join(format!("{ns}-authz.yaml"));
+    let write_policy = |identity: &str| {
+        let text = format!(
+            "apiVersion: policy.weft.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {{ name: checkout-v1-callers, namespace: {ns} }}
+spec:
+  targetRef: {{ group: \"\", kind: Service, name: checkout-v1 }}
+  ports: [http]
+  rules:
+    - from: {{ identities: [\"{identity}\"] }}
+"
+        );
+        std::fs::write(&file, text).expect("write the policy file");
+    };
+    let web = format!("spiffe://{TRUST_DOMAIN}/ns/{ns}/sa/web");
+    write_policy(&web);
+    let started = Instant::now();
+    kubectl(&kubeconfig, &["apply", "-f", &file.display().to_string()]);
+    let policy = wait_inbound(&mut inbound, |p| {
+        p.authorizations
+            .iter()
+            .any(|a| a.name == "checkout-v1-callers")
+    })
+    .await;
+    eprintln!(
+        "AuthorizationPolicy reached the inbound subscriber {} ms after kubectl apply began",
+        started.elapsed().as_millis()
+    );
+    assert_eq!(policy.default_mode, InboundMode::Deny, "{policy:#?}");
+    let web_id: Identity = web.parse().expect("an identity");
+    let other: Identity = format!("spiffe://{TRUST_DOMAIN}/ns/{ns}/sa/other")
+        .parse()
+        .expect("an identity");
+    assert!(matches!(
+        policy.decide(Some(&web_id), Some(("GET", "/"))),
+        Decision::Allowed(Some("checkout-v1-callers"))
+    ));
+    assert_eq!(
+        policy.decide(Some(&other), Some(("GET", "/"))),
+        Decision::Denied
+    );
+    assert_eq!(policy.decide(None, Some(("GET", "/"))), Decision::Denied);
+    let authz = Api::<DynamicObject>::namespaced_with(
+        admin.clone(),
+        &ns,
+        &ApiResource::erase::<weft_api::crd::AuthorizationPolicy>(&()),
+    );
+    wait_policy_condition(&authz, "checkout-v1-callers", "Accepted", "True").await;
+
+    // A malformed one (a `*` inside a segment, which the schema lets through):
+    // named on the server, the last good one stays in force.
+    write_policy(&format!("spiffe://{TRUST_DOMAIN}/ns/{ns}/sa/we*"));
+    kubectl(&kubeconfig, &["apply", "-f", &file.display().to_string()]);
+    let (reason, message) =
+        wait_policy_condition(&authz, "checkout-v1-callers", "Accepted", "False").await;
+    eprintln!("malformed AuthorizationPolicy: Accepted=False {reason}: {message}");
+    assert!(
+        message.contains("spec.rules[0].from.identities[0]"),
+        "{message}"
+    );
+    let now = inbound.borrow().clone();
+    assert!(
+        matches!(
+            now.decide(Some(&web_id), Some(("GET", "/"))),
+            Decision::Allowed(Some("checkout-v1-callers"))
+        ),
+        "the last good policy stays: {now:#?}"
+    );
+    let _ = std::fs::remove_file(&file);
+
     // A backendRef to a Service that does not exist.
     apply(
         &routes,
@@ -460,6 +547,24 @@ async fn wait_state(
         Ok(Err(_)) => panic!("the index dropped the subscription"),
         Err(_) => panic!(
             "the subscriber never saw the state wanted; it has {:#?}",
+            rx.borrow()
+        ),
+    }
+}
+
+async fn wait_inbound(
+    rx: &mut watch::Receiver<Arc<InboundPolicy>>,
+    want: impl Fn(&InboundPolicy) -> bool,
+) -> Arc<InboundPolicy> {
+    let found = tokio::time::timeout(STEP, async {
+        rx.wait_for(|p| want(p)).await.map(|p| p.clone())
+    })
+    .await;
+    match found {
+        Ok(Ok(policy)) => policy,
+        Ok(Err(_)) => panic!("the index dropped the inbound subscription"),
+        Err(_) => panic!(
+            "the inbound subscriber never saw the policy wanted; it has {:#?}",
             rx.borrow()
         ),
     }
