@@ -377,3 +377,94 @@ async fn edges_from_prometheus_are_the_same_calls() {
     );
     scene.pair.shutdown().await;
 }
+
+#[test]
+fn policy_flags_a_service_without_policy_and_one_allowing_plaintext() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("workloads.yaml"),
+        "apiVersion: local.weft.io/v1alpha1
+kind: Workloads
+services:
+  - name: checkout
+    namespace: shop
+    ports: [8080]
+    endpoints:
+      - address: 127.0.0.1:18080
+        serviceAccount: checkout
+  - name: billing
+    namespace: shop
+    ports: [8081]
+    endpoints:
+      - address: 127.0.0.1:18081
+        serviceAccount: billing
+",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("policy.yaml"),
+        "apiVersion: policy.weft.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: { name: checkout-callers, namespace: shop }
+spec:
+  targetRef: { group: \"\", kind: Service, name: checkout }
+  ports: [8080]
+  allowPlaintext: true
+  rules:
+    - from: { serviceAccounts: [{ name: web }] }
+---
+apiVersion: policy.weft.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: { name: ghost-callers, namespace: shop }
+spec:
+  targetRef: { group: \"\", kind: Service, name: ghost }
+  rules:
+    - from: { serviceAccounts: [{ name: web }] }
+",
+    )
+    .unwrap();
+    let dir_arg = dir.path().display().to_string();
+    let report = weft_json(
+        &[
+            "audit",
+            "policy",
+            "--output",
+            "json",
+            "--policy-dir",
+            &dir_arg,
+        ]
+        .map(String::from),
+    )
+    .unwrap();
+    let findings = report["findings"].as_array().unwrap();
+    let has = |kind: &str, object: &str| {
+        findings
+            .iter()
+            .any(|f| f["kind"] == kind && f["object"].as_str().unwrap().contains(object))
+    };
+    assert!(has("NoPolicy", "shop/billing"), "{report:#}");
+    assert!(has("AllowsPlaintext", "shop/checkout"), "{report:#}");
+    assert!(has("MatchesNothing", "ghost-callers"), "{report:#}");
+    let services = report["services"].as_array().unwrap();
+    let checkout = services.iter().find(|s| s["name"] == "checkout").unwrap();
+    assert_eq!(
+        checkout["ports"][0]["policies"][0], "checkout-callers",
+        "{report:#}"
+    );
+    assert_eq!(checkout["ports"][0]["plaintextAllowed"], true, "{report:#}");
+
+    let html = weft(
+        &[
+            "audit",
+            "policy",
+            "--output",
+            "html",
+            "--policy-dir",
+            &dir_arg,
+        ]
+        .map(String::from),
+    )
+    .unwrap();
+    let html = String::from_utf8(html).unwrap();
+    assert!(html.contains("NoPolicy") && html.contains("<svg"), "{html}");
+}
