@@ -198,12 +198,13 @@ impl Authorizer {
             "connection"
         };
         let mode = mode.as_str();
+        let target = self.pushed.as_ref().map_or("", InboundPolicies::workload);
         // tracing's level is part of each event's static metadata, hence two calls.
         if outcome == "denied" {
-            tracing::warn!(caller = caller_text, port, policy = %policy, method, path, unlogged_since_last = unlogged,
+            tracing::warn!(caller = caller_text, target, port, policy = %policy, method, path, unlogged_since_last = unlogged,
                 "denied an inbound {what}: no authorization allows this caller and the default mode is {mode}");
         } else {
-            tracing::info!(caller = caller_text, port, policy = %policy, method, path, unlogged_since_last = unlogged,
+            tracing::info!(caller = caller_text, target, port, policy = %policy, method, path, unlogged_since_last = unlogged,
                 "audit mode let through an inbound {what} that deny would refuse");
         }
     }

@@ -64,6 +64,11 @@ impl InboundPolicies {
         }
     }
 
+    /// The workload, as the controller names it.
+    pub fn workload(&self) -> &str {
+        &self.workload
+    }
+
     /// Opens the stream of `port` now, unless it is open.
     pub fn watch(&self, port: u16) {
         self.port(port);
