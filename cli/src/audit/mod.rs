@@ -61,8 +61,12 @@ pub(crate) enum AuditCommand {
     /// matches nothing or is invalid.
     Policy {
         /// The local policy directory. Default: the running `weft demo`'s.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "kubeconfig")]
         policy_dir: Option<PathBuf>,
+        /// Read the cluster of this kubeconfig instead (Services, Pods,
+        /// Namespaces, AuthorizationPolicies in every namespace).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
         #[arg(long, short, value_enum, default_value_t = AuditFormat::Table)]
         output: AuditFormat,
     },
@@ -86,9 +90,19 @@ pub(crate) fn run(command: &AuditCommand) -> anyhow::Result<()> {
                 *output,
             )
         }
-        AuditCommand::Policy { policy_dir, output } => {
-            let dir = policy::resolve_dir(policy_dir.as_deref())?;
-            (runtime()?.block_on(policy::report(&dir))?, *output)
+        AuditCommand::Policy {
+            policy_dir,
+            kubeconfig,
+            output,
+        } => {
+            let report = match kubeconfig {
+                Some(file) => runtime()?.block_on(policy::report_kube(Some(file)))?,
+                None => {
+                    let dir = policy::resolve_dir(policy_dir.as_deref())?;
+                    runtime()?.block_on(policy::report(&dir))?
+                }
+            };
+            (report, *output)
         }
     };
     let colour = table::colour_stdout();

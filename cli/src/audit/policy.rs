@@ -30,7 +30,7 @@ pub fn resolve_dir(dir: Option<&Path>) -> anyhow::Result<PathBuf> {
             Ok(demo.policy_dir)
         }
         None => anyhow::bail!(
-            "no policy to read: pass --policy-dir DIR, or start `weft demo` (Kubernetes: not yet, see docs/architecture.md)"
+            "no policy to read: pass --policy-dir DIR or --kubeconfig FILE, or start `weft demo`"
         ),
     }
 }
@@ -51,6 +51,50 @@ pub async fn report(dir: &Path) -> anyhow::Result<Report> {
         ));
     }
     Ok(report)
+}
+
+/// The cluster's Services, Pods, Namespaces and AuthorizationPolicies (all
+/// namespaces), put into an index as the controller's watchers would.
+pub async fn report_kube(kubeconfig: Option<&Path>) -> anyhow::Result<Report> {
+    use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+    use kube::api::{Api, ListParams};
+    use weft_controller::discovery::{Index, Resource};
+
+    let client = crate::install::kube_client::client(kubeconfig).await?;
+    let params = ListParams::default();
+    let mut index = Index::new(IndexSettings::default());
+    let services = Api::<Service>::all(client.clone())
+        .list(&params)
+        .await
+        .context("cannot list Services")?;
+    let pods = Api::<Pod>::all(client.clone())
+        .list(&params)
+        .await
+        .context("cannot list Pods")?;
+    let namespaces = Api::<Namespace>::all(client.clone())
+        .list(&params)
+        .await
+        .context("cannot list Namespaces")?;
+    let policies = Api::<weft_api::crd::AuthorizationPolicy>::all(client)
+        .list(&params)
+        .await
+        .context("cannot list AuthorizationPolicies (is the policy.weft.io CRD installed? `weft install`)")?;
+    for s in services {
+        index.apply(Resource::Service(s));
+    }
+    for p in pods {
+        index.apply(Resource::Pod(p));
+    }
+    for n in namespaces {
+        index.apply(Resource::Namespace(n));
+    }
+    for a in policies {
+        index.apply(Resource::AuthorizationPolicy(a));
+    }
+    Ok(build(
+        &index.policy_audit(),
+        "the Kubernetes cluster of the kubeconfig",
+    ))
 }
 
 fn build(audit: &PolicyAudit, source: &str) -> Report {
