@@ -105,6 +105,7 @@ fn svg(graph: &Graph) -> String {
         (cx + radius * 1.6 * a.cos(), cy + radius * a.sin())
     };
     let index = |id: &str| graph.nodes.iter().position(|n| n.id == id);
+    let half_width = |i: usize| node_width(&graph.nodes[i].label) / 2.0;
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -147,8 +148,12 @@ fn svg(graph: &Graph) -> String {
             let len = dx.hypot(dy).max(1.0);
             // Stop short of the node boxes, bend to the right of the direction.
             let (ux, uy) = (dx / len, dy / len);
-            let (sx, sy) = (x1 + ux * 30.0, y1 + uy * 22.0);
-            let (ex, ey) = (x2 - ux * 30.0, y2 - uy * 22.0);
+            let (s, e) = (
+                to_border(half_width(a), ux, uy),
+                to_border(half_width(b), ux, uy),
+            );
+            let (sx, sy) = (x1 + ux * s, y1 + uy * s);
+            let (ex, ey) = (x2 - ux * e, y2 - uy * e);
             let (qx, qy) = ((sx + ex) / 2.0 - uy * 40.0, (sy + ey) / 2.0 + ux * 40.0);
             (
                 format!("M{sx:.1},{sy:.1} Q{qx:.1},{qy:.1} {ex:.1},{ey:.1}"),
@@ -173,7 +178,7 @@ fn svg(graph: &Graph) -> String {
     for (i, n) in graph.nodes.iter().enumerate() {
         let (x, y) = pos(i);
         let label = escape(&n.label);
-        let width = (n.label.chars().count() as f64 * 7.5 + 24.0).max(60.0);
+        let width = node_width(&n.label);
         let (fill, stroke) = if n.plaintext {
             ("#ffebe9", "#cf222e")
         } else {
@@ -191,6 +196,26 @@ fn svg(graph: &Graph) -> String {
     }
     out.push_str("</svg>\n");
     out
+}
+
+fn node_width(label: &str) -> f64 {
+    (label.chars().count() as f64 * 7.5 + 24.0).max(60.0)
+}
+
+/// How far from a node's centre, along (ux, uy), its box ends (plus a gap
+/// for the arrow head).
+fn to_border(half_width: f64, ux: f64, uy: f64) -> f64 {
+    let across = if ux.abs() > 1e-6 {
+        half_width / ux.abs()
+    } else {
+        f64::MAX
+    };
+    let down = if uy.abs() > 1e-6 {
+        15.0 / uy.abs()
+    } else {
+        f64::MAX
+    };
+    across.min(down) + 4.0
 }
 
 fn escape(text: &str) -> String {
