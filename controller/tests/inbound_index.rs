@@ -421,3 +421,32 @@ fn the_audit_shows_who_gets_in_and_what_to_fix() {
     assert!(wrong.starts_with("spec.ports[0]: \"grpc\""), "{wrong}");
     assert!(audit.findings[1].message.contains("port 9090"));
 }
+
+/// A Service with no pods of its own that a route splits (a canary's parent)
+/// gets no finding: its traffic reaches the route's backends, audited
+/// themselves. Without the route it is flagged as any unprotected Service.
+#[test]
+fn a_route_parent_without_pods_is_not_flagged() {
+    let mut index = shop(IndexSettings::default());
+    index.apply(Resource::Service(from(json!({
+        "metadata": { "namespace": "shop", "name": "cart" },
+        "spec": { "selector": { "app": "cart" }, "ports": [{ "port": 80 }] },
+    }))));
+    let flagged = |index: &Index| {
+        index
+            .policy_audit()
+            .findings
+            .iter()
+            .any(|f| f.object == "Service shop/cart")
+    };
+    assert!(flagged(&index));
+    index.apply(Resource::HttpRoute(from(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": { "namespace": "shop", "name": "cart-split" },
+        "spec": {
+            "parentRefs": [{ "group": "", "kind": "Service", "name": "cart", "port": 80 }],
+            "rules": [{ "backendRefs": [{ "name": "checkout", "port": 80 }] }],
+        },
+    }))));
+    assert!(!flagged(&index), "{:#?}", index.policy_audit().findings);
+}

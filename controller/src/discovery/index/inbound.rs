@@ -74,6 +74,9 @@ pub struct PolicyAudit {
 pub struct ServiceAccess {
     pub namespace: String,
     pub name: String,
+    /// The pods it selects. None, as a route's parent: no finding is made
+    /// about it (its traffic goes to the route's backends, each audited itself).
+    pub pods: usize,
     pub ports: Vec<PortAccess>,
 }
 
@@ -395,7 +398,18 @@ impl Index {
                 continue;
             };
             let access = self.service_access(key, service);
-            findings.extend(service_findings(key, &access));
+            // A route's parent with no pods of its own: its traffic goes to
+            // the route's backends, each audited itself.
+            let route_parent = access.pods == 0
+                && self.routes.iter().any(|(route, entry)| {
+                    entry.parents.iter().any(|p| {
+                        p.name == key.1
+                            && p.namespace.as_deref().unwrap_or(&route.namespace) == key.0
+                    })
+                });
+            if !route_parent {
+                findings.extend(service_findings(key, &access));
+            }
             services.push(access);
         }
         for ((namespace, name), entry) in &self.authorization {
@@ -520,6 +534,7 @@ impl Index {
         ServiceAccess {
             namespace: namespace.clone(),
             name: name.clone(),
+            pods: pods.len(),
             ports,
         }
     }
