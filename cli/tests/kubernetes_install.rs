@@ -770,3 +770,132 @@ async fn canary_set_reaches_a_subscriber_through_a_real_api_server() {
         assert_eq!(stored, vec![100, 0], "the refused change touched the route");
     }
 }
+
+/// `weft audit policy --kubeconfig` reads a real API server: a Service an
+/// AuthorizationPolicy protects shows its callers and `deny`, one without is a
+/// NoPolicy finding (allow-all lets plaintext in).
+#[test]
+fn audit_policy_reads_a_real_api_server() {
+    let Some(kubeconfig) = std::env::var_os(ENV).map(PathBuf::from) else {
+        eprintln!("skipped: {ENV} is not set (see install_inject_and_check_on_a_real_api_server)");
+        return;
+    };
+    let ns = format!("weft-e2e-audit-{:06x}", rand::random::<u32>() & 0xff_ffff);
+    let kubectl = |args: &[&str], stdin: Option<&str>| {
+        let mut child = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run kubectl");
+        if let Some(text) = stdin {
+            use std::io::Write as _;
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(text.as_bytes())
+                .expect("write to kubectl");
+        }
+        let out = child.wait_with_output().expect("kubectl finished");
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/crds");
+    kubectl(&["apply", "-k", &crds.display().to_string()], None);
+    kubectl(
+        &[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/authorizationpolicies.policy.weft.io",
+        ],
+        None,
+    );
+    let objects = format!(
+        "apiVersion: v1
+kind: Namespace
+metadata: {{ name: {ns} }}
+---
+apiVersion: v1
+kind: Service
+metadata: {{ name: checkout, namespace: {ns} }}
+spec: {{ selector: {{ app: checkout }}, ports: [{{ name: http, port: 80, targetPort: 8080 }}] }}
+---
+apiVersion: v1
+kind: Service
+metadata: {{ name: cart, namespace: {ns} }}
+spec: {{ selector: {{ app: cart }}, ports: [{{ name: http, port: 80, targetPort: 8080 }}] }}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{ name: checkout-0, namespace: {ns}, labels: {{ app: checkout }} }}
+spec: {{ containers: [{{ name: app, image: app, ports: [{{ name: http, containerPort: 8080 }}] }}] }}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{ name: cart-0, namespace: {ns}, labels: {{ app: cart }} }}
+spec: {{ containers: [{{ name: app, image: app, ports: [{{ name: http, containerPort: 8080 }}] }}] }}
+---
+apiVersion: policy.weft.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {{ name: checkout-from-web, namespace: {ns} }}
+spec:
+  targetRef: {{ group: \"\", kind: Service, name: checkout }}
+  rules: [{{ from: {{ serviceAccounts: [{{ name: web }}] }} }}]
+"
+    );
+    kubectl(&["apply", "-f", "-"], Some(&objects));
+    let out = weft(
+        &["audit", "policy", "--output", "json", "--kubeconfig"],
+        &kubeconfig,
+        &[],
+    );
+    kubectl(&["delete", "namespace", &ns, "--wait=false"], None);
+    assert!(
+        out.status.success(),
+        "weft audit policy failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let service = |name: &str| {
+        report["services"]
+            .as_array()
+            .expect("services")
+            .iter()
+            .find(|s| s["namespace"] == ns.as_str() && s["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {report}"))
+            .clone()
+    };
+    let checkout = service("checkout");
+    assert_eq!(checkout["ports"][0]["defaultMode"], "deny", "{checkout}");
+    assert_eq!(
+        checkout["ports"][0]["policies"],
+        serde_json::json!(["checkout-from-web"])
+    );
+    assert_eq!(
+        checkout["ports"][0]["allowed"],
+        serde_json::json!([format!("service account {ns}/web")])
+    );
+    let cart = service("cart");
+    assert_eq!(cart["ports"][0]["plaintextAllowed"], true, "{cart}");
+    let findings = report["findings"].as_array().expect("findings");
+    assert!(
+        findings
+            .iter()
+            .any(|f| f["kind"] == "NoPolicy" && f["object"] == format!("Service {ns}/cart")),
+        "{report}"
+    );
+    assert!(
+        !findings
+            .iter()
+            .any(|f| f["object"] == format!("Service {ns}/checkout") && f["kind"] == "NoPolicy"),
+        "{report}"
+    );
+}
