@@ -148,6 +148,10 @@ pub mod env {
     /// The app ports (comma-separated) whose inbound policy the proxy watches
     /// from the start (the injector sets the pod's container ports).
     pub const INBOUND_PORTS: &str = "WEFT_PROXY_INBOUND_PORTS";
+    /// The kubelet's HTTP and gRPC probes, `port:path` separated by spaces
+    /// (`8080:/healthz 9090:/grpc.health.v1.Health/Check`): the inbound proxy
+    /// lets a plaintext caller make exactly these requests in every mode.
+    pub const PROBE_PATHS: &str = "WEFT_PROXY_PROBE_PATHS";
     /// The pod's name and namespace (downward API), from which the injector
     /// composes [`WORKLOAD`].
     pub const POD_NAME: &str = "WEFT_PROXY_POD_NAME";

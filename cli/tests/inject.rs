@@ -182,13 +182,19 @@ fn inject_and_uninject_a_multi_document_manifest() {
         env_of(proxy, "WEFT_PROXY_IDENTITY"),
         Some("spiffe://cluster.local/ns/shop/sa/web")
     );
+    // The readiness probe goes through the proxy, which lets its path through.
     assert_eq!(
         env_of(
             &web["spec"]["initContainers"][0],
             "WEFT_INIT_SKIP_INBOUND_PORTS"
         ),
-        Some("8080"),
-        "the readiness probe's port"
+        None,
+        "an HTTP probe's port stays intercepted"
+    );
+    assert_eq!(
+        env_of(proxy, "WEFT_PROXY_PROBE_PATHS"),
+        Some("8080:/healthz"),
+        "the readiness probe"
     );
     assert_eq!(
         web["metadata"]["annotations"]["weft.io/injected-by"].as_str(),

@@ -56,10 +56,11 @@ pub struct InjectConfig {
     /// PostgreSQL, Redis, Elasticsearch, memcached), which protocol detection
     /// would otherwise hold for its timeout.
     pub opaque_ports: String,
-    /// Keep the ports of the app's kubelet probes out of the inbound redirect,
-    /// so the probes reach the app directly. Default true: the inbound proxy
-    /// refuses plaintext under `mesh-only` and `deny` and does not yet exempt
-    /// the probes' paths; see docs/architecture.md, "Injection".
+    /// Keep the ports of every kubelet probe of the app out of the inbound
+    /// redirect. Default false: the proxy lets plaintext callers make the
+    /// HTTP and gRPC probes' own requests, so those ports stay protected; only
+    /// `tcpSocket` and HTTPS probe ports are kept out (see
+    /// docs/architecture.md, "Injection").
     pub skip_probe_ports: bool,
     /// Lifetime asked for the projected token (the kubelet renews it at 80 %).
     /// Default 3600.
@@ -114,7 +115,7 @@ impl Default for InjectConfig {
             skip_outbound_ports: String::new(),
             skip_subnets: String::new(),
             opaque_ports: "25,587,3306,4444,5432,6379,9300,11211".to_owned(),
-            skip_probe_ports: true,
+            skip_probe_ports: false,
             token_expiration_seconds: 3600,
         }
     }

@@ -21,6 +21,9 @@ use weft_api::policy::{Decision, InboundMode, InboundPolicy, ProtocolHint};
 use crate::inbound_policy::InboundPolicies;
 use crate::metrics::{AuthzLabels, Metrics};
 
+/// The policy label of a kubelet probe let through.
+pub const PROBE_POLICY: &str = "kubelet-probe";
+
 /// How often one (caller, port, policy) denial is logged again.
 const LOG_EVERY: Duration = Duration::from_secs(60);
 /// Denial log keys kept; past this the oldest are forgotten (a flood of
@@ -63,6 +66,9 @@ pub struct Authorizer {
     /// `default:<mode>` of each [`InboundMode::ALL`], the policy label of
     /// decisions by the default mode.
     default_labels: [Arc<str>; 4],
+    /// The kubelet's probes (port, path), which plaintext callers may make.
+    probes: Vec<(u16, String)>,
+    probe_label: Arc<str>,
     metrics: Arc<Metrics>,
     logged: Mutex<HashMap<LogKey, Logged>>,
 }
@@ -90,6 +96,8 @@ impl Authorizer {
             policy: Arc::new(default_policy(mode)),
             pushed: None,
             default_labels: InboundMode::ALL.map(|m| Arc::from(format!("default:{m}"))),
+            probes: Vec::new(),
+            probe_label: Arc::from(PROBE_POLICY),
             metrics,
             logged: Mutex::new(HashMap::new()),
         }
@@ -101,6 +109,13 @@ impl Authorizer {
         self
     }
 
+    /// Lets plaintext callers make the kubelet's probes, `(port, path)`, in
+    /// every mode (counted as policy [`PROBE_POLICY`]).
+    pub fn with_probes(mut self, probes: Vec<(u16, String)>) -> Self {
+        self.probes = probes;
+        self
+    }
+
     /// The controller's policies, when it pushes them.
     pub fn pushed(&self) -> Option<&InboundPolicies> {
         self.pushed.as_ref()
@@ -109,6 +124,23 @@ impl Authorizer {
     /// Whether `caller` may make `request` (`(method, path)`; `None`: an opaque
     /// connection) on the app's `port`. Counts the decision and logs a denial.
     pub async fn allows(&self, port: u16, caller: &Caller, request: Option<(&str, &str)>) -> bool {
+        if caller.identity.is_none()
+            && let Some((method, path)) = request
+            && matches!(method, "GET" | "HEAD" | "POST")
+            && self
+                .probes
+                .iter()
+                .any(|(p, probe)| *p == port && probe == path)
+        {
+            self.metrics.authz(AuthzLabels {
+                decision: "allowed",
+                policy: self.probe_label.clone(),
+                tls: false,
+                peer_identity: caller.label.clone(),
+                port,
+            });
+            return true;
+        }
         let policy = match &self.pushed {
             Some(pushed) => pushed.policy(port).await,
             None => self.policy.clone(),

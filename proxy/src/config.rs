@@ -104,6 +104,9 @@ pub struct ProxyConfig {
     /// (`WEFT_PROXY_INBOUND_PORTS`; the app's port when it is fixed); others
     /// the first time a caller reaches them.
     pub inbound_ports: Vec<u16>,
+    /// The kubelet's probes (`port`, path) that plaintext callers may make in
+    /// every inbound mode (`WEFT_PROXY_PROBE_PATHS`).
+    pub probe_paths: Vec<(u16, String)>,
     /// What the program running the proxy adds to the admin server.
     pub admin: crate::admin::Extras,
 }
@@ -128,6 +131,7 @@ impl ProxyConfig {
             default_inbound: weft_api::policy::InboundMode::default(),
             workload: None,
             inbound_ports: Vec::new(),
+            probe_paths: Vec::new(),
             admin: crate::admin::Extras::default(),
         }
     }
@@ -324,6 +328,7 @@ impl Config {
             .filter(|w| !w.is_empty())
             .map(str::to_owned);
         proxy.inbound_ports = p.ports(env::INBOUND_PORTS);
+        proxy.probe_paths = p.probe_paths(env::PROBE_PATHS);
         (proxy.upstreams, proxy.service_upstreams) = p.upstreams(env::UPSTREAMS);
         proxy.transparent = p.transparent(proxy.app == AppTarget::OriginalDst);
         let identity = p.identity_source();
@@ -587,6 +592,28 @@ impl Parser<'_> {
         }
         t.opaque_ports = self.ports(env::OPAQUE_PORTS);
         Some(t)
+    }
+
+    /// `port:/path` entries separated by spaces; absent: none.
+    fn probe_paths(&mut self, var: &'static str) -> Vec<(u16, String)> {
+        let mut out = Vec::new();
+        let Some(v) = self.get(var).map(str::to_owned) else {
+            return out;
+        };
+        for item in v.split_whitespace() {
+            let parsed = item.split_once(':').and_then(|(port, path)| {
+                let port = port.parse::<u16>().ok().filter(|p| *p > 0)?;
+                path.starts_with('/').then(|| (port, path.to_owned()))
+            });
+            match parsed {
+                Some(entry) => out.push(entry),
+                None => self.error(
+                    var,
+                    format!("{item:?} is not port:/path; expected e.g. 8080:/healthz"),
+                ),
+            }
+        }
+        out
     }
 
     /// A comma-separated list of ports (`25,6379`); absent: none.

@@ -143,7 +143,8 @@ pub async fn start_with(
         .chain(outbound_addrs.iter().map(SocketAddr::port))
         .collect();
 
-    let mut authz = crate::authz::Authorizer::new(config.default_inbound, metrics.clone());
+    let mut authz = crate::authz::Authorizer::new(config.default_inbound, metrics.clone())
+        .with_probes(config.probe_paths.clone());
     match (&discovery, &config.workload) {
         (Some(discovery), Some(workload)) => {
             let pushed = crate::inbound_policy::InboundPolicies::new(

@@ -259,3 +259,40 @@ async fn audit_lets_the_would_be_denial_through_and_counts_it() {
     )
     .await;
 }
+
+/// The kubelet's probes (`WEFT_PROXY_PROBE_PATHS`) reach the app in plaintext
+/// under `deny`, on the port they name and for their exact path only; every
+/// other plaintext request on that port is still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubelet_probe_paths_pass_under_deny_and_nothing_else_does() {
+    let ca = TestCa::new("weft test");
+    let app = apps::http_echo().await;
+    let inbound = weft_tests::control::free_port();
+    let mut config = ProxyConfig::new(AppTarget::Fixed(app));
+    config.inbound_addr = inbound;
+    config.admin_addr = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.default_inbound = InboundMode::Deny;
+    config.probe_paths = vec![(inbound.port(), "/healthz".to_owned())];
+    let server = weft_proxy::start(config, ca.mesh_tls(SERVER_ID))
+        .await
+        .expect("server proxy starts");
+
+    let probe = get(server.inbound_addr, "/healthz").await;
+    assert_eq!(probe.status, StatusCode::OK);
+    assert_eq!(probe.seen_client_id.as_deref(), Some(""));
+    for path in ["/healthz/x", "/orders", "/"] {
+        let other = get(server.inbound_addr, path).await;
+        assert_eq!(other.status, StatusCode::FORBIDDEN, "{path}");
+        assert_eq!(other.seen_client_id, None, "{path} reached the app");
+    }
+    let port = server.inbound_addr.port();
+    expect_count(
+        &server,
+        &format!(
+            "weft_inbound_authz_total{{decision=\"allowed\",policy=\"kubelet-probe\",tls=\"false\",peer_identity=\"\",port=\"{port}\"}}"
+        ),
+        1.0,
+    )
+    .await;
+    expect_count(&server, &authz("denied", InboundMode::Deny, "", port), 3.0).await;
+}

@@ -27,6 +27,9 @@ pub(super) struct ProxyInputs<'a> {
     pub native: bool,
     /// The app containers' ports, whose inbound policy the proxy watches from the start.
     pub inbound_ports: Vec<u16>,
+    /// The kubelet's HTTP and gRPC probes (`port`, path), which the proxy lets
+    /// plaintext callers make.
+    pub probe_paths: Vec<(u16, String)>,
 }
 
 /// The TCP ports the pod's containers declare, sorted.
@@ -185,6 +188,14 @@ pub(super) fn proxy_container(config: &InjectConfig, p: &ProxyInputs<'_>) -> Con
             format!("$({})/$({})", env::POD_NAMESPACE, env::POD_NAME),
         ),
     ];
+    if !p.probe_paths.is_empty() {
+        let paths: Vec<String> = p
+            .probe_paths
+            .iter()
+            .map(|(port, path)| format!("{port}:{path}"))
+            .collect();
+        env.push(env_var(env::PROBE_PATHS, paths.join(" ")));
+    }
     if !p.inbound_ports.is_empty() {
         let ports: Vec<String> = p.inbound_ports.iter().map(u16::to_string).collect();
         env.push(env_var(env::INBOUND_PORTS, ports.join(",")));

@@ -3,7 +3,8 @@
 //!
 //! - `decide`: the opt-in truth table, pods never injected, Job pods.
 //! - `settings`: the `config.weft.io/*` settings (configuration < namespace < pod), checked.
-//! - `probes`: the ports of the app's kubelet probes.
+//! - `probes`: the app's kubelet probes: the paths the proxy lets through, the
+//!   ports it cannot.
 //! - `containers`: `weft-init`, the proxy, the volumes.
 //! - `patch`: the JSON patch of explicit `add` operations.
 //! - `quantity`: Kubernetes resource quantities.
@@ -185,15 +186,18 @@ fn additions(
     let init_resources = settings::init_resources(config)?;
 
     let mut skip_inbound = settings.skip_inbound_ports.clone();
-    if config.skip_probe_ports {
-        skip_inbound.extend(
-            probes::probe_ports(spec)
-                .into_iter()
-                .map(|p| weft_proxy::iptables::PortRange { first: p, last: p }),
-        );
-        skip_inbound.sort();
-        skip_inbound.dedup();
-    }
+    let bypass = if config.skip_probe_ports {
+        probes::probe_ports(spec)
+    } else {
+        probes::bypass_ports(spec)
+    };
+    skip_inbound.extend(
+        bypass
+            .into_iter()
+            .map(|p| weft_proxy::iptables::PortRange { first: p, last: p }),
+    );
+    skip_inbound.sort();
+    skip_inbound.dedup();
     let native = config.native_sidecars;
     let init = containers::init_container(
         config,
@@ -210,6 +214,7 @@ fn additions(
             shutdown_endpoint: !native && decide::is_job_pod(pod),
             native,
             inbound_ports: containers::app_ports(spec),
+            probe_paths: probes::probe_paths(spec).into_iter().collect(),
         },
     );
     let mut annotations =
