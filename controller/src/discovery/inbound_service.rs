@@ -18,7 +18,7 @@ use weft_api::Identity;
 use weft_api::policy::{InboundPolicy, InboundRequest};
 use weft_api::proto::weft_v1 as pb;
 
-use super::service::Subscribe;
+use super::service::{Counted, Subscribe, watch_stream};
 use crate::grpc::ConnInfo;
 use crate::metrics::Metrics;
 
@@ -75,48 +75,18 @@ impl InboundService {
 /// The stream of one `Watch` call.
 pub type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::InboundPolicy, Status>> + Send>>;
 
-/// Counts a stream in the subscribers gauge while it lives.
-struct Subscribed(Arc<Metrics>);
-
-impl Subscribed {
-    fn new(metrics: Arc<Metrics>) -> Self {
-        metrics.inbound_subscribed(1);
-        Self(metrics)
-    }
-}
-
-impl Drop for Subscribed {
-    fn drop(&mut self) {
-        self.0.inbound_subscribed(-1);
-    }
-}
-
-/// The current policy at once, then each new one.
+/// The port's policy at once, then each new one.
 fn policies(
     receiver: watch::Receiver<Arc<InboundPolicy>>,
-    subscribed: Subscribed,
+    metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) -> WatchStream {
-    Box::pin(futures::stream::unfold(
-        (receiver, true, subscribed),
-        move |(mut receiver, first, subscribed)| {
-            let stop = stop.clone();
-            async move {
-                if !first {
-                    tokio::select! {
-                        changed = receiver.changed() => changed.ok()?,
-                        () = stop.cancelled() => return None,
-                    }
-                }
-                let policy = receiver.borrow_and_update().clone();
-                subscribed.0.inbound_policy_sent();
-                Some((
-                    Ok(pb::InboundPolicy::from(&*policy)),
-                    (receiver, false, subscribed),
-                ))
-            }
-        },
-    ))
+    let counted = Counted::new(
+        metrics,
+        Metrics::inbound_subscribed,
+        Metrics::inbound_policy_sent,
+    );
+    watch_stream(receiver, counted, stop, |p| pb::InboundPolicy::from(p))
 }
 
 #[tonic::async_trait]
@@ -135,7 +105,7 @@ impl pb::inbound_server::Inbound for InboundService {
                 tracing::debug!(peer = ?remote, workload = %request.workload, port = request.port, "inbound policy stream opened");
                 Ok(Response::new(policies(
                     receiver,
-                    Subscribed::new(self.metrics.clone()),
+                    self.metrics.clone(),
                     self.stop.clone(),
                 )))
             }

@@ -129,32 +129,50 @@ impl DiscoveryService {
 /// The stream of one `Watch` call.
 pub type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::DestinationState, Status>> + Send>>;
 
-/// Counts a stream in the subscribers gauge while it lives.
-struct Subscribed(Arc<Metrics>);
+/// Counts a stream in its subscribers gauge while it lives, and each message
+/// it sends (`Discovery.Watch`'s or `Inbound.Watch`'s metrics).
+pub(crate) struct Counted {
+    metrics: Arc<Metrics>,
+    subscribed: fn(&Metrics, i64),
+    sent: fn(&Metrics),
+}
 
-impl Subscribed {
-    fn new(metrics: Arc<Metrics>) -> Self {
-        metrics.discovery_subscribed(1);
-        Self(metrics)
+impl Counted {
+    pub(crate) fn new(
+        metrics: Arc<Metrics>,
+        subscribed: fn(&Metrics, i64),
+        sent: fn(&Metrics),
+    ) -> Self {
+        subscribed(&metrics, 1);
+        Self {
+            metrics,
+            subscribed,
+            sent,
+        }
     }
 }
 
-impl Drop for Subscribed {
+impl Drop for Counted {
     fn drop(&mut self) {
-        self.0.discovery_subscribed(-1);
+        (self.subscribed)(&self.metrics, -1);
     }
 }
 
-/// The current snapshot at once, then each new one; ends when the index drops
-/// the target.
-fn snapshots(
-    receiver: watch::Receiver<Arc<DestinationState>>,
-    subscribed: Subscribed,
+/// The stream of a `watch`: the current value at once, then each new one
+/// (as `to_wire` makes it); ends when the sender goes or `stop` is cancelled.
+pub(crate) fn watch_stream<T, W>(
+    receiver: watch::Receiver<Arc<T>>,
+    counted: Counted,
     stop: CancellationToken,
-) -> WatchStream {
+    to_wire: fn(&T) -> W,
+) -> Pin<Box<dyn Stream<Item = Result<W, Status>> + Send>>
+where
+    T: Send + Sync + 'static,
+    W: Send + 'static,
+{
     Box::pin(futures::stream::unfold(
-        (receiver, true, subscribed),
-        move |(mut receiver, first, subscribed)| {
+        (receiver, true, counted),
+        move |(mut receiver, first, counted)| {
             let stop = stop.clone();
             async move {
                 if !first {
@@ -163,15 +181,27 @@ fn snapshots(
                         () = stop.cancelled() => return None,
                     }
                 }
-                let snapshot = receiver.borrow_and_update().clone();
-                subscribed.0.discovery_snapshot_sent();
-                Some((
-                    Ok(pb::DestinationState::from(&*snapshot)),
-                    (receiver, false, subscribed),
-                ))
+                let value = receiver.borrow_and_update().clone();
+                (counted.sent)(&counted.metrics);
+                Some((Ok(to_wire(&value)), (receiver, false, counted)))
             }
         },
     ))
+}
+
+/// The current snapshot at once, then each new one; ends when the index drops
+/// the target.
+fn snapshots(
+    receiver: watch::Receiver<Arc<DestinationState>>,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) -> WatchStream {
+    let counted = Counted::new(
+        metrics,
+        Metrics::discovery_subscribed,
+        Metrics::discovery_snapshot_sent,
+    );
+    watch_stream(receiver, counted, stop, |s| pb::DestinationState::from(s))
 }
 
 #[tonic::async_trait]
@@ -190,7 +220,7 @@ impl pb::discovery_server::Discovery for DiscoveryService {
                 tracing::debug!(peer = ?remote, caller = %request.caller, target = %request.target, "discovery stream opened");
                 Ok(Response::new(snapshots(
                     receiver,
-                    Subscribed::new(self.metrics.clone()),
+                    self.metrics.clone(),
                     self.stop.clone(),
                 )))
             }
