@@ -77,6 +77,13 @@ impl InboundPolicies {
     /// The policy in force on `port`, waiting up to [`FIRST_ANSWER_TIMEOUT`]
     /// for the controller's first answer about it.
     pub async fn policy(&self, port: u16) -> Arc<InboundPolicy> {
+        // The common case, once the controller has answered: one lookup, no
+        // receiver cloned.
+        if let Some(p) = lock(&self.ports).get(&port)
+            && *p.answered.borrow()
+        {
+            return p.policy.borrow().clone();
+        }
         let Port {
             policy,
             mut answered,
