@@ -173,6 +173,16 @@ pub struct Pod {
 }
 
 impl Pod {
+    /// A listener bound inside the pod, ready for tokio.
+    pub fn tokio_listener(
+        &self,
+        addr: std::net::SocketAddr,
+    ) -> anyhow::Result<tokio::net::TcpListener> {
+        let listener = self.enter(|| std::net::TcpListener::bind(addr))??;
+        listener.set_nonblocking(true)?;
+        Ok(tokio::net::TcpListener::from_std(listener)?)
+    }
+
     /// The namespace's name (for `ip netns exec`).
     pub fn name(&self) -> &str {
         &self.name

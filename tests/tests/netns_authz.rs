@@ -177,14 +177,7 @@ async fn an_authorization_policy_decides_by_identity_and_changes_live() {
         mesh.mesh_pod(pod, name, &refs).unwrap()
     };
     let server = start(server, "server", Some("default/server-0"));
-    apps::http_echo_on({
-        let listener = server
-            .enter(|| std::net::TcpListener::bind("0.0.0.0:8080"))
-            .unwrap()
-            .unwrap();
-        listener.set_nonblocking(true).unwrap();
-        tokio::net::TcpListener::from_std(listener).unwrap()
-    });
+    apps::http_echo_on(server.tokio_listener(([0, 0, 0, 0], 8080).into()).unwrap());
     let allowed = start(mesh.net.pod("allowed").unwrap(), "allowed", None);
     let other = start(mesh.net.pod("other").unwrap(), "other", None);
     let plain = mesh.plain_pod("plain").unwrap();
@@ -309,14 +302,7 @@ async fn audit_mode_lets_the_would_be_denial_through_and_counts_it() {
     let server = mesh
         .meshed_pod("audited", &[(env::DEFAULT_INBOUND_POLICY, "audit")])
         .unwrap();
-    apps::http_echo_on({
-        let listener = server
-            .enter(|| std::net::TcpListener::bind("0.0.0.0:8080"))
-            .unwrap()
-            .unwrap();
-        listener.set_nonblocking(true).unwrap();
-        tokio::net::TcpListener::from_std(listener).unwrap()
-    });
+    apps::http_echo_on(server.tokio_listener(([0, 0, 0, 0], 8080).into()).unwrap());
     let plain = mesh.plain_pod("plain").unwrap();
     let text = curl(&plain, &server);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");

@@ -45,10 +45,7 @@ fn stdout(out: &Output) -> String {
 
 /// A std listener bound inside `pod`, ready for tokio.
 fn tokio_listener(pod: &Pod, addr: &str) -> tokio::net::TcpListener {
-    let addr: SocketAddr = addr.parse().unwrap();
-    let listener = pod.enter(|| TcpListener::bind(addr)).unwrap().unwrap();
-    listener.set_nonblocking(true).unwrap();
-    tokio::net::TcpListener::from_std(listener).unwrap()
+    pod.tokio_listener(addr.parse().unwrap()).unwrap()
 }
 
 /// A TCP connection made from inside `pod` (as root, so it is redirected).
