@@ -235,6 +235,29 @@ pub struct ObjectStatus {
     pub parent_conditions: Vec<Vec<StatusCondition>>,
 }
 
+impl ObjectStatus {
+    /// The status of a policy (no parents): its conditions about `generation`.
+    pub(crate) fn policy(
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        generation: Option<i64>,
+        conditions: Vec<StatusCondition>,
+    ) -> Self {
+        Self {
+            object: ObjectRef {
+                kind,
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            },
+            generation,
+            parents: Vec::new(),
+            conditions,
+            parent_conditions: Vec::new(),
+        }
+    }
+}
+
 /// One condition, without its times (the writer adds them).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatusCondition {
@@ -702,17 +725,13 @@ impl Index {
                     }
                 });
             }
-            out.push(ObjectStatus {
-                object: ObjectRef {
-                    kind: Kind::Resilience,
-                    namespace: namespace.clone(),
-                    name: name.clone(),
-                },
-                generation: entry.generation,
-                parents: Vec::new(),
+            out.push(ObjectStatus::policy(
+                Kind::Resilience,
+                namespace,
+                name,
+                entry.generation,
                 conditions,
-                parent_conditions: Vec::new(),
-            });
+            ));
         }
         out.extend(self.authorization_statuses());
         out

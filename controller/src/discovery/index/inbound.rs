@@ -40,8 +40,8 @@ use weft_api::{
 };
 
 use super::{
-    Index, Key, Kind, ObjectRef, ObjectStatus, PodInfo, ServiceInfo, StatusCondition, TargetPort,
-    accepted, next_entry,
+    Index, Key, Kind, ObjectStatus, PodInfo, ServiceInfo, StatusCondition, TargetPort, accepted,
+    next_entry,
 };
 
 /// A subscribed workload port: ((namespace, pod), port).
@@ -354,17 +354,13 @@ impl Index {
                     },
                 });
             }
-            out.push(ObjectStatus {
-                object: ObjectRef {
-                    kind: Kind::AuthorizationPolicy,
-                    namespace: namespace.clone(),
-                    name: name.clone(),
-                },
-                generation: entry.generation,
-                parents: Vec::new(),
+            out.push(ObjectStatus::policy(
+                Kind::AuthorizationPolicy,
+                namespace,
+                name,
+                entry.generation,
                 conditions,
-                parent_conditions: Vec::new(),
-            });
+            ));
         }
         out
     }
