@@ -25,6 +25,7 @@
 //!   HTTPRoute, GRPCRoute, ResiliencePolicy and Workloads documents of DIR's `*.yaml`
 //!   files, reloaded when they change (`discovery::local`).
 //! - `--log` (default info): log filter (`tracing_subscriber::EnvFilter` syntax).
+//! - `--log-format` (default plain): `plain`, or `json` for one JSON object per line.
 //!
 //! `weft-controller issue-token --identity <spiffe id> [--ttl 30d] [--state-dir .weft]`
 //! prints a bootstrap token for a local workload.
@@ -93,6 +94,9 @@ pub struct ServeArgs {
     /// Log filter.
     #[arg(long, default_value = "info")]
     pub log: String,
+    /// Log format: `plain` or `json` (one JSON object per line).
+    #[arg(long, default_value = "plain")]
+    pub log_format: String,
     /// The mesh's default inbound mode (`allow-all`, `mesh-only`, `deny` or
     /// `audit`) for ports of pods and namespaces without a
     /// `config.weft.io/default-inbound-policy` annotation.
@@ -128,6 +132,8 @@ pub struct ServeConfig {
     pub settings: Settings,
     pub audit_echo: AuditEcho,
     pub log: String,
+    /// One JSON object per log line (`--log-format json`).
+    pub json_logs: bool,
     /// Local mode's policy directory, when discovery is served from one.
     pub policy_dir: Option<PathBuf>,
     pub default_inbound_mode: weft_api::policy::InboundMode,
@@ -204,6 +210,16 @@ impl ServeArgs {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
             errors.push(format!("--log {:?}: {e}", self.log));
         }
+        let json_logs = match self.log_format.as_str() {
+            "plain" => false,
+            "json" => true,
+            other => {
+                errors.push(format!(
+                    "--log-format {other:?}: not a log format; use plain or json"
+                ));
+                false
+            }
+        };
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
@@ -234,6 +250,7 @@ impl ServeArgs {
             audit_echo,
             state_dir: self.state_dir.clone(),
             log: self.log.clone(),
+            json_logs,
             policy_dir: self.policy_dir.clone(),
             default_inbound_mode,
             settings: Settings {
@@ -346,6 +363,8 @@ mod tests {
             "5 parsecs",
             "--trust-domain",
             "Bad.Domain",
+            "--log-format",
+            "xml",
         ])
         .unwrap_err();
         let text = err.to_string();
@@ -356,10 +375,13 @@ mod tests {
             "--cert-lifetime",
             "--issuer-poll",
             "--trust-domain",
+            "--log-format",
         ] {
             assert!(text.contains(flag), "{flag} missing from:\n{text}");
         }
-        assert_eq!(err.0.len(), 6, "{text}");
+        assert_eq!(err.0.len(), 7, "{text}");
+        assert!(serve(&["--log-format", "json"]).unwrap().json_logs);
+        assert!(!serve(&[]).unwrap().json_logs);
     }
 
     #[test]

@@ -18,10 +18,14 @@ async fn main() -> anyhow::Result<()> {
     match args.command {
         Command::Serve(serve) => {
             let config = serve.settings()?;
-            tracing_subscriber::fmt()
+            let logs = tracing_subscriber::fmt()
                 .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log))
-                .with_ansi(std::io::stdout().is_terminal())
-                .init();
+                .with_ansi(std::io::stdout().is_terminal());
+            if config.json_logs {
+                logs.json().init();
+            } else {
+                logs.init();
+            }
             // kube's HTTPS client picks the process-wide provider.
             let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
             let stop = tokio_util::sync::CancellationToken::new();
