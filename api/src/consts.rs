@@ -58,6 +58,16 @@ pub mod alpn {
 
 /// Environment variables the proxy reads (set by the injector in a pod, by the
 /// local controller in local mode, or by hand). Defaults are documented on each.
+/// The OpenTelemetry SDK's standard variables the proxy reads for tracing
+/// (the injector sets them from the pod and its settings).
+pub mod otel_env {
+    pub const EXPORTER_OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+    pub const SERVICE_NAME: &str = "OTEL_SERVICE_NAME";
+    pub const RESOURCE_ATTRIBUTES: &str = "OTEL_RESOURCE_ATTRIBUTES";
+    pub const TRACES_SAMPLER: &str = "OTEL_TRACES_SAMPLER";
+    pub const TRACES_SAMPLER_ARG: &str = "OTEL_TRACES_SAMPLER_ARG";
+}
+
 pub mod env {
     /// Inbound listener address. Default `0.0.0.0:15143`.
     pub const INBOUND_ADDR: &str = "WEFT_PROXY_INBOUND_ADDR";
@@ -283,9 +293,15 @@ pub mod inject {
         /// The workload's default inbound policy (one of
         /// `weft_api::policy::InboundMode`).
         pub const DEFAULT_INBOUND_POLICY: &str = "config.weft.io/default-inbound-policy";
+        /// Where the proxy sends its spans (OTLP/gRPC, `http://collector:4317`;
+        /// empty: tracing off).
+        pub const OTLP_ENDPOINT: &str = "config.weft.io/otlp-endpoint";
+        /// The share of new traces the proxy samples (0 to 1); requests that
+        /// arrive with a trace context follow its decision.
+        pub const TRACE_SAMPLE_RATIO: &str = "config.weft.io/trace-sample-ratio";
 
         /// Every annotation of the prefix the injector understands.
-        pub const ALL: [&str; 10] = [
+        pub const ALL: [&str; 12] = [
             SKIP_INBOUND_PORTS,
             SKIP_OUTBOUND_PORTS,
             SKIP_SUBNETS,
@@ -296,6 +312,8 @@ pub mod inject {
             PROXY_MEMORY_LIMIT,
             LOG_LEVEL,
             DEFAULT_INBOUND_POLICY,
+            OTLP_ENDPOINT,
+            TRACE_SAMPLE_RATIO,
         ];
     }
 

@@ -62,6 +62,14 @@ pub struct InjectConfig {
     /// `tcpSocket` and HTTPS probe ports are kept out (see
     /// docs/architecture.md, "Injection").
     pub skip_probe_ports: bool,
+    /// Where proxies send their spans, OTLP over gRPC (`http://host:4317`, or
+    /// `https://` for TLS; `config.weft.io/otlp-endpoint`). Default empty:
+    /// tracing off, and no `OTEL_*` variable is added.
+    pub otlp_endpoint: String,
+    /// The share of new traces sampled, 0 to 1
+    /// (`config.weft.io/trace-sample-ratio`); a request that arrives with a
+    /// trace context follows its caller's decision. Default 0.01.
+    pub trace_sample_ratio: String,
     /// Lifetime asked for the projected token (the kubelet renews it at 80 %).
     /// Default 3600.
     pub token_expiration_seconds: i64,
@@ -116,6 +124,8 @@ impl Default for InjectConfig {
             skip_subnets: String::new(),
             opaque_ports: "25,587,3306,4444,5432,6379,9300,11211".to_owned(),
             skip_probe_ports: false,
+            otlp_endpoint: String::new(),
+            trace_sample_ratio: "0.01".to_owned(),
             token_expiration_seconds: 3600,
         }
     }

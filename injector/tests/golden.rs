@@ -230,6 +230,22 @@ fn denials_name_the_annotation_the_value_and_what_is_expected() {
             "open",
             "one of allow-all, mesh-only, deny, audit",
         ),
+        (
+            "config.weft.io/otlp-endpoint",
+            "collector:4317",
+            "expected an OTLP/gRPC URL",
+        ),
+        (
+            "config.weft.io/otlp-endpoint",
+            "http://collector:4317/v1/traces",
+            "takes no path",
+        ),
+        (
+            "config.weft.io/trace-sample-ratio",
+            "5%",
+            "expected a number from 0 to 1",
+        ),
+        ("config.weft.io/trace-sample-ratio", "2", "outside 0 to 1"),
     ] {
         match mutate(&pod(&[(key, value)]), &labelled(), &config) {
             Decision::Deny(message) => {
@@ -262,10 +278,12 @@ fn no_trust_anchors_is_a_denial_not_a_broken_proxy() {
     }
 }
 
-/// The injected proxy's environment is one the proxy itself accepts.
+/// The injected proxy's environment is one the proxy itself accepts, tracing
+/// on.
 #[test]
 fn the_proxy_accepts_the_environment_it_is_given() {
-    let config = config(None);
+    let mut config = config(None);
+    config.otlp_endpoint = "http://collector.observability:4317".into();
     let Decision::Inject(patch) = mutate(&pod(&[]), &labelled(), &config) else {
         panic!("not injected");
     };
@@ -300,6 +318,18 @@ fn the_proxy_accepts_the_environment_it_is_given() {
         };
         vars.insert(e.name, value);
     }
+    let var = |name: &str| vars.get(name).map(String::as_str);
+    assert_eq!(
+        var("OTEL_EXPORTER_OTLP_ENDPOINT"),
+        Some("http://collector.observability:4317")
+    );
+    assert_eq!(var("OTEL_TRACES_SAMPLER"), Some("parentbased_traceidratio"));
+    assert_eq!(var("OTEL_TRACES_SAMPLER_ARG"), Some("0.01"));
+    assert_eq!(var("OTEL_SERVICE_NAME"), Some("p"));
+    assert_eq!(
+        var("OTEL_RESOURCE_ATTRIBUTES"),
+        Some("k8s.namespace.name=shop,k8s.pod.name=p")
+    );
     let parsed = weft_proxy::Config::from_env(&vars).unwrap();
     assert!(!parsed.proxy.shutdown_endpoint);
     assert_eq!(parsed.proxy.workload.as_deref(), Some("shop/p"));

@@ -67,6 +67,15 @@ pub struct InstallArgs {
     /// `allow-all` (default), `mesh-only`, `deny` or `audit`.
     #[arg(long, value_parser = options::parse_inbound_mode, default_value = "allow-all")]
     pub default_inbound_mode: InboundMode,
+    /// Injected proxies send their spans to this OpenTelemetry collector,
+    /// OTLP over gRPC (`http://otel-collector.observability:4317`, `https://`
+    /// for TLS). Default: tracing off.
+    #[arg(long, default_value = "")]
+    pub otlp_endpoint: String,
+    /// The share of new traces the proxies sample, 0 to 1; requests that
+    /// arrive with a trace context follow the caller's decision.
+    #[arg(long, default_value = "0.01")]
+    pub trace_sample_ratio: String,
     /// Use the issuer in this directory (`tls.crt`, `tls.key`, `ca.crt`)
     /// instead of generating a trust anchor and an issuer.
     #[arg(long)]
@@ -109,6 +118,8 @@ impl InstallArgs {
             webhook_url: self.webhook_url.clone(),
             failure_policy: self.failure_policy,
             default_inbound_mode: self.default_inbound_mode,
+            otlp_endpoint: self.otlp_endpoint.clone(),
+            trace_sample_ratio: self.trace_sample_ratio.clone(),
             controller_image: self
                 .controller_image
                 .clone()

@@ -53,6 +53,10 @@ pub struct InstallOptions {
     pub init_image: String,
     /// Size of each controller replica's audit volume.
     pub audit_volume_size: String,
+    /// Where injected proxies send spans (OTLP/gRPC URL; empty: tracing off).
+    pub otlp_endpoint: String,
+    /// The share of new traces the proxies sample, 0 to 1.
+    pub trace_sample_ratio: String,
 }
 
 impl Default for InstallOptions {
@@ -74,6 +78,8 @@ impl Default for InstallOptions {
             proxy_image: inject.proxy_image,
             init_image: inject.init_image,
             audit_volume_size: "1Gi".to_owned(),
+            otlp_endpoint: inject.otlp_endpoint,
+            trace_sample_ratio: inject.trace_sample_ratio,
         }
     }
 }
@@ -127,6 +133,19 @@ impl InstallOptions {
                 errors.push(format!("{flag} {image:?}: must be an image reference"));
             }
         }
+        if let Err(problem) = weft_injector::mutate::check_config(&self.inject_config()) {
+            // The injector names its configuration key; say the flag.
+            let problem = problem
+                .replace(
+                    "the injector's configuration key otlpEndpoint",
+                    "--otlp-endpoint",
+                )
+                .replace(
+                    "the injector's configuration key traceSampleRatio",
+                    "--trace-sample-ratio",
+                );
+            errors.push(problem);
+        }
         if errors.is_empty() {
             Ok(())
         } else {
@@ -170,6 +189,8 @@ impl InstallOptions {
             ),
             native_sidecars: self.native_sidecars,
             default_inbound_policy: self.default_inbound_mode.as_str().to_owned(),
+            otlp_endpoint: self.otlp_endpoint.clone(),
+            trace_sample_ratio: self.trace_sample_ratio.clone(),
             ..InjectConfig::default()
         }
     }
@@ -227,6 +248,35 @@ mod tests {
         };
         let errors = bad.check().unwrap_err().0;
         assert_eq!(errors.len(), 7, "{errors:#?}");
+        let tracing = InstallOptions {
+            otlp_endpoint: "collector:4317".into(),
+            ..InstallOptions::default()
+        };
+        let errors = tracing.check().unwrap_err().0;
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        assert!(
+            errors[0].starts_with("--otlp-endpoint (default of annotation")
+                && errors[0]
+                    .contains("\"collector:4317\" is not valid: it has no http:// or https://"),
+            "{errors:#?}"
+        );
+        let ratio = InstallOptions {
+            trace_sample_ratio: "1.5".into(),
+            ..InstallOptions::default()
+        };
+        let errors = ratio.check().unwrap_err().0;
+        assert!(
+            errors[0].starts_with("--trace-sample-ratio (default of annotation")
+                && errors[0].contains("\"1.5\" is not valid: it is outside 0 to 1"),
+            "{errors:#?}"
+        );
+        InstallOptions {
+            otlp_endpoint: "http://otel-collector.observability:4317".into(),
+            trace_sample_ratio: "1".into(),
+            ..InstallOptions::default()
+        }
+        .check()
+        .unwrap();
     }
 
     #[test]

@@ -4,14 +4,15 @@
 
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction,
-    HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector, Probe, ProjectedVolumeSource,
-    ResourceRequirements, SeccompProfile, SecurityContext, ServiceAccountTokenProjection, Volume,
-    VolumeMount, VolumeProjection,
+    HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector, Pod, Probe,
+    ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecurityContext,
+    ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use weft_api::Identity;
 use weft_api::consts::{
-    IDENTITY_TOKEN_AUDIENCE, PROXY_ADMIN_PORT, PROXY_INBOUND_PORT, PROXY_UID, env, init_env, inject,
+    IDENTITY_TOKEN_AUDIENCE, PROXY_ADMIN_PORT, PROXY_INBOUND_PORT, PROXY_UID, env, init_env,
+    inject, otel_env,
 };
 
 use super::settings::{Settings, ports_text};
@@ -30,6 +31,65 @@ pub(super) struct ProxyInputs<'a> {
     /// The kubelet's HTTP and gRPC probes (`port`, path), which the proxy lets
     /// plaintext callers make.
     pub probe_paths: Vec<(u16, String)>,
+    /// The pod's service name and version for its spans' resource (see
+    /// [`trace_service`]).
+    pub trace_service: (String, Option<String>),
+}
+
+/// The name and version the pod's spans are reported under: the
+/// `app.kubernetes.io/name` label, else `app`, else the name of the
+/// ReplicaSet or Job that made the pod (its `generateName` less the
+/// template hash), else the pod's name, else its service account; the version
+/// from `app.kubernetes.io/version`, else `version`.
+pub(super) fn trace_service(pod: &Pod, service_account: &str) -> (String, Option<String>) {
+    let labels = pod.metadata.labels.as_ref();
+    let label = |key: &str| {
+        labels
+            .and_then(|l| l.get(key))
+            .filter(|v| !v.is_empty())
+            .cloned()
+    };
+    let owner = || {
+        let generated = pod.metadata.generate_name.as_deref()?.trim_end_matches('-');
+        let name = match label("pod-template-hash") {
+            Some(hash) => generated
+                .strip_suffix(hash.as_str())
+                .map_or(generated, |n| n.trim_end_matches('-')),
+            None => generated,
+        };
+        (!name.is_empty()).then(|| name.to_owned())
+    };
+    let name = label("app.kubernetes.io/name")
+        .or_else(|| label("app"))
+        .or_else(owner)
+        .or_else(|| pod.metadata.name.clone().filter(|n| !n.is_empty()))
+        .unwrap_or_else(|| service_account.to_owned());
+    let version = label("app.kubernetes.io/version").or_else(|| label("version"));
+    (name, version)
+}
+
+/// The `OTEL_*` variables of a proxy that traces (none when tracing is off).
+fn otel_env(s: &Settings, (service, version): &(String, Option<String>)) -> Vec<EnvVar> {
+    if s.otlp_endpoint.is_empty() {
+        return Vec::new();
+    }
+    let mut resource = vec![
+        format!("k8s.namespace.name=$({})", env::POD_NAMESPACE),
+        format!("k8s.pod.name=$({})", env::POD_NAME),
+    ];
+    if let Some(version) = version {
+        resource.push(format!("service.version={version}"));
+    }
+    vec![
+        env_var(otel_env::EXPORTER_OTLP_ENDPOINT, s.otlp_endpoint.clone()),
+        env_var(otel_env::TRACES_SAMPLER, "parentbased_traceidratio"),
+        env_var(
+            otel_env::TRACES_SAMPLER_ARG,
+            s.trace_sample_ratio.to_string(),
+        ),
+        env_var(otel_env::SERVICE_NAME, service.clone()),
+        env_var(otel_env::RESOURCE_ATTRIBUTES, resource.join(",")),
+    ]
 }
 
 /// The TCP ports the pod's containers declare, sorted.
@@ -188,6 +248,7 @@ pub(super) fn proxy_container(config: &InjectConfig, p: &ProxyInputs<'_>) -> Con
             format!("$({})/$({})", env::POD_NAMESPACE, env::POD_NAME),
         ),
     ];
+    env.extend(otel_env(s, &p.trace_service));
     if !p.probe_paths.is_empty() {
         let paths: Vec<String> = p
             .probe_paths

@@ -102,6 +102,21 @@ impl fmt::Display for SkipReason {
     }
 }
 
+/// Checks the per-pod settings of a configuration as admission would read
+/// them for a pod and namespace without annotations: the message names the
+/// first bad configuration key (for `weft install`, before anything is
+/// applied).
+pub fn check_config(config: &InjectConfig) -> Result<(), String> {
+    let namespace = NamespaceInfo {
+        name: "default".to_owned(),
+        labels: Default::default(),
+        annotations: Default::default(),
+    };
+    settings::read(&Pod::default(), &namespace, config)?;
+    settings::init_resources(config)?;
+    Ok(())
+}
+
 /// Decides whether and how to inject `pod`, created in `namespace`.
 ///
 /// The namespace's name is `namespace.name`, or the pod's own
@@ -215,6 +230,7 @@ fn additions(
             native,
             inbound_ports: containers::app_ports(spec),
             probe_paths: probes::probe_paths(spec).into_iter().collect(),
+            trace_service: containers::trace_service(pod, service_account),
         },
     );
     let mut annotations =

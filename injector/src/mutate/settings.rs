@@ -28,6 +28,9 @@ pub(super) struct Settings {
     pub proxy_resources: ResourceRequirements,
     pub log_level: String,
     pub default_inbound_policy: String,
+    /// Tracing: the collector (empty: off) and the ratio of new traces sampled.
+    pub otlp_endpoint: String,
+    pub trace_sample_ratio: f64,
 }
 
 /// Where a value came from, for messages.
@@ -95,6 +98,9 @@ const SUBNETS: &str =
     "a comma-separated list of CIDR subnets, e.g. 10.96.0.0/12,fd00::/8 (empty: none)";
 const OPAQUE: &str = "a comma-separated list of ports, e.g. 3306,6379 (empty: none)";
 const LOG: &str = "a tracing filter such as info or warn,weft_proxy=debug";
+const OTLP: &str =
+    "an OTLP/gRPC URL such as http://otel-collector.observability:4317 (empty: tracing off)";
+const RATIO: &str = "a number from 0 to 1, such as 0.01";
 
 /// Reads and checks every setting; the message names the first bad one.
 pub(super) fn read(
@@ -165,6 +171,19 @@ pub(super) fn read(
     }
     let default_inbound_policy = v.text.to_owned();
 
+    let v = layers.value(ann::OTLP_ENDPOINT, "otlpEndpoint", &config.otlp_endpoint);
+    let otlp_endpoint = otlp_endpoint(&v)?;
+    let v = layers.value(
+        ann::TRACE_SAMPLE_RATIO,
+        "traceSampleRatio",
+        &config.trace_sample_ratio,
+    );
+    let trace_sample_ratio = match v.text.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => r,
+        Ok(_) => return Err(v.problem("it is outside 0 to 1", RATIO)),
+        Err(_) => return Err(v.problem("it is not a number", RATIO)),
+    };
+
     let r = &config.proxy_resources;
     let cpu = resource_pair(
         &layers.value(
@@ -200,7 +219,32 @@ pub(super) fn read(
         proxy_resources: requirements([("cpu", cpu), ("memory", memory)]),
         log_level,
         default_inbound_policy,
+        otlp_endpoint,
+        trace_sample_ratio,
     })
+}
+
+/// An OTLP/gRPC collector URL: `http` or `https`, a host, and a port or none
+/// (the scheme's); empty is tracing off.
+fn otlp_endpoint(v: &Value<'_>) -> Result<String, String> {
+    if v.text.is_empty() {
+        return Ok(String::new());
+    }
+    let uri: http::Uri = v
+        .text
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| v.problem(&e.to_string(), OTLP))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        _ => return Err(v.problem("it has no http:// or https:// scheme", OTLP)),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(v.problem("it names no host", OTLP));
+    }
+    if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
+        return Err(v.problem("OTLP/gRPC takes no path (the service path is fixed)", OTLP));
+    }
+    Ok(v.text.to_owned())
 }
 
 /// `weft-init`'s resources from the configuration (checked the same way).
