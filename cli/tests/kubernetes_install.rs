@@ -87,7 +87,13 @@ async fn run(
     // The install, with the webhook reached by URL on this machine.
     let port = free_port();
     let webhook_url = format!("https://127.0.0.1:{port}/inject");
-    install(&kubeconfig, &webhook_url, true);
+    // Tracing on: the injected proxies get OTEL_* from their pods.
+    install(
+        &kubeconfig,
+        &webhook_url,
+        true,
+        &["--otlp-endpoint", OTLP_ENDPOINT],
+    );
     let mut injector = Injector::start(&client, &kubeconfig, port, &work).await;
 
     // A labelled namespace: a Deployment of 2 replicas and a bare pod.
@@ -115,6 +121,7 @@ async fn run(
     .expect("the controller manager creates the Deployment's 2 pods");
     for p in &shop {
         assert_native_sidecar(p);
+        assert_traced_as(p, "shop");
     }
     let bare = pods.get("bare").await.expect("the bare pod");
     assert_native_sidecar(&bare);
@@ -155,7 +162,7 @@ async fn run(
     }
 
     // Classic sidecars: install again with native sidecars off.
-    install(&kubeconfig, &webhook_url, false);
+    install(&kubeconfig, &webhook_url, false, &[]);
     injector.stop();
     let mut injector = Injector::start(&client, &kubeconfig, port, &work).await;
     let classic = pods
@@ -210,6 +217,43 @@ fn assert_native_sidecar(pod: &Pod) {
     assert!(
         spec.containers.iter().all(|c| c.name == "app"),
         "{name}: only the app in containers"
+    );
+}
+
+const OTLP_ENDPOINT: &str = "http://otel-collector.observability:4317";
+
+/// The proxy of `pod` (a native sidecar) sends its spans to the install's
+/// collector under `service`, with the pod's namespace and name as resource.
+fn assert_traced_as(pod: &Pod, service: &str) {
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let proxy = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.init_containers.as_ref())
+        .and_then(|c| c.iter().find(|c| c.name == "weft-proxy"))
+        .unwrap_or_else(|| panic!("{name}: no weft-proxy"));
+    let env: BTreeMap<String, String> = proxy
+        .env
+        .iter()
+        .flatten()
+        .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
+        .collect();
+    let var = |key: &str| env.get(key).map(String::as_str);
+    assert_eq!(
+        var("OTEL_EXPORTER_OTLP_ENDPOINT"),
+        Some(OTLP_ENDPOINT),
+        "{name}"
+    );
+    assert_eq!(var("OTEL_SERVICE_NAME"), Some(service), "{name}: {env:?}");
+    assert_eq!(
+        var("OTEL_TRACES_SAMPLER"),
+        Some("parentbased_traceidratio"),
+        "{name}"
+    );
+    assert_eq!(
+        var("OTEL_RESOURCE_ATTRIBUTES"),
+        Some("k8s.namespace.name=$(WEFT_PROXY_POD_NAMESPACE),k8s.pod.name=$(WEFT_PROXY_POD_NAME)"),
+        "{name}"
     );
 }
 
@@ -332,13 +376,11 @@ impl Drop for Injector {
     }
 }
 
-fn install(kubeconfig: &Path, webhook_url: &str, native: bool) {
+fn install(kubeconfig: &Path, webhook_url: &str, native: bool, more: &[&str]) {
     let native = if native { "true" } else { "false" };
-    let out = weft(
-        &["install", "--apply", "--kubeconfig"],
-        kubeconfig,
-        &["--webhook-url", webhook_url, "--native-sidecars", native],
-    );
+    let mut args = vec!["--webhook-url", webhook_url, "--native-sidecars", native];
+    args.extend_from_slice(more);
+    let out = weft(&["install", "--apply", "--kubeconfig"], kubeconfig, &args);
     assert!(
         out.status.success(),
         "weft install --apply failed:\n{}\n{}",
