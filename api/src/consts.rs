@@ -62,6 +62,10 @@ pub mod alpn {
 /// (the injector sets them from the pod and its settings).
 pub mod otel_env {
     pub const EXPORTER_OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+    /// Wins over [`EXPORTER_OTLP_ENDPOINT`] for traces.
+    pub const EXPORTER_OTLP_TRACES_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
+    /// `none` turns tracing off; `otlp` (the default) is the only exporter.
+    pub const TRACES_EXPORTER: &str = "OTEL_TRACES_EXPORTER";
     pub const SERVICE_NAME: &str = "OTEL_SERVICE_NAME";
     pub const RESOURCE_ATTRIBUTES: &str = "OTEL_RESOURCE_ATTRIBUTES";
     pub const TRACES_SAMPLER: &str = "OTEL_TRACES_SAMPLER";

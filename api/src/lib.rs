@@ -32,6 +32,7 @@ pub mod control;
 pub mod crd;
 pub mod dns;
 pub mod identity;
+pub mod otlp;
 pub mod policy;
 pub mod proto;
 pub mod tls;

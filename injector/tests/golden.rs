@@ -331,6 +331,23 @@ fn the_proxy_accepts_the_environment_it_is_given() {
         Some("k8s.namespace.name=shop,k8s.pod.name=p")
     );
     let parsed = weft_proxy::Config::from_env(&vars).unwrap();
+    let tracing = parsed.proxy.tracing.as_ref().unwrap();
+    assert_eq!(tracing.endpoint, "http://collector.observability:4317");
+    assert_eq!(tracing.service_name, "p");
+    assert_eq!(
+        tracing.sampler,
+        weft_proxy::trace::Sampler {
+            parent_based: true,
+            ratio: 0.01
+        }
+    );
+    assert_eq!(
+        tracing.resource,
+        [
+            ("k8s.namespace.name".to_owned(), "shop".to_owned()),
+            ("k8s.pod.name".to_owned(), "p".to_owned())
+        ]
+    );
     assert!(!parsed.proxy.shutdown_endpoint);
     assert_eq!(parsed.proxy.workload.as_deref(), Some("shop/p"));
     assert!(matches!(

@@ -109,6 +109,9 @@ pub struct ProxyConfig {
     pub probe_paths: Vec<(u16, String)>,
     /// What the program running the proxy adds to the admin server.
     pub admin: crate::admin::Extras,
+    /// Traces (`OTEL_EXPORTER_OTLP_ENDPOINT` and the SDK's other variables);
+    /// `None`: off, no span is built.
+    pub tracing: Option<crate::trace::TraceConfig>,
 }
 
 impl ProxyConfig {
@@ -133,6 +136,7 @@ impl ProxyConfig {
             inbound_ports: Vec::new(),
             probe_paths: Vec::new(),
             admin: crate::admin::Extras::default(),
+            tracing: None,
         }
     }
 }
@@ -343,6 +347,14 @@ impl Config {
                     env::DISCOVERY
                 ),
             );
+        }
+        match crate::trace::TraceConfig::from_env(|var| p.get(var).map(str::to_owned)) {
+            Ok(tracing) => proxy.tracing = tracing,
+            Err(problems) => {
+                for (var, problem) in problems {
+                    p.error(var, problem);
+                }
+            }
         }
         let trust_anchors = p.trust_anchors();
         let trust_anchors_reload = p

@@ -53,6 +53,9 @@ pub struct Inbound {
     /// Ports of the proxy's own listeners: never an app port.
     own_ports: Arc<[u16]>,
     authz: Authorizer,
+    tracer: Option<Arc<crate::trace::Tracer>>,
+    /// This workload's TLS state: its identity, for spans.
+    tls: Arc<MeshTls>,
 }
 
 impl std::fmt::Debug for Inbound {
@@ -66,14 +69,17 @@ impl std::fmt::Debug for Inbound {
 
 impl Inbound {
     pub fn new(
-        tls: &MeshTls,
+        tls: &Arc<MeshTls>,
         metrics: Arc<Metrics>,
         app: AppTarget,
         detect_timeout: Duration,
         own_ports: Arc<[u16]>,
         authz: Authorizer,
+        tracer: Option<Arc<crate::trace::Tracer>>,
     ) -> Arc<Self> {
         Arc::new(Self {
+            tracer,
+            tls: tls.clone(),
             acceptor: TlsAcceptor::from(tls.server_config()),
             authz,
             metrics,
@@ -355,10 +361,15 @@ async fn handle_request(
     port: u16,
     client_id: Option<HeaderValue>,
     caller: &Caller,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Response<Body> {
     let start = Instant::now();
     let grpc = is_grpc(&req);
+    let span = inbound
+        .tracer
+        .as_ref()
+        .and_then(|t| t.begin(req.headers_mut()))
+        .map(|active| Box::new((active, crate::trace::SpanRequest::of(&req))));
     let label = caller.label.clone();
     let path = req.uri().path();
     let rsp = if inbound
@@ -389,6 +400,21 @@ async fn handle_request(
         headers_us = elapsed.as_micros() as u64,
         "inbound request"
     );
+    if let (Some(tracer), Some(span)) = (&inbound.tracer, span) {
+        let (active, request) = *span;
+        let own = inbound.tls.credentials().map(|c| c.identity().uri());
+        tracer.finish(
+            active,
+            crate::trace::Kind::Server,
+            &crate::trace::Outcome {
+                client_identity: &caller.label,
+                server_identity: own.as_deref().unwrap_or(""),
+                mtls: caller.identity.is_some(),
+                endpoint: Some(app),
+                ..request.outcome(&rsp, grpc)
+            },
+        );
+    }
     inbound.metrics.request(
         &RequestLabels {
             direction: Direction::Inbound,

@@ -41,6 +41,7 @@ pub mod outbound;
 pub mod proxy;
 pub mod run;
 pub mod sockopt;
+pub mod trace;
 pub mod transport;
 
 pub use config::{

@@ -196,6 +196,14 @@ pub struct Metrics {
     renewed: Family<CertificateLabels, Gauge>,
     in_use: Mutex<Option<InUse>>,
     certify: Family<ResultLabels, Counter>,
+    spans_exported: Counter,
+    spans_dropped: Family<SpanDropLabels, Counter>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct SpanDropLabels {
+    /// `queue_full` or `export_failed`.
+    reason: &'static str,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -336,6 +344,19 @@ impl Metrics {
              serial; for a certificate read from files, when the proxy first reported it",
             renewed.clone(),
         );
+        let spans_exported = Counter::default();
+        let spans_dropped = Family::default();
+        registry.register(
+            "proxy_spans_exported",
+            "Spans the collector accepted",
+            spans_exported.clone(),
+        );
+        registry.register(
+            "proxy_spans_dropped",
+            "Spans dropped, by reason: queue_full (the export queue was full), export_failed \
+             (the collector refused or did not answer in time)",
+            spans_dropped.clone(),
+        );
         Self {
             registry,
             requests,
@@ -360,7 +381,21 @@ impl Metrics {
             renewed,
             in_use: Mutex::new(None),
             certify,
+            spans_exported,
+            spans_dropped,
         }
+    }
+
+    /// Counts spans the collector accepted.
+    pub fn spans_exported(&self, n: u64) {
+        self.spans_exported.inc_by(n);
+    }
+
+    /// Counts spans dropped for `reason` (`queue_full`, `export_failed`).
+    pub fn spans_dropped(&self, reason: &'static str, n: u64) {
+        self.spans_dropped
+            .get_or_create(&SpanDropLabels { reason })
+            .inc_by(n);
     }
 
     /// Counts a certificate request to the controller.

@@ -170,6 +170,10 @@ pub async fn start_with(
         ),
         (None, _) => {}
     }
+    let tracer = config
+        .tracing
+        .as_ref()
+        .map(|c| crate::trace::Tracer::start(c, metrics.clone()));
     let inbound = Inbound::new(
         &tls,
         metrics.clone(),
@@ -177,6 +181,7 @@ pub async fn start_with(
         config.detect_timeout,
         own_ports.clone(),
         authz,
+        tracer.clone(),
     );
     tracker.spawn(inbound::serve(
         inbound,
@@ -191,6 +196,7 @@ pub async fn start_with(
         config.connect_timeout,
         config.detect_timeout,
         config.retry_buffer_bytes,
+        tracer,
     );
     let mut upstream_addrs = Vec::new();
     let mut upstream_targets = Vec::new();

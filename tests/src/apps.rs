@@ -22,6 +22,10 @@ use tonic_prost::ProstCodec;
 pub const SEEN_CLIENT_ID: &str = "x-seen-client-id";
 pub const SEEN_VERSION: &str = "x-seen-version";
 pub const SEEN_HOST: &str = "x-seen-host";
+/// The `traceparent` the app received (empty when none).
+pub const SEEN_TRACEPARENT: &str = "x-seen-traceparent";
+/// The B3 headers the app received (`b3`, then `x-b3-traceid`; empty when none).
+pub const SEEN_B3: &str = "x-seen-b3";
 /// The protocol name the echo app accepts in `Upgrade`.
 pub const ECHO_UPGRADE: &str = "weft-echo";
 
@@ -68,6 +72,15 @@ async fn echo(mut req: Request<Incoming>) -> Result<Response<EchoBody>, Infallib
     };
     let client_id = seen(weft_api::consts::CLIENT_ID_HEADER);
     let host = seen("host");
+    let traceparent = seen("traceparent");
+    let b3 = match req
+        .headers()
+        .get("b3")
+        .or(req.headers().get("x-b3-traceid"))
+    {
+        Some(v) => v.clone(),
+        None => HeaderValue::from_static(""),
+    };
     let version = HeaderValue::from_str(&format!("{:?}", req.version()))
         .unwrap_or(HeaderValue::from_static("?"));
     let wants_echo_upgrade = req
@@ -115,6 +128,8 @@ async fn echo(mut req: Request<Incoming>) -> Result<Response<EchoBody>, Infallib
     h.insert(SEEN_CLIENT_ID, client_id);
     h.insert(SEEN_VERSION, version);
     h.insert(SEEN_HOST, host);
+    h.insert(SEEN_TRACEPARENT, traceparent);
+    h.insert(SEEN_B3, b3);
     Ok(rsp)
 }
 

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use weft_api::tls::MeshTls;
+use weft_proxy::trace::TraceConfig;
 use weft_proxy::{AppTarget, ProxyConfig, ProxyHandle, Target, Upstream};
 
 use crate::pki::TestCa;
@@ -18,7 +19,17 @@ fn loopback() -> SocketAddr {
 
 /// A proxy whose inbound side forwards to `app`, listening on ephemeral ports.
 pub async fn server_proxy(tls: Arc<MeshTls>, app: SocketAddr) -> ProxyHandle {
+    traced_server_proxy(tls, app, None).await
+}
+
+/// [`server_proxy`], tracing as `tracing` says.
+pub async fn traced_server_proxy(
+    tls: Arc<MeshTls>,
+    app: SocketAddr,
+    tracing: Option<TraceConfig>,
+) -> ProxyHandle {
     let mut config = ProxyConfig::new(AppTarget::Fixed(app));
+    config.tracing = tracing;
     config.inbound_addr = loopback();
     config.admin_addr = loopback();
     weft_proxy::start(config, tls)
@@ -35,6 +46,18 @@ pub async fn client_proxy(
     identity: &str,
     opaque: bool,
 ) -> ProxyHandle {
+    traced_client_proxy(tls, name, target, identity, opaque, None).await
+}
+
+/// [`client_proxy`], tracing as `tracing` says.
+pub async fn traced_client_proxy(
+    tls: Arc<MeshTls>,
+    name: &str,
+    target: SocketAddr,
+    identity: &str,
+    opaque: bool,
+    tracing: Option<TraceConfig>,
+) -> ProxyHandle {
     // The client workload's own app is never called in these tests; its
     // inbound side points at a closed port.
     let mut config = ProxyConfig::new(AppTarget::Fixed(SocketAddr::from(([127, 0, 0, 1], 9))));
@@ -46,6 +69,7 @@ pub async fn client_proxy(
         listen: loopback(),
         target: t,
     }];
+    config.tracing = tracing;
     weft_proxy::start(config, tls)
         .await
         .expect("client proxy starts")
@@ -63,14 +87,20 @@ pub struct Pair {
 impl Pair {
     /// A pair in front of `app`, `opaque` or with protocol detection.
     pub async fn new(app: SocketAddr, opaque: bool) -> Self {
+        Self::traced(app, opaque, None).await
+    }
+
+    /// A pair whose proxies both trace as `tracing` says.
+    pub async fn traced(app: SocketAddr, opaque: bool, tracing: Option<TraceConfig>) -> Self {
         let ca = TestCa::new("weft test");
-        let server = server_proxy(ca.mesh_tls(SERVER_ID), app).await;
-        let client = client_proxy(
+        let server = traced_server_proxy(ca.mesh_tls(SERVER_ID), app, tracing.clone()).await;
+        let client = traced_client_proxy(
             ca.mesh_tls(CLIENT_ID),
             "checkout",
             server.inbound_addr,
             SERVER_ID,
             opaque,
+            tracing,
         )
         .await;
         let entry = client.upstream_addr("checkout").expect("upstream bound");

@@ -21,6 +21,7 @@ use crate::http::{
     Body, ProxyError, error_response, incoming, is_grpc, request_body, strip_hop_by_hop,
 };
 use crate::metrics::{Direction, RequestLabels};
+use crate::trace::SpanRequest;
 use crate::transport::{ConnectError, connect_mesh};
 
 /// Why an outbound request failed inside the proxy.
@@ -91,6 +92,8 @@ pub(crate) struct Done {
     /// The backend (index into the snapshot's backends) of the last try.
     pub backend: Option<usize>,
     pub endpoint: Option<Arc<EndpointRuntime>>,
+    /// Tries sent after the first (retries).
+    pub resends: u32,
 }
 
 impl Done {
@@ -99,6 +102,7 @@ impl Done {
             rsp: error_response(error, detail, grpc),
             backend: None,
             endpoint: None,
+            resends: 0,
         }
     }
 }
@@ -112,10 +116,16 @@ impl Done {
 pub async fn handle(
     outbound: &Outbound,
     upstream: &Upstream,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Response<Body> {
     let start = Instant::now();
     let grpc = is_grpc(&req);
+    // Boxed: only sampled requests carry it, and the future stays small.
+    let span = outbound
+        .tracer
+        .as_ref()
+        .and_then(|t| t.begin(req.headers_mut()))
+        .map(|active| Box::new((active, SpanRequest::of(&req))));
     let resolved = upstream.resolve();
     let route = balance::route(
         &resolved.state.routes,
@@ -155,11 +165,30 @@ pub async fn handle(
         .and_then(|e| e.endpoint.identity.as_ref())
         .map_or_else(|| Arc::from(""), |i| i.uri());
     let status = done.rsp.status().as_u16();
+    let tls = done.endpoint.as_ref().is_none_or(|e| e.mesh.is_some());
+    if let (Some(tracer), Some(span)) = (&outbound.tracer, span) {
+        let (active, request) = *span;
+        let own = outbound.tls.credentials().map(|c| c.identity().uri());
+        tracer.finish(
+            active,
+            crate::trace::Kind::Client,
+            &crate::trace::Outcome {
+                client_identity: own.as_deref().unwrap_or(""),
+                server_identity: &peer_identity,
+                mtls: tls && done.endpoint.is_some(),
+                route: &route_name,
+                backend: &backend,
+                endpoint: done.endpoint.as_ref().map(|e| e.addr()),
+                resend_count: done.resends,
+                ..request.outcome(&done.rsp, grpc)
+            },
+        );
+    }
     outbound.metrics.outbound_request(
         RequestLabels {
             direction: Direction::Outbound,
             status_code: status,
-            tls: done.endpoint.as_ref().is_none_or(|e| e.mesh.is_some()),
+            tls,
             peer_identity,
         },
         backend,
@@ -290,6 +319,7 @@ async fn once(
         rsp,
         backend: Some(backend),
         endpoint: Some(endpoint),
+        resends: 0,
     }
 }
 
@@ -439,6 +469,7 @@ async fn upgrade(
         rsp,
         backend: Some(backend),
         endpoint: Some(endpoint),
+        resends: 0,
     }
 }
 

@@ -60,6 +60,7 @@ pub struct Outbound {
     pub(crate) detect_timeout: Duration,
     /// The largest request body kept for retries.
     pub(crate) retry_buffer: usize,
+    pub(crate) tracer: Option<Arc<crate::trace::Tracer>>,
 }
 
 impl Outbound {
@@ -69,8 +70,10 @@ impl Outbound {
         connect_timeout: Duration,
         detect_timeout: Duration,
         retry_buffer: usize,
+        tracer: Option<Arc<crate::trace::Tracer>>,
     ) -> Arc<Self> {
         Arc::new(Self {
+            tracer,
             tls,
             metrics,
             pool: pool::H2Pool::default(),

@@ -235,6 +235,7 @@ async fn tries(
                         rsp,
                         backend: Some(backend),
                         endpoint: Some(endpoint.clone()),
+                        resends: retries,
                     },
                 )
             }
@@ -264,6 +265,7 @@ async fn tries(
                         rsp,
                         backend: Some(backend),
                         endpoint: Some(endpoint.clone()),
+                        resends: retries,
                     },
                 )
             }
@@ -287,6 +289,7 @@ async fn tries(
                         rsp,
                         backend: Some(backend),
                         endpoint: Some(endpoint.clone()),
+                        resends: retries,
                     },
                 )
             }

@@ -1,0 +1,328 @@
+//! An OTLP/gRPC trace receiver (`opentelemetry.proto.collector.trace.v1.TraceService`),
+//! built on the `opentelemetry-proto` types: what the tests, `weft demo` and
+//! the benchmarks receive the proxies' spans with. Spans are converted to
+//! [`ReceivedSpan`] at the edge and kept in memory (the newest
+//! [`KEPT_SPANS`]).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::trace::v1::{span, status};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// How many spans a receiver keeps (the oldest go first).
+pub const KEPT_SPANS: usize = 100_000;
+
+/// A span's kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpanKind {
+    Unspecified,
+    Internal,
+    Server,
+    Client,
+    Producer,
+    Consumer,
+}
+
+/// A span's status code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatusCode {
+    Unset,
+    Ok,
+    Error,
+}
+
+/// One span as received.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReceivedSpan {
+    /// 32 lowercase hex digits.
+    pub trace_id: String,
+    /// 16 lowercase hex digits.
+    pub span_id: String,
+    pub parent_span_id: Option<String>,
+    pub trace_state: String,
+    pub name: String,
+    pub kind: SpanKind,
+    pub start_unix_ns: u64,
+    pub end_unix_ns: u64,
+    pub status: StatusCode,
+    pub status_message: String,
+    /// Values as text: booleans `true`/`false`, integers in decimal.
+    pub attributes: BTreeMap<String, String>,
+    /// The resource's `service.name`.
+    pub service_name: String,
+    pub resource: BTreeMap<String, String>,
+}
+
+impl ReceivedSpan {
+    pub fn attribute(&self, key: &str) -> Option<&str> {
+        self.attributes.get(key).map(String::as_str)
+    }
+
+    pub fn duration(&self) -> Duration {
+        Duration::from_nanos(self.end_unix_ns.saturating_sub(self.start_unix_ns))
+    }
+}
+
+/// Why a receiver could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum OtlpError {
+    #[error("the OTLP receiver cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("timed out after {0:?} waiting for the spans asked for")]
+    Timeout(Duration),
+}
+
+#[derive(Default)]
+struct Store {
+    spans: VecDeque<ReceivedSpan>,
+    exports: u64,
+    delay: Duration,
+}
+
+#[derive(Clone)]
+struct Shared {
+    store: Arc<Mutex<Store>>,
+    /// Bumped after every export.
+    changed: Arc<watch::Sender<u64>>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Store> {
+        // A panic while holding the lock leaves plain data: still usable.
+        self.store.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A running receiver; dropping it stops it.
+pub struct Receiver {
+    addr: SocketAddr,
+    shared: Shared,
+    stop: CancellationToken,
+}
+
+impl std::fmt::Debug for Receiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Receiver")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Receiver {
+    /// Listens on `addr` (port 0: any) and serves OTLP/gRPC in plaintext
+    /// (HTTP/2), on the current tokio runtime.
+    pub async fn start(addr: SocketAddr) -> Result<Self, OtlpError> {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| OtlpError::Bind { addr, source })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| OtlpError::Bind { addr, source })?;
+        let shared = Shared {
+            store: Arc::default(),
+            changed: Arc::new(watch::channel(0).0),
+        };
+        let stop = CancellationToken::new();
+        let service = TraceServiceServer::new(Service {
+            shared: shared.clone(),
+        });
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let stopped = stop.clone();
+        tokio::spawn(async move {
+            let served = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, stopped.cancelled_owned())
+                .await;
+            if let Err(error) = served {
+                tracing::warn!(%error, "the OTLP receiver stopped");
+            }
+        });
+        Ok(Self { addr, shared, stop })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://<addr>`: what `OTEL_EXPORTER_OTLP_ENDPOINT` takes.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Every span kept.
+    pub fn spans(&self) -> Vec<ReceivedSpan> {
+        self.shared.lock().spans.iter().cloned().collect()
+    }
+
+    /// Every span kept, removing them.
+    pub fn take(&self) -> Vec<ReceivedSpan> {
+        self.shared.lock().spans.drain(..).collect()
+    }
+
+    /// Export calls answered so far.
+    pub fn exports(&self) -> u64 {
+        self.shared.lock().exports
+    }
+
+    /// Answers every later export this late (a slow collector).
+    pub fn set_delay(&self, delay: Duration) {
+        self.shared.lock().delay = delay;
+    }
+
+    /// Stops serving: later exports fail to connect.
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+
+    /// Waits until the spans kept satisfy `done`, and returns them.
+    pub async fn wait_for(
+        &self,
+        done: impl Fn(&[ReceivedSpan]) -> bool,
+        timeout: Duration,
+    ) -> Result<Vec<ReceivedSpan>, OtlpError> {
+        let mut changed = self.shared.changed.subscribe();
+        let wait = async {
+            loop {
+                let spans = self.spans();
+                if done(&spans) {
+                    return spans;
+                }
+                if changed.changed().await.is_err() {
+                    // The sender lives as long as `self`: not reached.
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait)
+            .await
+            .map_err(|_| OtlpError::Timeout(timeout))
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+struct Service {
+    shared: Shared,
+}
+
+#[tonic::async_trait]
+impl TraceService for Service {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let delay = self.shared.lock().delay;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let spans = convert(request.into_inner());
+        {
+            let mut store = self.shared.lock();
+            store.exports += 1;
+            for span in spans {
+                if store.spans.len() >= KEPT_SPANS {
+                    store.spans.pop_front();
+                }
+                store.spans.push_back(span);
+            }
+        }
+        self.shared.changed.send_modify(|n| *n += 1);
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+fn text(value: Option<&AnyValue>) -> String {
+    match value.and_then(|v| v.value.as_ref()) {
+        Some(any_value::Value::StringValue(s)) => s.clone(),
+        Some(any_value::Value::BoolValue(b)) => b.to_string(),
+        Some(any_value::Value::IntValue(i)) => i.to_string(),
+        Some(any_value::Value::DoubleValue(d)) => d.to_string(),
+        Some(other) => format!("{other:?}"),
+        None => String::new(),
+    }
+}
+
+fn attributes(list: &[KeyValue]) -> BTreeMap<String, String> {
+    list.iter()
+        .map(|kv| (kv.key.clone(), text(kv.value.as_ref())))
+        .collect()
+}
+
+/// The wire request as domain spans.
+fn convert(request: ExportTraceServiceRequest) -> Vec<ReceivedSpan> {
+    let mut out = Vec::new();
+    for rs in request.resource_spans {
+        let resource = rs
+            .resource
+            .as_ref()
+            .map(|r| attributes(&r.attributes))
+            .unwrap_or_default();
+        let service_name = resource.get("service.name").cloned().unwrap_or_default();
+        for ss in rs.scope_spans {
+            for s in ss.spans {
+                let kind = match span::SpanKind::try_from(s.kind) {
+                    Ok(span::SpanKind::Internal) => SpanKind::Internal,
+                    Ok(span::SpanKind::Server) => SpanKind::Server,
+                    Ok(span::SpanKind::Client) => SpanKind::Client,
+                    Ok(span::SpanKind::Producer) => SpanKind::Producer,
+                    Ok(span::SpanKind::Consumer) => SpanKind::Consumer,
+                    _ => SpanKind::Unspecified,
+                };
+                let (status, status_message) = match &s.status {
+                    Some(st) => (
+                        match status::StatusCode::try_from(st.code) {
+                            Ok(status::StatusCode::Ok) => StatusCode::Ok,
+                            Ok(status::StatusCode::Error) => StatusCode::Error,
+                            _ => StatusCode::Unset,
+                        },
+                        st.message.clone(),
+                    ),
+                    None => (StatusCode::Unset, String::new()),
+                };
+                out.push(ReceivedSpan {
+                    trace_id: hex(&s.trace_id),
+                    span_id: hex(&s.span_id),
+                    parent_span_id: (!s.parent_span_id.is_empty()).then(|| hex(&s.parent_span_id)),
+                    trace_state: s.trace_state.clone(),
+                    name: s.name.clone(),
+                    kind,
+                    start_unix_ns: s.start_time_unix_nano,
+                    end_unix_ns: s.end_time_unix_nano,
+                    status,
+                    status_message,
+                    attributes: attributes(&s.attributes),
+                    service_name: service_name.clone(),
+                    resource: resource.clone(),
+                });
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,987 @@
+//! OpenTelemetry traces: a CLIENT span per request the outbound side sends,
+//! a SERVER span per request the inbound side serves, W3C Trace Context
+//! propagation (B3 accepted and converted), parent-based ratio sampling, and
+//! export in batches over OTLP/gRPC from a bounded queue off the request path.
+//!
+//! With tracing off (no `OTEL_EXPORTER_OTLP_ENDPOINT`) the proxies hold no
+//! [`Tracer`]: no header is read or written and no span is built.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::{HeaderMap, HeaderValue};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{
+    ResourceSpans, ScopeSpans, Span, Status, span, status,
+};
+use tokio::sync::mpsc;
+use weft_api::consts::otel_env;
+
+use crate::metrics::Metrics;
+
+/// Finished spans waiting for export; past this, spans are dropped (counted).
+pub const QUEUE_CAPACITY: usize = 2048;
+/// The most spans one export carries.
+pub const BATCH_MAX: usize = 512;
+/// How long spans wait for a batch to fill.
+pub const BATCH_INTERVAL: Duration = Duration::from_secs(1);
+/// How long one export may take before its batch is dropped.
+pub const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Which new traces are sampled.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Sampler {
+    /// A request with a trace context follows its sampled flag.
+    pub parent_based: bool,
+    /// The share of traces sampled otherwise, 0 to 1.
+    pub ratio: f64,
+}
+
+impl Sampler {
+    /// The trace-id-ratio rule: the trace id's last 8 bytes, as a number,
+    /// below `ratio` × 2^64 (so every hop decides a trace alike).
+    fn by_ratio(&self, trace_id: &[u8; 16]) -> bool {
+        if self.ratio >= 1.0 {
+            return true;
+        }
+        if self.ratio <= 0.0 {
+            return false;
+        }
+        let mut low = [0u8; 8];
+        low.copy_from_slice(&trace_id[8..]);
+        (u64::from_be_bytes(low) as f64) < self.ratio * 2f64.powi(64)
+    }
+
+    fn decide(&self, trace_id: &[u8; 16], parent_sampled: Option<bool>) -> bool {
+        match parent_sampled {
+            Some(sampled) if self.parent_based => sampled,
+            _ => self.by_ratio(trace_id),
+        }
+    }
+}
+
+/// Tracing settings, from the OpenTelemetry SDK's environment variables.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TraceConfig {
+    /// The collector, `http://host:port` (OTLP over gRPC).
+    pub endpoint: String,
+    pub sampler: Sampler,
+    /// `service.name` of the spans' resource.
+    pub service_name: String,
+    /// The other resource attributes (`OTEL_RESOURCE_ATTRIBUTES`).
+    pub resource: Vec<(String, String)>,
+}
+
+impl TraceConfig {
+    /// A configuration sending to `endpoint`, every trace sampled.
+    pub fn new(endpoint: impl Into<String>) -> Self {
+        Self {
+            endpoint: endpoint.into(),
+            sampler: Sampler {
+                parent_based: true,
+                ratio: 1.0,
+            },
+            service_name: "weft-proxy".to_owned(),
+            resource: Vec::new(),
+        }
+    }
+
+    /// Reads the variables; `Ok(None)` when tracing is off. Problems are
+    /// (variable, what is wrong and what is accepted).
+    pub fn from_env(
+        get: impl Fn(&str) -> Option<String>,
+    ) -> Result<Option<Self>, Vec<(&'static str, String)>> {
+        let mut problems = Vec::new();
+        if get(otel_env::TRACES_EXPORTER).as_deref() == Some("none") {
+            return Ok(None);
+        }
+        if let Some(other) = get(otel_env::TRACES_EXPORTER).filter(|e| e != "otlp") {
+            problems.push((
+                otel_env::TRACES_EXPORTER,
+                format!("{other:?} is not an exporter; use \"otlp\" or \"none\""),
+            ));
+        }
+        let (var, endpoint) = match get(otel_env::EXPORTER_OTLP_TRACES_ENDPOINT) {
+            Some(e) => (otel_env::EXPORTER_OTLP_TRACES_ENDPOINT, e),
+            None => match get(otel_env::EXPORTER_OTLP_ENDPOINT) {
+                Some(e) => (otel_env::EXPORTER_OTLP_ENDPOINT, e),
+                None => return Ok(None),
+            },
+        };
+        match endpoint.parse::<http::Uri>() {
+            Ok(uri) if uri.scheme_str() == Some("http") && uri.host().is_some() => {}
+            Ok(uri) if uri.scheme_str() == Some("https") => problems.push((
+                var,
+                format!(
+                    "{endpoint:?}: OTLP over TLS is not supported by this proxy yet; \
+                     send to a collector's plaintext gRPC port (http://host:4317), e.g. a \
+                     node-local OpenTelemetry Collector"
+                ),
+            )),
+            _ => problems.push((
+                var,
+                format!("{endpoint:?} is not a URL; use http://host:port (OTLP over gRPC)"),
+            )),
+        }
+        let sampler_name =
+            get(otel_env::TRACES_SAMPLER).unwrap_or_else(|| "parentbased_always_on".to_owned());
+        let arg = get(otel_env::TRACES_SAMPLER_ARG);
+        let ratio_arg = |problems: &mut Vec<_>| match arg.as_deref() {
+            None => 1.0,
+            Some(a) => match a.parse::<f64>() {
+                Ok(r) if (0.0..=1.0).contains(&r) => r,
+                _ => {
+                    problems.push((
+                        otel_env::TRACES_SAMPLER_ARG,
+                        format!("{a:?} is not a ratio; use a number from 0 to 1"),
+                    ));
+                    1.0
+                }
+            },
+        };
+        let sampler = match sampler_name.as_str() {
+            "always_on" => Sampler {
+                parent_based: false,
+                ratio: 1.0,
+            },
+            "always_off" => Sampler {
+                parent_based: false,
+                ratio: 0.0,
+            },
+            "traceidratio" => Sampler {
+                parent_based: false,
+                ratio: ratio_arg(&mut problems),
+            },
+            "parentbased_always_on" => Sampler {
+                parent_based: true,
+                ratio: 1.0,
+            },
+            "parentbased_always_off" => Sampler {
+                parent_based: true,
+                ratio: 0.0,
+            },
+            "parentbased_traceidratio" => Sampler {
+                parent_based: true,
+                ratio: ratio_arg(&mut problems),
+            },
+            other => {
+                problems.push((
+                    otel_env::TRACES_SAMPLER,
+                    format!(
+                        "{other:?} is not a sampler; use always_on, always_off, traceidratio, \
+                         parentbased_always_on, parentbased_always_off or parentbased_traceidratio"
+                    ),
+                ));
+                Sampler {
+                    parent_based: true,
+                    ratio: 1.0,
+                }
+            }
+        };
+        let mut resource = Vec::new();
+        for pair in get(otel_env::RESOURCE_ATTRIBUTES)
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
+            match pair.split_once('=') {
+                Some((k, v)) if !k.trim().is_empty() => {
+                    resource.push((percent_decode(k.trim()), percent_decode(v.trim())));
+                }
+                _ => problems.push((
+                    otel_env::RESOURCE_ATTRIBUTES,
+                    format!("{pair:?} is not key=value; use a comma-separated list of key=value"),
+                )),
+            }
+        }
+        let service_name = get(otel_env::SERVICE_NAME)
+            .or_else(|| {
+                resource
+                    .iter()
+                    .find(|(k, _)| k == "service.name")
+                    .map(|(_, v)| v.clone())
+            })
+            .unwrap_or_else(|| "weft-proxy".to_owned());
+        resource.retain(|(k, _)| k != "service.name");
+        if problems.is_empty() {
+            Ok(Some(Self {
+                endpoint,
+                sampler,
+                service_name,
+                resource,
+            }))
+        } else {
+            Err(problems)
+        }
+    }
+}
+
+/// `%xx` escapes decoded (W3C Baggage octets, as `OTEL_RESOURCE_ATTRIBUTES`
+/// takes them); a malformed escape is kept as written.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(hex) = text.get(i + 1..i + 3)
+            && let Ok(b) = u8::from_str_radix(hex, 16)
+        {
+            out.push(b);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A trace context received with a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Parent {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    /// `None`: the caller deferred the decision (B3 without a sampling flag).
+    pub sampled: Option<bool>,
+}
+
+const TRACEPARENT: &str = "traceparent";
+const B3: &str = "b3";
+const B3_MULTI: [&str; 5] = [
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+    "x-b3-flags",
+];
+
+fn hex_to<const N: usize>(text: &str) -> Option<[u8; N]> {
+    if text.len() != 2 * N {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    // An all-zero id is invalid in both W3C and B3.
+    out.iter().any(|b| *b != 0).then_some(out)
+}
+
+/// A 16-byte trace id from 32 hex digits, or 16 (B3's 64-bit ids, padded).
+fn trace_id(text: &str) -> Option<[u8; 16]> {
+    match text.len() {
+        32 => hex_to::<16>(text),
+        16 => {
+            let low = hex_to::<8>(text)?;
+            let mut id = [0u8; 16];
+            id[8..].copy_from_slice(&low);
+            Some(id)
+        }
+        _ => None,
+    }
+}
+
+/// W3C `traceparent`: `version-traceid-parentid-flags`; version `ff` is
+/// invalid, a later version is read by its first four fields.
+pub fn parse_traceparent(value: &str) -> Option<Parent> {
+    let value = value.trim();
+    let mut parts = value.split('-');
+    let version = parts.next()?;
+    if version.len() != 2 || version.eq_ignore_ascii_case("ff") {
+        return None;
+    }
+    u8::from_str_radix(version, 16).ok()?;
+    let trace = parts.next()?;
+    let span = parts.next()?;
+    let flags = parts.next()?;
+    if version == "00" && (parts.next().is_some() || value.len() != 55) {
+        return None;
+    }
+    if trace.len() != 32 || flags.len() != 2 {
+        return None;
+    }
+    let flags = u8::from_str_radix(flags, 16).ok()?;
+    Some(Parent {
+        trace_id: hex_to::<16>(trace)?,
+        span_id: hex_to::<8>(span)?,
+        sampled: Some(flags & 1 == 1),
+    })
+}
+
+fn b3_sampled(text: &str) -> Option<Option<bool>> {
+    match text {
+        "1" | "d" | "true" => Some(Some(true)),
+        "0" | "false" => Some(Some(false)),
+        _ => None,
+    }
+}
+
+/// B3 single: `traceid-spanid[-sampled[-parentspanid]]`.
+pub fn parse_b3_single(value: &str) -> Option<Parent> {
+    let mut parts = value.trim().split('-');
+    let trace_id = trace_id(parts.next()?)?;
+    let span_id = hex_to::<8>(parts.next()?)?;
+    let sampled = match parts.next() {
+        None => None,
+        Some(s) => b3_sampled(s)?,
+    };
+    Some(Parent {
+        trace_id,
+        span_id,
+        sampled,
+    })
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// B3 multi: `X-B3-TraceId`, `X-B3-SpanId`, `X-B3-Sampled`, `X-B3-Flags`.
+fn parse_b3_multi(headers: &HeaderMap) -> Option<Parent> {
+    let trace_id = trace_id(header(headers, "x-b3-traceid")?.trim())?;
+    let span_id = hex_to::<8>(header(headers, "x-b3-spanid")?.trim())?;
+    let sampled = if header(headers, "x-b3-flags").map(str::trim) == Some("1") {
+        Some(true)
+    } else {
+        match header(headers, "x-b3-sampled") {
+            None => None,
+            Some(s) => b3_sampled(s.trim())?,
+        }
+    };
+    Some(Parent {
+        trace_id,
+        span_id,
+        sampled,
+    })
+}
+
+/// The request's trace context: `traceparent`, else B3 (single, then multi).
+/// An invalid `traceparent` starts a new trace, as the W3C specification says.
+pub fn extract(headers: &HeaderMap) -> Option<Parent> {
+    if let Some(tp) = headers.get(TRACEPARENT) {
+        return tp.to_str().ok().and_then(parse_traceparent);
+    }
+    if let Some(single) = header(headers, B3) {
+        return parse_b3_single(single);
+    }
+    parse_b3_multi(headers)
+}
+
+fn hex(bytes: &[u8], out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (i, b) in bytes.iter().enumerate() {
+        out[2 * i] = DIGITS[usize::from(b >> 4)];
+        out[2 * i + 1] = DIGITS[usize::from(b & 0xf)];
+    }
+}
+
+/// `00-<trace>-<span>-<flags>`.
+fn traceparent(trace_id: &[u8; 16], span_id: &[u8; 8], sampled: bool) -> HeaderValue {
+    let mut text = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    hex(trace_id, &mut text[3..35]);
+    hex(span_id, &mut text[36..52]);
+    if sampled {
+        text[54] = b'1';
+    }
+    // Hex digits and dashes only: always a valid header value.
+    HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// A span in progress: what the request's end needs to finish it.
+#[derive(Debug)]
+pub struct ActiveSpan {
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+    parent: Option<[u8; 8]>,
+    start: SystemTime,
+}
+
+impl ActiveSpan {
+    /// The trace id, as 32 hex digits (for logs).
+    pub fn trace_id(&self) -> String {
+        let mut out = [0u8; 32];
+        hex(&self.trace_id, &mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+/// A span's kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Client,
+    Server,
+}
+
+/// How a finished request went, for its span.
+#[derive(Debug, Default)]
+pub struct Outcome<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    /// `http` or `https` as the app asked.
+    pub scheme: &'a str,
+    /// `1.1` or `2`.
+    pub protocol: &'static str,
+    pub authority: Option<&'a str>,
+    pub status: u16,
+    /// `grpc-status`, when the response headers carry it.
+    pub grpc_status: Option<i64>,
+    pub grpc: bool,
+    pub client_identity: &'a str,
+    pub server_identity: &'a str,
+    pub mtls: bool,
+    pub route: &'a str,
+    pub backend: &'a str,
+    /// The endpoint the request was sent to (outbound) or the app (inbound).
+    pub endpoint: Option<std::net::SocketAddr>,
+    pub resend_count: u32,
+    /// The `weft-proxy-error` kind when the proxy answered itself.
+    pub proxy_error: Option<&'a str>,
+}
+
+/// What a span needs of its request, kept from its start (the request
+/// itself moves on).
+#[derive(Debug)]
+pub struct SpanRequest {
+    method: http::Method,
+    path: String,
+    scheme: &'static str,
+    protocol: &'static str,
+    authority: Option<String>,
+}
+
+impl SpanRequest {
+    pub fn of<B>(req: &http::Request<B>) -> Self {
+        let authority = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .or_else(|| {
+                req.headers()
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_owned)
+            });
+        Self {
+            method: req.method().clone(),
+            path: req.uri().path().to_owned(),
+            scheme: if req.uri().scheme_str() == Some("https") {
+                "https"
+            } else {
+                "http"
+            },
+            protocol: match req.version() {
+                http::Version::HTTP_2 => "2",
+                http::Version::HTTP_10 => "1.0",
+                _ => "1.1",
+            },
+            authority,
+        }
+    }
+
+    /// The request's part of its span's outcome, and the response's status,
+    /// `grpc-status` and `weft-proxy-error`.
+    pub fn outcome<'a, B>(&'a self, rsp: &'a http::Response<B>, grpc: bool) -> Outcome<'a> {
+        let header = |name: &str| rsp.headers().get(name).and_then(|v| v.to_str().ok());
+        Outcome {
+            method: self.method.as_str(),
+            path: &self.path,
+            scheme: self.scheme,
+            protocol: self.protocol,
+            authority: self.authority.as_deref(),
+            status: rsp.status().as_u16(),
+            grpc_status: header("grpc-status").and_then(|v| v.parse().ok()),
+            grpc,
+            proxy_error: header(weft_api::consts::PROXY_ERROR_HEADER),
+            ..Outcome::default()
+        }
+    }
+}
+
+/// A finished span, queued for export.
+#[derive(Debug)]
+struct Finished {
+    span: Span,
+}
+
+/// The proxy's tracer: decides, propagates, and queues finished spans.
+#[derive(Debug)]
+pub struct Tracer {
+    sampler: Sampler,
+    queue: mpsc::Sender<Finished>,
+    metrics: Arc<Metrics>,
+}
+
+impl Tracer {
+    /// Starts the exporter task (on the current runtime) and returns the
+    /// tracer the request paths use.
+    pub fn start(config: &TraceConfig, metrics: Arc<Metrics>) -> Arc<Self> {
+        let (queue, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let resource = resource(config);
+        tokio::spawn(export_loop(
+            config.endpoint.clone(),
+            resource,
+            rx,
+            metrics.clone(),
+        ));
+        Arc::new(Self {
+            sampler: config.sampler,
+            queue,
+            metrics,
+        })
+    }
+
+    /// At a request's start: reads its trace context, decides whether it is
+    /// sampled, and rewrites the headers for the next hop (`traceparent`
+    /// naming this span, or the caller's context unsampled; B3 headers
+    /// converted and removed). `Some` when the span is to be recorded.
+    pub fn begin(&self, headers: &mut HeaderMap) -> Option<ActiveSpan> {
+        let parent = extract(headers);
+        for name in std::iter::once(B3).chain(B3_MULTI) {
+            headers.remove(name);
+        }
+        let trace_id = parent
+            .as_ref()
+            .map_or_else(rand::random::<[u8; 16]>, |p| p.trace_id);
+        let sampled = self
+            .sampler
+            .decide(&trace_id, parent.as_ref().and_then(|p| p.sampled));
+        let span_id = random_span_id();
+        headers.insert(TRACEPARENT, traceparent(&trace_id, &span_id, sampled));
+        if !sampled {
+            return None;
+        }
+        Some(ActiveSpan {
+            trace_id,
+            span_id,
+            parent: parent.map(|p| p.span_id),
+            start: SystemTime::now(),
+        })
+    }
+
+    /// At a request's end: builds the span and queues it without waiting;
+    /// a full queue drops it (counted).
+    pub fn finish(&self, active: ActiveSpan, kind: Kind, outcome: &Outcome<'_>) {
+        let span = build_span(active, kind, outcome, SystemTime::now());
+        if self.queue.try_send(Finished { span }).is_err() {
+            self.metrics.spans_dropped("queue_full", 1);
+        }
+    }
+}
+
+fn random_span_id() -> [u8; 8] {
+    loop {
+        let id = rand::random::<[u8; 8]>();
+        if id != [0; 8] {
+            return id;
+        }
+    }
+}
+
+fn unix_ns(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+fn kv(key: &str, value: any_value::Value) -> KeyValue {
+    KeyValue {
+        key: key.to_owned(),
+        value: Some(AnyValue { value: Some(value) }),
+        ..KeyValue::default()
+    }
+}
+
+fn kv_str(key: &str, value: &str) -> KeyValue {
+    kv(key, any_value::Value::StringValue(value.to_owned()))
+}
+
+fn kv_int(key: &str, value: i64) -> KeyValue {
+    kv(key, any_value::Value::IntValue(value))
+}
+
+/// `/pkg.Service/Method` as (`pkg.Service`, `Method`).
+fn rpc_parts(path: &str) -> Option<(&str, &str)> {
+    let (service, method) = path.strip_prefix('/')?.split_once('/')?;
+    (!service.is_empty() && !method.is_empty() && !method.contains('/'))
+        .then_some((service, method))
+}
+
+fn build_span(active: ActiveSpan, kind: Kind, o: &Outcome<'_>, end: SystemTime) -> Span {
+    let rpc = if o.grpc { rpc_parts(o.path) } else { None };
+    let name = match (rpc, o.route) {
+        (Some((service, method)), _) => format!("{service}/{method}"),
+        (None, "") => o.method.to_owned(),
+        (None, route) => format!("{} {route}", o.method),
+    };
+    let mut attributes = vec![
+        kv_str("http.request.method", o.method),
+        kv_str("url.path", o.path),
+        kv_str("url.scheme", o.scheme),
+        kv_str("network.protocol.version", o.protocol),
+        kv_int("http.response.status_code", i64::from(o.status)),
+        kv_str(
+            "weft.direction",
+            match kind {
+                Kind::Client => "outbound",
+                Kind::Server => "inbound",
+            },
+        ),
+        kv_str("weft.client.identity", o.client_identity),
+        kv_str("weft.server.identity", o.server_identity),
+        kv("weft.mtls", any_value::Value::BoolValue(o.mtls)),
+    ];
+    if let Some(authority) = o.authority {
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if p.parse::<u16>().is_ok() => (h, p.parse::<i64>().ok()),
+            _ => (authority, None),
+        };
+        attributes.push(kv_str("server.address", host));
+        if let Some(port) = port {
+            attributes.push(kv_int("server.port", port));
+        }
+    }
+    if !o.route.is_empty() {
+        attributes.push(kv_str("http.route", o.route));
+        attributes.push(kv_str("weft.route", o.route));
+    }
+    if !o.backend.is_empty() {
+        attributes.push(kv_str("weft.backend", o.backend));
+    }
+    if let Some(endpoint) = o.endpoint {
+        attributes.push(kv_str("weft.endpoint", &endpoint.to_string()));
+        attributes.push(kv_str("network.peer.address", &endpoint.ip().to_string()));
+        attributes.push(kv_int("network.peer.port", i64::from(endpoint.port())));
+    }
+    if o.resend_count > 0 {
+        attributes.push(kv_int(
+            "http.request.resend_count",
+            i64::from(o.resend_count),
+        ));
+    }
+    if let Some((service, method)) = rpc {
+        attributes.push(kv_str("rpc.system", "grpc"));
+        attributes.push(kv_str("rpc.service", service));
+        attributes.push(kv_str("rpc.method", method));
+        if let Some(code) = o.grpc_status {
+            attributes.push(kv_int("rpc.grpc.status_code", code));
+        }
+    }
+    if let Some(kind) = o.proxy_error {
+        attributes.push(kv_str("weft.proxy_error", kind));
+    }
+    let http_error = match kind {
+        Kind::Client => o.status >= 400,
+        Kind::Server => o.status >= 500,
+    };
+    let grpc_error = o.grpc_status.is_some_and(|c| c != 0);
+    let error = http_error || grpc_error || o.proxy_error.is_some();
+    if error {
+        let error_type = o
+            .proxy_error
+            .map(str::to_owned)
+            .unwrap_or_else(|| o.status.to_string());
+        attributes.push(kv_str("error.type", &error_type));
+    }
+    Span {
+        trace_id: active.trace_id.to_vec(),
+        span_id: active.span_id.to_vec(),
+        parent_span_id: active.parent.map(|p| p.to_vec()).unwrap_or_default(),
+        flags: 1,
+        name,
+        kind: match kind {
+            Kind::Client => span::SpanKind::Client as i32,
+            Kind::Server => span::SpanKind::Server as i32,
+        },
+        start_time_unix_nano: unix_ns(active.start),
+        end_time_unix_nano: unix_ns(end).max(unix_ns(active.start)),
+        attributes,
+        status: Some(Status {
+            message: String::new(),
+            code: if error {
+                status::StatusCode::Error as i32
+            } else {
+                status::StatusCode::Unset as i32
+            },
+        }),
+        ..Span::default()
+    }
+}
+
+fn resource(config: &TraceConfig) -> Resource {
+    let mut attributes = vec![
+        kv_str("service.name", &config.service_name),
+        kv_str("weft.proxy.version", env!("CARGO_PKG_VERSION")),
+        kv_str("telemetry.sdk.name", "weft-proxy"),
+    ];
+    let mut seen: HashMap<&str, ()> = HashMap::new();
+    for (k, v) in &config.resource {
+        if seen.insert(k, ()).is_none() {
+            attributes.push(kv_str(k, v));
+        }
+    }
+    Resource {
+        attributes,
+        ..Resource::default()
+    }
+}
+
+/// Batches queued spans and exports them; a batch that cannot be exported
+/// in time is dropped (counted), so a slow or dead collector only loses
+/// spans.
+async fn export_loop(
+    endpoint: String,
+    resource: Resource,
+    mut rx: mpsc::Receiver<Finished>,
+    metrics: Arc<Metrics>,
+) {
+    let channel = match tonic::transport::Endpoint::from_shared(endpoint.clone()) {
+        Ok(e) => e.connect_timeout(Duration::from_secs(2)).connect_lazy(),
+        Err(error) => {
+            // Checked with the configuration: not reached.
+            tracing::warn!(%endpoint, %error, "tracing off: the collector's address is invalid");
+            return;
+        }
+    };
+    let mut client = TraceServiceClient::new(channel);
+    let mut failures_logged = 0u64;
+    let mut batch: Vec<Span> = Vec::with_capacity(BATCH_MAX);
+    loop {
+        let first = match rx.recv().await {
+            Some(f) => f,
+            None => return,
+        };
+        batch.push(first.span);
+        let deadline = tokio::time::Instant::now() + BATCH_INTERVAL;
+        while batch.len() < BATCH_MAX {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(f)) => batch.push(f.span),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let n = batch.len() as u64;
+        let request = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(resource.clone()),
+                scope_spans: vec![ScopeSpans {
+                    scope: Some(InstrumentationScope {
+                        name: "weft-proxy".to_owned(),
+                        version: env!("CARGO_PKG_VERSION").to_owned(),
+                        ..InstrumentationScope::default()
+                    }),
+                    spans: std::mem::take(&mut batch),
+                    schema_url: String::new(),
+                }],
+                schema_url: String::new(),
+            }],
+        };
+        match tokio::time::timeout(EXPORT_TIMEOUT, client.export(request)).await {
+            Ok(Ok(_)) => metrics.spans_exported(n),
+            Ok(Err(status)) => {
+                metrics.spans_dropped("export_failed", n);
+                failures_logged += 1;
+                if failures_logged.is_power_of_two() {
+                    tracing::warn!(%endpoint, spans = n, error = %status.message(), failures = failures_logged,
+                        "could not export spans to the collector; dropped them");
+                }
+            }
+            Err(_) => {
+                metrics.spans_dropped("export_failed", n);
+                failures_logged += 1;
+                if failures_logged.is_power_of_two() {
+                    tracing::warn!(%endpoint, spans = n, timeout_s = EXPORT_TIMEOUT.as_secs(), failures = failures_logged,
+                        "the collector did not answer in time; dropped the spans");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+    use super::*;
+
+    const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn traceparent_is_read_and_written() {
+        let p = parse_traceparent(TP).unwrap();
+        assert_eq!(p.sampled, Some(true));
+        assert_eq!(traceparent(&p.trace_id, &p.span_id, true), TP);
+        let unsampled = parse_traceparent(&TP.replace("-01", "-00")).unwrap();
+        assert_eq!(unsampled.sampled, Some(false));
+        // A later version: its first four fields.
+        assert!(parse_traceparent(&format!("{}-extra", TP.replacen("00", "cc", 1))).is_some());
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            &TP.replacen("00", "ff", 1),
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01",
+            &format!("{TP}-extra"),
+        ] {
+            assert_eq!(parse_traceparent(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn b3_single_and_multi_are_read() {
+        let single =
+            parse_b3_single("80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1").unwrap();
+        assert_eq!(single.sampled, Some(true));
+        assert_eq!(single.span_id, hex_to::<8>("e457b5a2e4d86bd1").unwrap());
+        let short = parse_b3_single("64fe8b2a57d3eff7-e457b5a2e4d86bd1").unwrap();
+        assert_eq!(short.trace_id[..8], [0; 8]);
+        assert_eq!(short.sampled, None);
+        assert_eq!(
+            parse_b3_single("80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-0-05e3ac9a4f6e3b90")
+                .unwrap()
+                .sampled,
+            Some(false)
+        );
+        assert_eq!(parse_b3_single("0"), None);
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-b3-traceid",
+            "80f198ee56343ba864fe8b2a57d3eff7".parse().unwrap(),
+        );
+        headers.insert("x-b3-spanid", "e457b5a2e4d86bd1".parse().unwrap());
+        headers.insert("x-b3-sampled", "1".parse().unwrap());
+        let multi = extract(&headers).unwrap();
+        assert_eq!(multi, single);
+        headers.insert(TRACEPARENT, TP.parse().unwrap());
+        assert_eq!(extract(&headers), parse_traceparent(TP), "traceparent wins");
+    }
+
+    #[test]
+    fn sampling_is_parent_based_then_by_trace_id() {
+        let on = Sampler {
+            parent_based: true,
+            ratio: 1.0,
+        };
+        let off = Sampler {
+            parent_based: true,
+            ratio: 0.0,
+        };
+        let id = [7u8; 16];
+        assert!(on.decide(&id, None));
+        assert!(!on.decide(&id, Some(false)));
+        assert!(off.decide(&id, Some(true)));
+        assert!(!off.decide(&id, None));
+        let tenth = Sampler {
+            parent_based: false,
+            ratio: 0.1,
+        };
+        let sampled = (0..10_000u32)
+            .filter(|i| {
+                let mut id = [0u8; 16];
+                id[8..12].copy_from_slice(&i.wrapping_mul(2_654_435_761).to_be_bytes());
+                tenth.decide(&id, Some(true))
+            })
+            .count();
+        assert!((800..1200).contains(&sampled), "{sampled}");
+    }
+
+    #[test]
+    fn begin_rewrites_the_context_for_the_next_hop() {
+        let metrics = Arc::new(Metrics::new());
+        let (queue, _rx) = mpsc::channel(1);
+        let tracer = Tracer {
+            sampler: Sampler {
+                parent_based: true,
+                ratio: 1.0,
+            },
+            queue,
+            metrics,
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            B3,
+            "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1"
+                .parse()
+                .unwrap(),
+        );
+        headers.insert("tracestate", "vendor=x".parse().unwrap());
+        let span = tracer.begin(&mut headers).unwrap();
+        assert!(headers.get(B3).is_none());
+        assert_eq!(headers.get("tracestate").unwrap(), "vendor=x");
+        let next = parse_traceparent(headers.get(TRACEPARENT).unwrap().to_str().unwrap()).unwrap();
+        assert_eq!(next.trace_id, span.trace_id);
+        assert_eq!(next.span_id, span.span_id);
+        assert_eq!(span.parent, hex_to::<8>("e457b5a2e4d86bd1"));
+        // Unsampled: no span, the decision passed on.
+        let mut headers = HeaderMap::new();
+        headers.insert(TRACEPARENT, TP.replace("-01", "-00").parse().unwrap());
+        assert!(tracer.begin(&mut headers).is_none());
+        assert!(
+            headers
+                .get(TRACEPARENT)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .ends_with("-00")
+        );
+    }
+
+    #[test]
+    fn the_environment_is_read_with_clear_errors() {
+        let env = |pairs: &[(&str, &str)]| {
+            let map: HashMap<String, String> = pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            move |k: &str| map.get(k).cloned()
+        };
+        assert_eq!(TraceConfig::from_env(env(&[])), Ok(None));
+        let c = TraceConfig::from_env(env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317"),
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.25"),
+            ("OTEL_SERVICE_NAME", "checkout"),
+            (
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "k8s.pod.name=checkout-1,team=a%2Cb",
+            ),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            c.sampler,
+            Sampler {
+                parent_based: true,
+                ratio: 0.25
+            }
+        );
+        assert_eq!(c.service_name, "checkout");
+        assert_eq!(c.resource[1], ("team".to_owned(), "a,b".to_owned()));
+        let errors = TraceConfig::from_env(env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector"),
+            ("OTEL_TRACES_SAMPLER", "sometimes"),
+            ("OTEL_RESOURCE_ATTRIBUTES", "nokey"),
+        ]))
+        .unwrap_err();
+        let vars: Vec<&str> = errors.iter().map(|(v, _)| *v).collect();
+        assert_eq!(
+            vars,
+            [
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "OTEL_TRACES_SAMPLER",
+                "OTEL_RESOURCE_ATTRIBUTES"
+            ]
+        );
+        assert_eq!(
+            TraceConfig::from_env(env(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317"),
+                ("OTEL_TRACES_EXPORTER", "none")
+            ])),
+            Ok(None)
+        );
+    }
+}
