@@ -247,6 +247,50 @@ fn demo_runs_a_meshed_app_with_mtls_everywhere_renews_and_leaves_nothing() {
     assert_eq!(stray["policy"], "default:deny", "{stray}");
     assert!(stray["total"].as_u64().unwrap() >= 10, "{stray}");
 
+    // Traces: the demo's receiver got every hop's spans, and a tick showed
+    // a whole request as a waterfall: loadgen's client span, web's server
+    // span under it, web's two calls under that, each answered by a server
+    // span of checkout and of inventory.
+    let whole = ticks.iter().find_map(|t| {
+        let rows = t["tick"]["slowest_trace"]["rows"].as_array()?;
+        let has = |service: &str, kind: &str, depth: u64| {
+            rows.iter().any(|r| {
+                r["service"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with(service))
+                    && r["kind"] == kind
+                    && r["depth"] == depth
+            })
+        };
+        (has("loadgen", "client", 0)
+            && has("web", "server", 1)
+            && has("web", "client", 2)
+            && has("checkout-v", "server", 3)
+            && has("inventory", "server", 3)
+            // Not one with a retried failure of the flaky replica.
+            && rows.iter().all(|r| r["status"] == "ok"))
+        .then_some(rows)
+    });
+    let rows = whole.unwrap_or_else(|| {
+        panic!(
+            "no tick showed a whole trace: {:#?}",
+            ticks
+                .iter()
+                .map(|t| &t["tick"]["slowest_trace"])
+                .collect::<Vec<_>>()
+        )
+    });
+    for row in rows {
+        let identity = row["identity"].as_str().unwrap();
+        let service = row["service"].as_str().unwrap();
+        let account = if service.starts_with("checkout") {
+            "checkout"
+        } else {
+            service
+        };
+        assert_eq!(identity, id(account), "{row}");
+    }
+
     // With 5 s certificates, renewals happened during the 20 s run.
     let renewals: u64 = summary["renewals"]
         .as_object()

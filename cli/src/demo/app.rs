@@ -2,7 +2,8 @@
 //! mesh. `web` answers `GET /` by calling `checkout` and `inventory` through
 //! the upstream listeners of its sidecar; the others answer directly. A
 //! flaky replica answers 503 to everything for [`FLAKY_FAILING`] after every
-//! [`FLAKY_HEALTHY`] of health.
+//! [`FLAKY_HEALTHY`] of health. `web` forwards the trace context of each
+//! request to its calls ([`TRACE_HEADERS`]).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -43,6 +44,10 @@ pub fn failing_at(age: Duration) -> bool {
     let into = Duration::from_secs_f64(age.as_secs_f64() % period.as_secs_f64());
     into >= FLAKY_HEALTHY
 }
+
+/// The trace context headers an app forwards from a request to the calls it
+/// makes for it (W3C Trace Context).
+pub const TRACE_HEADERS: [&str; 2] = ["traceparent", "tracestate"];
 
 struct App {
     spec: AppSpec,
@@ -126,12 +131,23 @@ async fn handle(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
             ),
         );
     }
-    // An aggregating service: call every upstream concurrently.
+    // An aggregating service: call every upstream concurrently, forwarding
+    // the trace context its sidecar passed in, so that the calls join the
+    // request's trace (as an instrumented app does).
+    let context: Vec<(http::HeaderName, http::HeaderValue)> = TRACE_HEADERS
+        .iter()
+        .filter_map(|name| {
+            let value = req.headers().get(*name)?;
+            Some((http::HeaderName::from_static(name), value.clone()))
+        })
+        .collect();
+    let context = &context;
     let calls = app.spec.upstreams.iter().map(|(name, addr)| async move {
         let uri = format!("http://{addr}/{name}");
         let result = async {
-            let uri: http::Uri = uri.parse().ok()?;
-            let rsp = app.client.get(uri).await.ok()?;
+            let mut call = Request::get(uri).body(Empty::new()).ok()?;
+            call.headers_mut().extend(context.iter().cloned());
+            let rsp = app.client.request(call).await.ok()?;
             let status = rsp.status();
             let body = rsp.into_body().collect().await.ok()?.to_bytes();
             Some((status, body))

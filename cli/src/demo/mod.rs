@@ -10,6 +10,7 @@ pub(crate) mod running;
 pub(crate) mod scrape;
 pub(crate) mod stats;
 mod topology;
+mod traces;
 mod view;
 
 use std::collections::BTreeMap;
@@ -47,6 +48,15 @@ pub struct DemoArgs {
     /// denied (403) by inventory's AuthorizationPolicy.
     #[arg(long, value_name = "RPS")]
     pub stray_calls: Option<f64>,
+    /// Send the sidecars' spans to this OpenTelemetry collector (OTLP over
+    /// gRPC: Jaeger, Tempo, an OpenTelemetry Collector; `http://127.0.0.1:4317`)
+    /// instead of the demo's own receiver, whose slowest trace of each second
+    /// the view shows.
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+    /// The share of requests traced, 0 to 1.
+    #[arg(long, default_value_t = 1.0)]
+    pub trace_sample_ratio: f64,
 }
 
 /// Runs `weft demo`.
@@ -57,6 +67,16 @@ pub fn demo(args: DemoArgs) -> ExitCode {
     }
     if args.stray_calls.is_some_and(|r| !(r > 0.0 && r <= 5_000.0)) {
         eprintln!("weft demo: --stray-calls must be between 0 and 5000 requests per second");
+        return ExitCode::from(2);
+    }
+    if !(0.0..=1.0).contains(&args.trace_sample_ratio) {
+        eprintln!("weft demo: --trace-sample-ratio must be between 0 and 1");
+        return ExitCode::from(2);
+    }
+    if let Some(url) = &args.otlp_endpoint
+        && let Err(problem) = check_otlp_endpoint(url)
+    {
+        eprintln!("weft demo: --otlp-endpoint {url:?}: {problem}");
         return ExitCode::from(2);
     }
     tracing_subscriber::fmt()
@@ -84,6 +104,20 @@ pub fn demo(args: DemoArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// An OTLP/gRPC collector URL: `http://` or `https://`, a host, a port.
+fn check_otlp_endpoint(url: &str) -> Result<(), String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("not a URL ({e}); e.g. http://127.0.0.1:4317"))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return Err("use http:// or https:// (OTLP over gRPC)".into());
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err("the URL names no host".into());
+    }
+    Ok(())
 }
 
 /// The namespace of the demo's services and identities.

@@ -18,6 +18,7 @@ use super::running::RunningDemo;
 use super::scrape::Scraper;
 use super::stats::{Split, Stats, Tick, Watched};
 use super::topology::{self, Workload};
+use super::traces::{self, SpanView};
 use super::view::{self, Mode};
 use super::{DemoArgs, identity};
 use crate::output::OutputFormat;
@@ -164,8 +165,25 @@ async fn run_mesh(
             children.spawn(&format!("{}-app", w.replica), exe, &app_args, &[], run_dir)?;
         }
     }
+    // Traces: to the user's collector, or to the demo's own receiver, whose
+    // slowest trace of each tick the view shows.
+    let receiver = match &args.otlp_endpoint {
+        Some(_) => None,
+        None => Some(
+            weft_api::otlp::Receiver::start(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+                .await
+                .context("cannot start the demo's trace receiver")?,
+        ),
+    };
+    let otlp_endpoint = match (&args.otlp_endpoint, &receiver) {
+        (Some(url), _) => url.clone(),
+        (None, Some(r)) => r.endpoint(),
+        // One of the two is always set.
+        (None, None) => String::new(),
+    };
     for w in &workloads {
-        let env = sidecar_env(w, &proof);
+        let mut env = sidecar_env(w, &proof);
+        env.extend(trace_env(w, &otlp_endpoint, args.trace_sample_ratio));
         children.spawn(
             &format!("{}-proxy", w.replica),
             exe,
@@ -241,6 +259,7 @@ async fn run_mesh(
         args,
         mode,
         watched,
+        receiver.as_ref(),
         &policy_dir,
         children,
         run_dir,
@@ -280,6 +299,33 @@ fn sidecar_env(w: &Workload, proof: &identity::Proof) -> Vec<(String, String)> {
     ];
     vars.extend(proof.env(w));
     vars
+}
+
+/// The OpenTelemetry variables of one sidecar: its spans to `endpoint`,
+/// named after its service, the replica as its pod.
+fn trace_env(w: &Workload, endpoint: &str, ratio: f64) -> Vec<(String, String)> {
+    use weft_api::consts::otel_env;
+    let mut resource = format!(
+        "k8s.namespace.name={},k8s.pod.name={}",
+        topology::NAMESPACE,
+        w.replica
+    );
+    if let Some(version) = w.version {
+        resource.push_str(&format!(",service.version={version}"));
+    }
+    vec![
+        (
+            otel_env::EXPORTER_OTLP_ENDPOINT.to_owned(),
+            endpoint.to_owned(),
+        ),
+        (
+            otel_env::TRACES_SAMPLER.to_owned(),
+            "parentbased_traceidratio".to_owned(),
+        ),
+        (otel_env::TRACES_SAMPLER_ARG.to_owned(), ratio.to_string()),
+        (otel_env::SERVICE_NAME.to_owned(), w.service.to_owned()),
+        (otel_env::RESOURCE_ATTRIBUTES.to_owned(), resource),
+    ]
 }
 
 /// Waits until every sidecar is ready; `false` when interrupted first.
@@ -440,6 +486,7 @@ async fn live_view(
     args: &DemoArgs,
     mode: Mode,
     watched: Vec<Watched>,
+    receiver: Option<&weft_api::otlp::Receiver>,
     policy_dir: &Path,
     children: &mut Children,
     run_dir: &Path,
@@ -462,6 +509,7 @@ async fn live_view(
         None => "(Ctrl-C to stop)".to_owned(),
     };
     let mut last_at = Instant::now();
+    let mut window = traces::Window::default();
     loop {
         let reason = tokio::select! {
             _ = interval.tick() => None,
@@ -481,13 +529,21 @@ async fn live_view(
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
         let splits = splits(&store).await;
-        let tick = stats.tick(
+        let mut tick = stats.tick(
             scrapes,
             last_at.elapsed().as_secs_f64(),
             now,
             started.elapsed().as_secs_f64(),
             &splits,
         );
+        if let Some(receiver) = receiver {
+            let spans: Vec<SpanView> = receiver
+                .take()
+                .iter()
+                .filter_map(SpanView::from_received)
+                .collect();
+            tick.slowest_trace = window.tick(spans);
+        }
         last_at = Instant::now();
         match mode {
             Mode::Json => view::out(&format!("{}\n", json!({"type": "tick", "tick": &tick}))),

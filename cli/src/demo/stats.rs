@@ -130,6 +130,9 @@ pub struct Tick {
     pub events: Vec<String>,
     /// Proxies that did not answer this tick.
     pub unreachable: Vec<String>,
+    /// The slowest trace whose spans arrived this tick (when the demo runs
+    /// its own OTLP receiver).
+    pub slowest_trace: Option<super::traces::Waterfall>,
 }
 
 /// Accumulates scrapes into ticks.
@@ -354,6 +357,7 @@ impl Stats {
             denials,
             events: self.events.clone(),
             unreachable,
+            slowest_trace: None,
         }
     }
 

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 
 use super::stats::{BackendRow, DenialRow, EdgeRow, ServiceRow, Tick};
+use super::traces::{Waterfall, WaterfallRow};
 
 /// How output is rendered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,6 +106,9 @@ pub fn render(tick: &Tick, mode: Mode, header: &str) -> String {
         for row in &tick.denials {
             s.push_str(&denial_line(row, mode));
         }
+    }
+    if let Some(trace) = &tick.slowest_trace {
+        s.push_str(&waterfall(trace, mode));
     }
     if !tick.events.is_empty() {
         let _ = writeln!(s, "\ncircuit breaker:");
@@ -226,5 +230,66 @@ fn denial_line(row: &DenialRow, mode: Mode) -> String {
         } else {
             &row.from_identity
         },
+    )
+}
+
+/// Width of the waterfall's timeline column, in characters.
+const TIMELINE: usize = 32;
+
+/// The slowest trace of the tick: one line per span, indented under its
+/// parent, with a bar placing it in the trace's time.
+fn waterfall(trace: &Waterfall, mode: Mode) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "\n{}  {}  {}  ({} traces this tick)",
+        paint(mode, BOLD, "SLOWEST TRACE"),
+        trace.trace_id,
+        fmt_opt(Some(trace.duration_ms), 2, "ms"),
+        trace.traces_seen
+    );
+    let _ = writeln!(
+        s,
+        "{:<22} {:<6} {:<30} {:>9} {:>9} {:<6} {:<TIMELINE$}  IDENTITY",
+        "SERVICE", "KIND", "SPAN", "START", "DURATION", "STATUS", "TIMELINE"
+    );
+    for row in &trace.rows {
+        s.push_str(&waterfall_line(row, trace.duration_ms, mode));
+    }
+    s
+}
+
+fn waterfall_line(row: &WaterfallRow, total_ms: f64, mode: Mode) -> String {
+    let scale = |ms: f64| {
+        if total_ms > 0.0 {
+            ((ms / total_ms) * TIMELINE as f64).round() as usize
+        } else {
+            0
+        }
+    };
+    let lead = scale(row.offset_ms).min(TIMELINE - 1);
+    let len = scale(row.duration_ms).clamp(1, TIMELINE - lead);
+    let bar = format!(
+        "{}{}{}",
+        " ".repeat(lead),
+        "=".repeat(len),
+        " ".repeat(TIMELINE - lead - len)
+    );
+    let service = format!("{}{}", "  ".repeat(row.depth), row.service);
+    let status = match row.status_code {
+        Some(code) => code.to_string(),
+        None => row.status.to_owned(),
+    };
+    let colour = if row.status == "error" { RED } else { GREEN };
+    format!(
+        "{:<22} {:<6} {:<30} {:>9} {:>9} {} {}  {}\n",
+        service,
+        row.kind,
+        row.name,
+        fmt_opt(Some(row.offset_ms), 2, "ms"),
+        fmt_opt(Some(row.duration_ms), 2, "ms"),
+        paint(mode, colour, &format!("{status:<6}")),
+        paint(mode, colour, &bar),
+        row.identity,
     )
 }
