@@ -40,7 +40,12 @@ pub fn all(settings: &Settings) -> anyhow::Result<Report> {
     ));
 
     let mut skipped: BTreeMap<SystemKind, String> = BTreeMap::new();
-    let wefts = [SystemKind::Weft, SystemKind::WeftPolicy];
+    let wefts = [
+        SystemKind::Weft,
+        SystemKind::WeftPolicy,
+        SystemKind::WeftTrace100,
+        SystemKind::WeftTrace1,
+    ];
     let weft_proxy = if wefts.iter().any(|w| settings.systems.contains(w)) {
         match systems::find_weft_proxy(settings.weft_proxy.as_deref()) {
             Ok(found) => {
@@ -377,6 +382,13 @@ fn run_system(
         g.rss_peak.push(Mem::hwm(&procs::sample(&pids)));
     } else {
         step.next();
+    }
+    if let Some(spans) = running.spans_received() {
+        // Proof that the traced pair traced: what its receiver got.
+        progress(format_args!("{kind}: the OTLP receiver got {spans} spans"));
+        if spans == 0 {
+            anyhow::bail!("{kind} sent no span to its OTLP receiver");
+        }
     }
     running.stop();
     Ok(())

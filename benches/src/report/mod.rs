@@ -48,7 +48,13 @@ pub fn missing(report: &Report, weft_required: bool) -> Vec<String> {
         match &s.status {
             Status::Ran => {}
             Status::Skipped { reason } => {
-                let weft = matches!(s.system, SystemKind::Weft | SystemKind::WeftPolicy);
+                let weft = matches!(
+                    s.system,
+                    SystemKind::Weft
+                        | SystemKind::WeftPolicy
+                        | SystemKind::WeftTrace100
+                        | SystemKind::WeftTrace1
+                );
                 if !weft || weft_required {
                     missing.push(format!("{name} was skipped: {reason}"));
                 }

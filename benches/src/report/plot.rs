@@ -20,6 +20,8 @@ fn color(system: SystemKind) -> RGBColor {
         SystemKind::Direct => RGBColor(90, 90, 90),
         SystemKind::Weft => RGBColor(214, 39, 40),
         SystemKind::WeftPolicy => RGBColor(148, 103, 189),
+        SystemKind::WeftTrace100 => RGBColor(140, 86, 75),
+        SystemKind::WeftTrace1 => RGBColor(227, 119, 194),
         SystemKind::HaproxyHttp => RGBColor(31, 119, 180),
         SystemKind::HaproxyTcp => RGBColor(44, 160, 44),
         SystemKind::Nginx => RGBColor(255, 127, 14),

@@ -179,6 +179,57 @@ pub fn evaluate(report: &Report) -> Vec<Verdict> {
         },
     );
 
+    // Tracing's cost: CPU per request and added latency beside the untraced pair.
+    for (kind, percent, aim) in [
+        (SystemKind::WeftTrace100, 100, 25.0),
+        (SystemKind::WeftTrace1, 1, 5.0),
+    ] {
+        let target = format!(
+            "tracing at {percent} % sampling adds under {aim:.0} % CPU per request to the weft pair ({})",
+            report.cpu_reference
+        );
+        let traced = report.system(kind);
+        let latency = traced
+            .map(|t| {
+                t.scenarios
+                    .iter()
+                    .filter(|sc| sc.scenario.rate().is_some())
+                    .filter_map(|sc| {
+                        let plain = added(report, weft, &sc.id, false)?;
+                        let with = added(report, t, &sc.id, false)?;
+                        Some(format!("{} {:+.0} µs", sc.id, with - plain))
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        let latency = if latency.is_empty() {
+            String::new()
+        } else {
+            format!("; added p50 beside weft: {}", latency.join(", "))
+        };
+        out.push(
+            match (
+                weft.proxy_cpu_us_per_request,
+                traced.and_then(|t| t.proxy_cpu_us_per_request),
+            ) {
+                (Some(plain), Some(with)) if plain > 0.0 => verdict(
+                    target,
+                    Some(with <= (1.0 + aim / 100.0) * plain),
+                    format!(
+                        "{kind} {with:.1} µs/req; weft {plain:.1} µs/req ({:+.1} %, {:+.1} µs){latency}",
+                        (with / plain - 1.0) * 100.0,
+                        with - plain
+                    ),
+                ),
+                _ => verdict(
+                    target,
+                    None,
+                    format!("weft or {kind} has no CPU figure in this run"),
+                ),
+            },
+        );
+    }
+
     let mem_targets = [
         ("RSS idle at most 10 MB per proxy", weft.rss_idle, 10.0),
         (

@@ -6,6 +6,7 @@
 //! The client-side proxy forwards over mTLS to the server-side proxy, which
 //! forwards to the shared backend.
 
+mod collector;
 mod haproxy;
 mod nginx;
 mod weft;
@@ -23,6 +24,7 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 use crate::pki::Pki;
+use weft_api::consts::otel_env as otel;
 
 pub use weft::{WeftProxy, find_binary, find_weft_proxy};
 
@@ -36,16 +38,23 @@ pub enum SystemKind {
     /// The weft pair with a route (two-backend split), retries, a retry
     /// budget and circuit breaking from a real controller's discovery.
     WeftPolicy,
+    /// The weft pair tracing every request (100 % sampling) to an OTLP
+    /// receiver in the harness.
+    WeftTrace100,
+    /// The weft pair tracing 1 % of requests.
+    WeftTrace1,
     HaproxyHttp,
     HaproxyTcp,
     Nginx,
 }
 
 impl SystemKind {
-    pub const ALL: [SystemKind; 6] = [
+    pub const ALL: [SystemKind; 8] = [
         Self::Direct,
         Self::Weft,
         Self::WeftPolicy,
+        Self::WeftTrace100,
+        Self::WeftTrace1,
         Self::HaproxyHttp,
         Self::HaproxyTcp,
         Self::Nginx,
@@ -56,6 +65,8 @@ impl SystemKind {
             Self::Direct => "direct",
             Self::Weft => "weft",
             Self::WeftPolicy => "weft-policy",
+            Self::WeftTrace100 => "weft-trace-100",
+            Self::WeftTrace1 => "weft-trace-1",
             Self::HaproxyHttp => "haproxy-http",
             Self::HaproxyTcp => "haproxy-tcp",
             Self::Nginx => "nginx",
@@ -75,6 +86,12 @@ impl SystemKind {
             }
             Self::WeftPolicy => {
                 "the weft pair with traffic policy from a real controller's discovery: the upstream names a service whose HTTPRoute splits it 50/50 between two backends, with retries, a retry budget and circuit breaking (no request needs a retry)"
+            }
+            Self::WeftTrace100 => {
+                "the weft pair with OpenTelemetry tracing at 100 % sampling: each request a CLIENT and a SERVER span, exported over OTLP/gRPC to a receiver in the harness"
+            }
+            Self::WeftTrace1 => {
+                "the weft pair with OpenTelemetry tracing at 1 % sampling (parent-based trace-id ratio), exported the same way"
             }
             Self::HaproxyHttp => {
                 "HAProxy pair, mode http: client side -> mTLS (TLS 1.3, client certificates, ALPN h2) -> server side -> backend (HTTP/1.1 keep-alive)"
@@ -116,6 +133,8 @@ pub struct Running {
     processes: Vec<Process>,
     /// weft-policy's controller, stopped after the processes.
     control: Option<weft_policy::ControlPlane>,
+    /// The traced pairs' OTLP receiver, stopped after the processes.
+    collector: Option<collector::Collector>,
 }
 
 #[derive(Debug)]
@@ -129,6 +148,11 @@ impl Running {
     /// The root processes of the proxies (descendants are counted with them).
     pub fn pids(&self) -> Vec<u32> {
         self.processes.iter().map(|p| p.child.id()).collect()
+    }
+
+    /// Spans the traced pairs' receiver got (`None` for other systems).
+    pub fn spans_received(&self) -> Option<u64> {
+        self.collector.as_ref().map(collector::Collector::spans)
     }
 
     /// Fails, with the tail of its log, if a process has exited.
@@ -177,6 +201,7 @@ impl Drop for Running {
     fn drop(&mut self) {
         self.stop_processes();
         self.control.take();
+        self.collector.take();
     }
 }
 
@@ -192,8 +217,27 @@ pub fn start(kind: SystemKind, env: &StartEnv) -> anyhow::Result<Running> {
             tls: None,
             processes: Vec::new(),
             control: None,
+            collector: None,
         },
-        SystemKind::Weft => weft::start(env, &dir)?,
+        SystemKind::Weft => weft::start(env, &dir, &[])?,
+        SystemKind::WeftTrace100 | SystemKind::WeftTrace1 => {
+            let collector = collector::Collector::start()?;
+            let ratio = if kind == SystemKind::WeftTrace100 {
+                "1"
+            } else {
+                "0.01"
+            };
+            let endpoint = format!("http://{}", collector.addr);
+            let vars = [
+                (otel::EXPORTER_OTLP_ENDPOINT, endpoint.as_str()),
+                (otel::TRACES_SAMPLER, "parentbased_traceidratio"),
+                (otel::TRACES_SAMPLER_ARG, ratio),
+                (otel::SERVICE_NAME, "bench"),
+            ];
+            let mut running = weft::start(env, &dir, &vars)?;
+            running.collector = Some(collector);
+            running
+        }
         SystemKind::WeftPolicy => weft_policy::start(env, &dir)?,
         SystemKind::HaproxyHttp => haproxy::start(env, &dir, haproxy::Mode::Http)?,
         SystemKind::HaproxyTcp => haproxy::start(env, &dir, haproxy::Mode::Tcp)?,
@@ -289,6 +333,7 @@ impl Running {
             tls: Some(tls),
             processes: processes.into_iter().map(|p| p.0).collect(),
             control: None,
+            collector: None,
         }
     }
 }

@@ -93,7 +93,8 @@ pub fn find_binary(package: &str, bin: &str) -> Result<PathBuf, String> {
     }
 }
 
-pub(super) fn start(env: &StartEnv, dir: &Path) -> anyhow::Result<Running> {
+/// Starts the pair; `extra` variables go to both proxies (tracing).
+pub(super) fn start(env: &StartEnv, dir: &Path, extra: &[(&str, &str)]) -> anyhow::Result<Running> {
     let Some(proxy) = &env.weft_proxy else {
         anyhow::bail!("no weft-proxy binary was found");
     };
@@ -109,7 +110,8 @@ pub(super) fn start(env: &StartEnv, dir: &Path) -> anyhow::Result<Running> {
             .env(var::ADMIN_ADDR, free_addr()?.to_string())
             .env(var::OUTBOUND_ADDR, free_addr()?.to_string())
             .env(var::SHUTDOWN_GRACE, "1")
-            .env(var::LOG, "warn");
+            .env(var::LOG, "warn")
+            .envs(extra.iter().copied());
         Ok(())
     };
 
