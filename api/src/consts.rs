@@ -128,6 +128,9 @@ pub mod env {
     pub const LOG: &str = "WEFT_PROXY_LOG";
     /// Log format: `plain` or `json`. Default `plain`.
     pub const LOG_FORMAT: &str = "WEFT_PROXY_LOG_FORMAT";
+    /// `on`: one log line per HTTP request (target `weft_proxy::access`).
+    /// Default `off`.
+    pub const ACCESS_LOG: &str = "WEFT_PROXY_ACCESS_LOG";
     /// Meshed destinations for the transparent outbound listener, until
     /// discovery replaces them: entries separated by whitespace, each
     /// `IP=IDENTITY` or `IP:PORT=IDENTITY`. Others are passed through. Default none.

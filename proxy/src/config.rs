@@ -112,6 +112,8 @@ pub struct ProxyConfig {
     /// Traces (`OTEL_EXPORTER_OTLP_ENDPOINT` and the SDK's other variables);
     /// `None`: off, no span is built.
     pub tracing: Option<crate::trace::TraceConfig>,
+    /// One log line per HTTP request (`WEFT_PROXY_ACCESS_LOG=on`, default off).
+    pub access_log: bool,
 }
 
 impl ProxyConfig {
@@ -137,6 +139,7 @@ impl ProxyConfig {
             probe_paths: Vec::new(),
             admin: crate::admin::Extras::default(),
             tracing: None,
+            access_log: false,
         }
     }
 }
@@ -348,6 +351,18 @@ impl Config {
                 ),
             );
         }
+        proxy.access_log = match p.get(env::ACCESS_LOG) {
+            None | Some("off" | "false" | "0") => false,
+            Some("on" | "true" | "1") => true,
+            Some(other) => {
+                let other = other.to_owned();
+                p.error(
+                    env::ACCESS_LOG,
+                    format!("{other:?} is not on or off; use \"on\" for one log line per request"),
+                );
+                false
+            }
+        };
         match crate::trace::TraceConfig::from_env(|var| p.get(var).map(str::to_owned)) {
             Ok(tracing) => proxy.tracing = tracing,
             Err(problems) => {
@@ -962,6 +977,8 @@ mod tests {
             ),
             (env::LOG_FORMAT, "xml"),
             (env::WORKER_THREADS, "0"),
+            (env::ACCESS_LOG, "maybe"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317"),
         ]);
         let errs = Config::from_env(&v).unwrap_err();
         let text = errs.to_string();
@@ -975,9 +992,11 @@ mod tests {
             env::CERT_FILE,
             env::KEY_FILE,
             env::TRUST_ANCHORS_FILE,
+            "WEFT_PROXY_ACCESS_LOG: \"maybe\" is not on or off",
+            "OTEL_EXPORTER_OTLP_ENDPOINT: \"collector:4317\" is not a URL",
         ] {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");
         }
-        assert_eq!(errs.0.len(), 9, "{text}");
+        assert_eq!(errs.0.len(), 11, "{text}");
     }
 }

@@ -54,6 +54,8 @@ pub struct Inbound {
     own_ports: Arc<[u16]>,
     authz: Authorizer,
     tracer: Option<Arc<crate::trace::Tracer>>,
+    /// One log line per request (`WEFT_PROXY_ACCESS_LOG`).
+    access_log: bool,
     /// This workload's TLS state: its identity, for spans.
     tls: Arc<MeshTls>,
 }
@@ -68,6 +70,7 @@ impl std::fmt::Debug for Inbound {
 }
 
 impl Inbound {
+    #[allow(clippy::too_many_arguments)] // one call site, each argument different
     pub fn new(
         tls: &Arc<MeshTls>,
         metrics: Arc<Metrics>,
@@ -76,9 +79,11 @@ impl Inbound {
         own_ports: Arc<[u16]>,
         authz: Authorizer,
         tracer: Option<Arc<crate::trace::Tracer>>,
+        access_log: bool,
     ) -> Arc<Self> {
         Arc::new(Self {
             tracer,
+            access_log,
             tls: tls.clone(),
             acceptor: TlsAcceptor::from(tls.server_config()),
             authz,
@@ -369,7 +374,9 @@ async fn handle_request(
         .tracer
         .as_ref()
         .and_then(|t| t.begin(req.headers_mut()))
-        .map(|active| Box::new((active, crate::trace::SpanRequest::of(&req))));
+        .map(Box::new);
+    let request = (span.is_some() || inbound.access_log)
+        .then(|| Box::new(crate::trace::SpanRequest::of(&req)));
     let label = caller.label.clone();
     let path = req.uri().path();
     let rsp = if inbound
@@ -400,20 +407,22 @@ async fn handle_request(
         headers_us = elapsed.as_micros() as u64,
         "inbound request"
     );
-    if let (Some(tracer), Some(span)) = (&inbound.tracer, span) {
-        let (active, request) = *span;
+    if let Some(request) = request {
         let own = inbound.tls.credentials().map(|c| c.identity().uri());
-        tracer.finish(
-            active,
-            crate::trace::Kind::Server,
-            &crate::trace::Outcome {
-                client_identity: &caller.label,
-                server_identity: own.as_deref().unwrap_or(""),
-                mtls: caller.identity.is_some(),
-                endpoint: Some(app),
-                ..request.outcome(&rsp, grpc)
-            },
-        );
+        let outcome = crate::trace::Outcome {
+            client_identity: &caller.label,
+            server_identity: own.as_deref().unwrap_or(""),
+            mtls: caller.identity.is_some(),
+            endpoint: Some(app),
+            ..request.outcome(&rsp, grpc)
+        };
+        if inbound.access_log {
+            let trace_id = span.as_ref().map(|s| s.trace_id());
+            crate::access::log(Direction::Inbound, &outcome, elapsed, trace_id.as_deref());
+        }
+        if let (Some(tracer), Some(span)) = (&inbound.tracer, span) {
+            tracer.finish(*span, crate::trace::Kind::Server, &outcome);
+        }
     }
     inbound.metrics.request(
         &RequestLabels {

@@ -25,6 +25,7 @@
 //! - [`sockopt`]: the original destination of a redirected connection
 //!   (`SO_ORIGINAL_DST`); the only module that may hold `unsafe` (it has none).
 
+pub mod access;
 pub mod admin;
 pub mod authz;
 pub mod config;

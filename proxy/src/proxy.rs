@@ -182,6 +182,7 @@ pub async fn start_with(
         own_ports.clone(),
         authz,
         tracer.clone(),
+        config.access_log,
     );
     tracker.spawn(inbound::serve(
         inbound,
@@ -197,6 +198,7 @@ pub async fn start_with(
         config.detect_timeout,
         config.retry_buffer_bytes,
         tracer,
+        config.access_log,
     );
     let mut upstream_addrs = Vec::new();
     let mut upstream_targets = Vec::new();

@@ -19,19 +19,19 @@ fn loopback() -> SocketAddr {
 
 /// A proxy whose inbound side forwards to `app`, listening on ephemeral ports.
 pub async fn server_proxy(tls: Arc<MeshTls>, app: SocketAddr) -> ProxyHandle {
-    traced_server_proxy(tls, app, None).await
+    configured_server_proxy(tls, app, &|_| {}).await
 }
 
-/// [`server_proxy`], tracing as `tracing` says.
-pub async fn traced_server_proxy(
+/// [`server_proxy`], its configuration changed by `configure`.
+pub async fn configured_server_proxy(
     tls: Arc<MeshTls>,
     app: SocketAddr,
-    tracing: Option<TraceConfig>,
+    configure: &dyn Fn(&mut ProxyConfig),
 ) -> ProxyHandle {
     let mut config = ProxyConfig::new(AppTarget::Fixed(app));
-    config.tracing = tracing;
     config.inbound_addr = loopback();
     config.admin_addr = loopback();
+    configure(&mut config);
     weft_proxy::start(config, tls)
         .await
         .expect("server proxy starts")
@@ -46,17 +46,17 @@ pub async fn client_proxy(
     identity: &str,
     opaque: bool,
 ) -> ProxyHandle {
-    traced_client_proxy(tls, name, target, identity, opaque, None).await
+    configured_client_proxy(tls, name, target, identity, opaque, &|_| {}).await
 }
 
-/// [`client_proxy`], tracing as `tracing` says.
-pub async fn traced_client_proxy(
+/// [`client_proxy`], its configuration changed by `configure`.
+pub async fn configured_client_proxy(
     tls: Arc<MeshTls>,
     name: &str,
     target: SocketAddr,
     identity: &str,
     opaque: bool,
-    tracing: Option<TraceConfig>,
+    configure: &dyn Fn(&mut ProxyConfig),
 ) -> ProxyHandle {
     // The client workload's own app is never called in these tests; its
     // inbound side points at a closed port.
@@ -69,7 +69,7 @@ pub async fn traced_client_proxy(
         listen: loopback(),
         target: t,
     }];
-    config.tracing = tracing;
+    configure(&mut config);
     weft_proxy::start(config, tls)
         .await
         .expect("client proxy starts")
@@ -92,15 +92,24 @@ impl Pair {
 
     /// A pair whose proxies both trace as `tracing` says.
     pub async fn traced(app: SocketAddr, opaque: bool, tracing: Option<TraceConfig>) -> Self {
+        Self::configured(app, opaque, &move |c| c.tracing = tracing.clone()).await
+    }
+
+    /// A pair whose proxies' configurations `configure` changes.
+    pub async fn configured(
+        app: SocketAddr,
+        opaque: bool,
+        configure: &dyn Fn(&mut ProxyConfig),
+    ) -> Self {
         let ca = TestCa::new("weft test");
-        let server = traced_server_proxy(ca.mesh_tls(SERVER_ID), app, tracing.clone()).await;
-        let client = traced_client_proxy(
+        let server = configured_server_proxy(ca.mesh_tls(SERVER_ID), app, configure).await;
+        let client = configured_client_proxy(
             ca.mesh_tls(CLIENT_ID),
             "checkout",
             server.inbound_addr,
             SERVER_ID,
             opaque,
-            tracing,
+            configure,
         )
         .await;
         let entry = client.upstream_addr("checkout").expect("upstream bound");

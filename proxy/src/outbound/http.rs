@@ -120,12 +120,14 @@ pub async fn handle(
 ) -> Response<Body> {
     let start = Instant::now();
     let grpc = is_grpc(&req);
-    // Boxed: only sampled requests carry it, and the future stays small.
+    // Boxed: only sampled (or logged) requests carry them, and the future
+    // stays small.
     let span = outbound
         .tracer
         .as_ref()
         .and_then(|t| t.begin(req.headers_mut()))
-        .map(|active| Box::new((active, SpanRequest::of(&req))));
+        .map(Box::new);
+    let request = (span.is_some() || outbound.access_log).then(|| Box::new(SpanRequest::of(&req)));
     let resolved = upstream.resolve();
     let route = balance::route(
         &resolved.state.routes,
@@ -166,23 +168,25 @@ pub async fn handle(
         .map_or_else(|| Arc::from(""), |i| i.uri());
     let status = done.rsp.status().as_u16();
     let tls = done.endpoint.as_ref().is_none_or(|e| e.mesh.is_some());
-    if let (Some(tracer), Some(span)) = (&outbound.tracer, span) {
-        let (active, request) = *span;
+    if let Some(request) = request {
         let own = outbound.tls.credentials().map(|c| c.identity().uri());
-        tracer.finish(
-            active,
-            crate::trace::Kind::Client,
-            &crate::trace::Outcome {
-                client_identity: own.as_deref().unwrap_or(""),
-                server_identity: &peer_identity,
-                mtls: tls && done.endpoint.is_some(),
-                route: &route_name,
-                backend: &backend,
-                endpoint: done.endpoint.as_ref().map(|e| e.addr()),
-                resend_count: done.resends,
-                ..request.outcome(&done.rsp, grpc)
-            },
-        );
+        let outcome = crate::trace::Outcome {
+            client_identity: own.as_deref().unwrap_or(""),
+            server_identity: &peer_identity,
+            mtls: tls && done.endpoint.is_some(),
+            route: &route_name,
+            backend: &backend,
+            endpoint: done.endpoint.as_ref().map(|e| e.addr()),
+            resend_count: done.resends,
+            ..request.outcome(&done.rsp, grpc)
+        };
+        if outbound.access_log {
+            let trace_id = span.as_ref().map(|s| s.trace_id());
+            crate::access::log(Direction::Outbound, &outcome, elapsed, trace_id.as_deref());
+        }
+        if let (Some(tracer), Some(span)) = (&outbound.tracer, span) {
+            tracer.finish(*span, crate::trace::Kind::Client, &outcome);
+        }
     }
     outbound.metrics.outbound_request(
         RequestLabels {

@@ -61,6 +61,8 @@ pub struct Outbound {
     /// The largest request body kept for retries.
     pub(crate) retry_buffer: usize,
     pub(crate) tracer: Option<Arc<crate::trace::Tracer>>,
+    /// One log line per request (`WEFT_PROXY_ACCESS_LOG`).
+    pub(crate) access_log: bool,
 }
 
 impl Outbound {
@@ -71,9 +73,11 @@ impl Outbound {
         detect_timeout: Duration,
         retry_buffer: usize,
         tracer: Option<Arc<crate::trace::Tracer>>,
+        access_log: bool,
     ) -> Arc<Self> {
         Arc::new(Self {
             tracer,
+            access_log,
             tls,
             metrics,
             pool: pool::H2Pool::default(),
