@@ -3,6 +3,8 @@
 //! Every other crate depends on this one and nothing here depends on them.
 //!
 //! - [`accept`]: the accept loop every listener uses (backs off on accept errors).
+//! - [`exposition`]: `/metrics` in OpenMetrics or the Prometheus text format,
+//!   as the request's `Accept` asks.
 //! - [`identity`]: the SPIFFE [`Identity`] of a workload, parsed and validated.
 //! - [`consts`]: ports, uid, labels, annotations, headers and environment names
 //!   that the injector, the proxy and the controller must agree on.
@@ -31,6 +33,7 @@ pub mod control;
 #[cfg(feature = "k8s")]
 pub mod crd;
 pub mod dns;
+pub mod exposition;
 pub mod identity;
 pub mod otlp;
 pub mod policy;

@@ -56,12 +56,15 @@ impl Admin {
                 ),
             },
             "/metrics" => {
-                let mut response = text(StatusCode::OK, self.metrics.encode());
+                let accept = req.headers().get(http::header::ACCEPT);
+                let (body, kind) = weft_api::exposition::negotiate(
+                    accept.and_then(|a| a.to_str().ok()),
+                    self.metrics.encode(),
+                );
+                let mut response = text(StatusCode::OK, body);
                 response.headers_mut().insert(
                     http::header::CONTENT_TYPE,
-                    http::HeaderValue::from_static(
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    ),
+                    http::header::HeaderValue::from_static(kind),
                 );
                 response
             }

@@ -174,4 +174,24 @@ mod tests {
             "{text}"
         );
     }
+
+    #[test]
+    fn every_family_is_documented() {
+        let metrics = Metrics::new();
+        metrics.issued();
+        metrics.refused(RefusalReason::WrongAudience);
+        metrics.set_issuer_expiry(SystemTime::UNIX_EPOCH);
+        metrics.discovery_subscribed(1);
+        metrics.discovery_snapshot_sent();
+        metrics.inbound_subscribed(1);
+        metrics.inbound_policy_sent();
+        let text = metrics.encode();
+        assert!(
+            weft_tests::prometheus::family_names(&text).len() >= 7,
+            "{text}"
+        );
+        let missing =
+            weft_tests::prometheus::undocumented(&text, include_str!("../../docs/metrics.md"));
+        assert!(missing.is_empty(), "not in docs/metrics.md: {missing:?}");
+    }
 }

@@ -81,13 +81,15 @@ impl Admin {
                 }
             }
             "/metrics" => {
-                let mut response = text(StatusCode::OK, self.metrics.encode());
-                response.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    header::HeaderValue::from_static(
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    ),
+                let accept = req.headers().get(header::ACCEPT);
+                let (body, kind) = weft_api::exposition::negotiate(
+                    accept.and_then(|a| a.to_str().ok()),
+                    self.metrics.encode(),
                 );
+                let mut response = text(StatusCode::OK, body);
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(kind));
                 response
             }
             _ => text(

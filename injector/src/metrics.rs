@@ -255,4 +255,23 @@ mod tests {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }
     }
+
+    #[test]
+    fn every_family_is_documented() {
+        let metrics = Metrics::new();
+        metrics.admission(Outcome::Denied, Duration::from_micros(10));
+        metrics.serving_cert_reload(true);
+        metrics.trust_anchors_reload(false);
+        metrics.namespace_lookup("found");
+        metrics.set_namespaces(2);
+        metrics.set_serving_cert_expiry(SystemTime::UNIX_EPOCH);
+        let text = metrics.encode();
+        assert!(
+            weft_tests::prometheus::family_names(&text).len() >= 7,
+            "{text}"
+        );
+        let missing =
+            weft_tests::prometheus::undocumented(&text, include_str!("../../docs/metrics.md"));
+        assert!(missing.is_empty(), "not in docs/metrics.md: {missing:?}");
+    }
 }

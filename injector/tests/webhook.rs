@@ -341,6 +341,12 @@ async fn skips_pods_left_unmeshed_with_their_reason() {
     ] {
         assert!(metrics.contains(line), "missing {line}:\n{metrics}");
     }
+    // What `promtool check metrics` reads (the Prometheus text format) passes.
+    if let Some(promtool) = weft_tests::prometheus::tool(weft_tests::prometheus::PROMTOOL)
+        && let Err(e) = weft_tests::prometheus::promtool_check(&promtool, &metrics).await
+    {
+        panic!("{e:#}\n--- /metrics ---\n{metrics}");
+    }
     h.running.shutdown().await;
 }
 

@@ -170,11 +170,12 @@ pub async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Body> {
             ),
         },
         (&Method::GET, "/metrics") => match encode_metrics(admin) {
-            Ok(body) => with_type(
-                StatusCode::OK,
-                body,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            ),
+            Ok(body) => {
+                let accept = req.headers().get(header::ACCEPT);
+                let (body, kind) =
+                    weft_api::exposition::negotiate(accept.and_then(|a| a.to_str().ok()), body);
+                with_type(StatusCode::OK, body, kind)
+            }
             Err(error) => text(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("could not encode metrics: {error}\n"),

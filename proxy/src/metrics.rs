@@ -747,4 +747,66 @@ mod tests {
         );
         assert_ne!(serial(&first), serial(&second));
     }
+
+    /// Records one sample in every family.
+    fn one_of_everything(metrics: &Metrics) {
+        let id: Arc<str> = Arc::from("spiffe://cluster.local/ns/shop/sa/web");
+        let labels = RequestLabels {
+            direction: Direction::Inbound,
+            status_code: 200,
+            tls: true,
+            peer_identity: id.clone(),
+        };
+        metrics.request(&labels, Duration::from_millis(1));
+        let target: Arc<str> = Arc::from("checkout");
+        let backend: Arc<str> = Arc::from("checkout-v2");
+        metrics.outbound_request(
+            labels.clone(),
+            backend.clone(),
+            Arc::from(""),
+            Duration::from_millis(1),
+        );
+        metrics.retried(&target, &backend, "5xx");
+        metrics.retry_budget_exhausted(&target);
+        metrics
+            .endpoint_ejected("checkout", "checkout-v2", "127.0.0.1:80")
+            .set(1);
+        metrics.ejected("checkout", "checkout-v2");
+        let tcp = TcpLabels {
+            direction: Direction::Outbound,
+            tls: true,
+            peer_identity: id.clone(),
+        };
+        drop(metrics.tcp(tcp, ()));
+        metrics.handshake(Direction::Inbound, None);
+        metrics.handshake_failed(Direction::Outbound, "timeout");
+        metrics.inbound_refused("plaintext");
+        metrics.outbound_refused("loop");
+        metrics.authz(AuthzLabels {
+            decision: "allowed",
+            policy: Arc::from("default:all-authenticated"),
+            tls: true,
+            peer_identity: id,
+            port: 8080,
+        });
+        metrics.detected(Direction::Inbound, "opaque", true);
+        metrics.certified(true);
+        let ca = TestCa::new("weft test");
+        let credentials = ca
+            .issue("spiffe://cluster.local/ns/shop/sa/web")
+            .credentials();
+        metrics.observe_credentials(Some(&credentials));
+    }
+
+    #[test]
+    fn every_family_is_documented() {
+        let metrics = Metrics::new();
+        one_of_everything(&metrics);
+        let text = metrics.encode().unwrap();
+        let doc = include_str!("../../docs/metrics.md");
+        let families = weft_tests::prometheus::family_names(&text);
+        assert!(families.len() >= 20, "{text}");
+        let missing = weft_tests::prometheus::undocumented(&text, doc);
+        assert!(missing.is_empty(), "not in docs/metrics.md: {missing:?}");
+    }
 }

@@ -13,6 +13,8 @@
 //! - [`load`]: continuous HTTP traffic that counts every request.
 //! - [`netns`]: pods made of network namespaces on a bridge, for the
 //!   transparent-interception tests (`tests/netns_intercept.rs`, root only).
+//! - [`prometheus`]: Debian's `promtool` and a real `prometheus` server on
+//!   127.0.0.1 scraping given targets (`tests/prometheus.rs`, `tests/audit.rs`).
 //! - [`pods`]: meshed pods in those namespaces: `weft-init` plus a real
 //!   `weft-proxy` as uid 2510 (`tests/netns_mesh.rs`, root only).
 
@@ -25,3 +27,4 @@ pub mod mesh;
 pub mod netns;
 pub mod pki;
 pub mod pods;
+pub mod prometheus;

@@ -18,6 +18,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use weft_tests::control::{IdentityPair, TestControl};
 use weft_tests::mesh::{CLIENT_ID, SERVER_ID};
+use weft_tests::prometheus::{Prometheus, tool};
 use weft_tests::{apps, netns::workspace_binary};
 
 const MTLS_CALLS: usize = 7;
@@ -215,19 +216,6 @@ fn artifacts() -> PathBuf {
 }
 
 /// A tool the test needs; under CI its absence fails the test.
-fn tool(path: &str) -> Option<PathBuf> {
-    let p = PathBuf::from(path);
-    if p.is_file() {
-        return Some(p);
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{path} is missing; .ci/run installs it"
-    );
-    eprintln!("skipping: {path} is missing");
-    None
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_html_report_renders_in_chromium_without_console_errors() {
     let Some(chromium) = tool("/usr/bin/chromium") else {
@@ -337,38 +325,13 @@ async fn edges_from_prometheus_are_the_same_calls() {
         return;
     };
     let scene = Scene::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let targets: Vec<String> = [&scene.pair.server, &scene.pair.client]
-        .iter()
-        .map(|s| format!("\"{}\"", s.proxy.admin_addr))
-        .collect();
-    let config = dir.path().join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\nscrape_configs:\n  - job_name: weft\n    static_configs:\n      - targets: [{}]\n",
-            targets.join(", ")
-        ),
-    )
-    .unwrap();
-    let listen = weft_tests::control::free_port();
-    let mut server = tokio::process::Command::new(prometheus)
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.path().join("data").display()
-        ))
-        .arg(format!("--web.listen-address={listen}"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("prometheus.log")).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let url = format!("http://{listen}");
+    let targets = [&scene.pair.server, &scene.pair.client].map(|s| s.proxy.admin_addr);
+    let server = Prometheus::start(&prometheus, &targets).await.unwrap();
+    let url = server.url();
     let report = scene
         .edges(&["--prometheus".into(), url], Duration::from_secs(60))
         .await;
-    server.kill().await.unwrap();
+    drop(server);
     // Prometheus names workloads by `instance`: the proxies' admin addresses.
     assert_edges(&report);
     assert_eq!(
