@@ -2,10 +2,11 @@
 //!
 //! Every benchmark measures the proxy with these on.
 
+use std::collections::HashSet;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
@@ -170,6 +171,59 @@ fn latency_histogram() -> Histogram {
     Histogram::new(LATENCY_BUCKETS)
 }
 
+/// The default cap on distinct peer identities in label values.
+pub const DEFAULT_MAX_IDENTITIES: usize = 100;
+
+/// The label value of identities seen once the cap is reached.
+pub const OVERFLOW: &str = "overflow";
+
+/// The peer identities label values may name: the first `max` seen; any
+/// other is labelled [`OVERFLOW`], so a caller spraying identities cannot
+/// grow the series without bound.
+#[derive(Debug)]
+struct Identities {
+    max: usize,
+    seen: RwLock<HashSet<Arc<str>>>,
+    overflow: Arc<str>,
+}
+
+impl Identities {
+    fn new(max: usize) -> Self {
+        Self {
+            max,
+            seen: RwLock::new(HashSet::new()),
+            overflow: Arc::from(OVERFLOW),
+        }
+    }
+
+    /// The label value for `id`: itself while under the cap (or already
+    /// admitted), `overflow` otherwise; empty (plaintext) stays empty.
+    fn label(&self, id: &Arc<str>) -> Arc<str> {
+        if id.is_empty() {
+            return id.clone();
+        }
+        // A poisoned lock only means a panic elsewhere; the set is still whole.
+        if self
+            .seen
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(id)
+        {
+            return id.clone();
+        }
+        let mut seen = self
+            .seen
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if seen.contains(id) || seen.len() < self.max {
+            seen.insert(id.clone());
+            id.clone()
+        } else {
+            self.overflow.clone()
+        }
+    }
+}
+
 /// All metric families of one proxy.
 #[derive(Debug)]
 pub struct Metrics {
@@ -196,6 +250,7 @@ pub struct Metrics {
     renewed: Family<CertificateLabels, Gauge>,
     in_use: Mutex<Option<InUse>>,
     certify: Family<ResultLabels, Counter>,
+    identities: Identities,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -211,6 +266,11 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
+        Self::with_max_identities(DEFAULT_MAX_IDENTITIES)
+    }
+
+    /// Metrics whose `peer_identity` labels name at most `max` identities.
+    pub fn with_max_identities(max: usize) -> Self {
         let mut registry = Registry::with_prefix("weft");
         let requests = Family::default();
         let latency: Family<(RequestLabels, RouteLabels), Histogram, fn() -> Histogram> =
@@ -360,6 +420,7 @@ impl Metrics {
             renewed,
             in_use: Mutex::new(None),
             certify,
+            identities: Identities::new(max),
         }
     }
 
@@ -418,7 +479,8 @@ impl Metrics {
 
     /// Records one request and the latency of its response.
     pub fn request(&self, labels: &RequestLabels, latency: Duration) {
-        let labels = (labels.clone(), RouteLabels::default());
+        let mut labels = (labels.clone(), RouteLabels::default());
+        labels.0.peer_identity = self.identities.label(&labels.0.peer_identity);
         self.requests.get_or_create(&labels).inc();
         self.latency
             .get_or_create(&labels)
@@ -428,11 +490,12 @@ impl Metrics {
     /// Records one outbound request, with the backend and route that served it.
     pub fn outbound_request(
         &self,
-        labels: RequestLabels,
+        mut labels: RequestLabels,
         backend: Arc<str>,
         route: Arc<str>,
         latency: Duration,
     ) {
+        labels.peer_identity = self.identities.label(&labels.peer_identity);
         let labels = (
             labels,
             RouteLabels {
@@ -519,7 +582,8 @@ impl Metrics {
     }
 
     /// Counts one inbound authorization decision.
-    pub fn authz(&self, labels: AuthzLabels) {
+    pub fn authz(&self, mut labels: AuthzLabels) {
+        labels.peer_identity = self.identities.label(&labels.peer_identity);
         self.authz.get_or_create(&labels).inc();
     }
 
@@ -544,7 +608,8 @@ impl Metrics {
 
     /// Counts a connection as open until the returned guard drops, and wraps
     /// `io` to count its bytes.
-    pub fn tcp<I>(&self, labels: TcpLabels, io: I) -> Counted<I> {
+    pub fn tcp<I>(&self, mut labels: TcpLabels, io: I) -> Counted<I> {
+        labels.peer_identity = self.identities.label(&labels.peer_identity);
         self.tcp_open.get_or_create(&labels).inc();
         let active = self.tcp_active.get_or_create_owned(&labels);
         active.inc();
@@ -773,5 +838,61 @@ mod tests {
         assert!(families.len() >= 20, "{text}");
         let missing = weft_tests::prometheus::undocumented(&text, doc);
         assert!(missing.is_empty(), "not in docs/metrics.md: {missing:?}");
+    }
+
+    #[test]
+    fn identities_past_the_cap_are_labelled_overflow() {
+        let metrics = Metrics::with_max_identities(2);
+        let request = |id: &str| {
+            metrics.request(
+                &RequestLabels {
+                    direction: Direction::Inbound,
+                    status_code: 200,
+                    tls: !id.is_empty(),
+                    peer_identity: Arc::from(id),
+                },
+                Duration::from_millis(1),
+            );
+        };
+        let ids = [
+            "spiffe://a/ns/x/sa/1",
+            "spiffe://a/ns/x/sa/2",
+            "spiffe://a/ns/x/sa/3",
+        ];
+        for id in ids {
+            request(id);
+        }
+        request(ids[0]);
+        request(ids[2]);
+        request("");
+        drop(metrics.tcp(
+            TcpLabels {
+                direction: Direction::Inbound,
+                tls: true,
+                peer_identity: Arc::from("spiffe://a/ns/x/sa/4"),
+            },
+            (),
+        ));
+        let text = metrics.encode().unwrap();
+        let requests = lines_with(&text, "weft_requests_total{");
+        let count = |id: &str| {
+            requests
+                .iter()
+                .find(|l| l.contains(&format!("peer_identity=\"{id}\"")))
+                .map(|l| l.rsplit(' ').next().unwrap().to_owned())
+        };
+        assert_eq!(count(ids[0]).as_deref(), Some("2"), "{text}");
+        assert_eq!(count(ids[1]).as_deref(), Some("1"), "{text}");
+        assert_eq!(count(ids[2]), None, "{text}");
+        assert_eq!(count(OVERFLOW).as_deref(), Some("2"), "{text}");
+        assert_eq!(
+            count("").as_deref(),
+            Some("1"),
+            "plaintext is not capped: {text}"
+        );
+        assert!(
+            text.contains("weft_tcp_open_total{direction=\"inbound\",tls=\"true\",peer_identity=\"overflow\"} 1"),
+            "{text}"
+        );
     }
 }

@@ -89,7 +89,7 @@ pub async fn start_with(
     tls: Arc<MeshTls>,
     mut states: HashMap<String, watch::Receiver<Arc<DestinationState>>>,
 ) -> Result<ProxyHandle, StartError> {
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::with_max_identities(config.metrics_max_identities));
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
 
