@@ -250,7 +250,28 @@ pub struct Metrics {
     renewed: Family<CertificateLabels, Gauge>,
     in_use: Mutex<Option<InUse>>,
     certify: Family<ResultLabels, Counter>,
+    streams_open: Family<StreamLabels, Gauge>,
+    stream_retries: Family<StreamLabels, Counter>,
+    policy_updates: Family<StreamLabels, Counter>,
+    policy_updated: Family<StreamLabels, Gauge>,
     identities: Identities,
+}
+
+/// Which control-plane stream: `discovery` (a `Discovery.Watch` per target)
+/// or `inbound` (an `Inbound.Watch` per inbound port).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct StreamLabels {
+    stream: &'static str,
+}
+
+/// Counts a control stream as open until dropped.
+#[derive(Debug)]
+pub struct StreamOpen(Gauge);
+
+impl Drop for StreamOpen {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -318,6 +339,31 @@ impl Metrics {
             "identity_certify",
             "Certificate requests to the controller, by result (ok or error)",
             certify.clone(),
+        );
+        let streams_open = Family::default();
+        let stream_retries = Family::default();
+        let policy_updates = Family::default();
+        let policy_updated = Family::default();
+        registry.register(
+            "proxy_control_streams_open",
+            "Open control-plane watch streams, by stream (discovery: one per target; inbound: \
+             one per inbound port)",
+            streams_open.clone(),
+        );
+        registry.register(
+            "proxy_control_stream_retries",
+            "Control-plane watch streams opened again after they ended, broke or were refused",
+            stream_retries.clone(),
+        );
+        registry.register(
+            "proxy_policy_updates",
+            "Valid snapshots (discovery) and inbound policies (inbound) received and put in force",
+            policy_updates.clone(),
+        );
+        registry.register(
+            "proxy_policy_last_update_timestamp_seconds",
+            "When the last valid snapshot or inbound policy of the stream was put in force (Unix time)",
+            policy_updated.clone(),
         );
         registry.register(
             "requests",
@@ -420,8 +466,41 @@ impl Metrics {
             renewed,
             in_use: Mutex::new(None),
             certify,
+            streams_open,
+            stream_retries,
+            policy_updates,
+            policy_updated,
             identities: Identities::new(max),
         }
+    }
+
+    /// Counts a control stream of kind `stream` as open until the guard drops.
+    pub fn control_stream_open(&self, stream: &'static str) -> StreamOpen {
+        let gauge = self
+            .streams_open
+            .get_or_create_owned(&StreamLabels { stream });
+        gauge.inc();
+        StreamOpen(gauge)
+    }
+
+    /// Counts a control stream about to be opened again.
+    pub fn control_stream_retry(&self, stream: &'static str) {
+        self.stream_retries
+            .get_or_create(&StreamLabels { stream })
+            .inc();
+    }
+
+    /// Records that a snapshot or policy of `stream` was put in force now.
+    pub fn policy_update(&self, stream: &'static str) {
+        self.policy_update_at(stream, SystemTime::now());
+    }
+
+    fn policy_update_at(&self, stream: &'static str, now: SystemTime) {
+        let labels = StreamLabels { stream };
+        self.policy_updates.get_or_create(&labels).inc();
+        self.policy_updated
+            .get_or_create(&labels)
+            .set(unix_seconds(now));
     }
 
     /// Counts a certificate request to the controller.
@@ -821,6 +900,9 @@ mod tests {
         });
         metrics.detected(Direction::Inbound, "opaque", true);
         metrics.certified(true);
+        drop(metrics.control_stream_open("discovery"));
+        metrics.control_stream_retry("inbound");
+        metrics.policy_update("inbound");
         let ca = TestCa::new("weft test");
         let credentials = ca
             .issue("spiffe://cluster.local/ns/shop/sa/web")
@@ -892,6 +974,30 @@ mod tests {
         );
         assert!(
             text.contains("weft_tcp_open_total{direction=\"inbound\",tls=\"true\",peer_identity=\"overflow\"} 1"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn control_streams_count_while_open_and_updates_stamp_the_time() {
+        let metrics = Metrics::new();
+        let open = metrics.control_stream_open("discovery");
+        let _other = metrics.control_stream_open("discovery");
+        metrics.control_stream_retry("discovery");
+        metrics.policy_update_at("inbound", std::time::UNIX_EPOCH + Duration::from_secs(42));
+        let text = metrics.encode().unwrap();
+        for line in [
+            "weft_proxy_control_streams_open{stream=\"discovery\"} 2",
+            "weft_proxy_control_stream_retries_total{stream=\"discovery\"} 1",
+            "weft_proxy_policy_updates_total{stream=\"inbound\"} 1",
+            "weft_proxy_policy_last_update_timestamp_seconds{stream=\"inbound\"} 42",
+        ] {
+            assert!(text.contains(line), "missing {line}:\n{text}");
+        }
+        drop(open);
+        let text = metrics.encode().unwrap();
+        assert!(
+            text.contains("weft_proxy_control_streams_open{stream=\"discovery\"} 1"),
             "{text}"
         );
     }

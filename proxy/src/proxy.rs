@@ -111,7 +111,7 @@ pub async fn start_with(
     }
     let discovery = match &config.discovery {
         Some(d) => Some(
-            crate::discovery::Discovery::new(d, tls.clone(), shutdown.clone())
+            crate::discovery::Discovery::new(d, tls.clone(), shutdown.clone(), metrics.clone())
                 .map_err(StartError::Discovery)?,
         ),
         None => None,
