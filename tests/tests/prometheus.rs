@@ -151,8 +151,12 @@ async fn prometheus_counts_the_run_and_answers_every_dashboard_query() {
             assert_eq!(get(pair.entry, "/").await, 200);
             made += 1;
         }
-        if let Err(e) = prometheus.wait_for(&outbound, made as f64, within).await {
-            panic!("{e:#}\n{}", prometheus.log());
+        // Both sides' counters must be scraped at each half, or a `rate`
+        // over the inbound side may see one sample only.
+        for expr in [&outbound, &inbound] {
+            if let Err(e) = prometheus.wait_for(expr, made as f64, within).await {
+                panic!("{e:#}\n{}", prometheus.log());
+            }
         }
     }
     if let Err(e) = prometheus.wait_for(&inbound, REQUESTS as f64, within).await {
