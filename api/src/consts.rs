@@ -158,6 +158,9 @@ pub mod env {
     pub const DEFAULT_INBOUND_POLICY: &str = "WEFT_PROXY_DEFAULT_INBOUND_POLICY";
     /// The largest request body (bytes) buffered so it can be retried; default 65536.
     pub const RETRY_BUFFER_BYTES: &str = "WEFT_PROXY_RETRY_BUFFER_BYTES";
+    /// The most distinct peer identities metric labels name; later ones are
+    /// labelled `overflow`. Default 100.
+    pub const METRICS_MAX_IDENTITIES: &str = "WEFT_PROXY_METRICS_MAX_IDENTITIES";
     /// The workload the proxy serves, as `Inbound.Watch` names it:
     /// `<namespace>/<pod name>` (the injector sets it from the downward API),
     /// the workload's name in local mode. Unset: no inbound policy is watched.

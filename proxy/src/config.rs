@@ -93,6 +93,10 @@ pub struct ProxyConfig {
     /// The largest request body buffered for retries (`WEFT_PROXY_RETRY_BUFFER_BYTES`,
     /// default 64 KiB); a larger body is never retried.
     pub retry_buffer_bytes: usize,
+    /// The most distinct peer identities the metrics' `peer_identity` labels
+    /// name (`WEFT_PROXY_METRICS_MAX_IDENTITIES`, default 100); identities
+    /// seen after that are labelled `overflow`.
+    pub metrics_max_identities: usize,
     /// What the inbound side lets in when no authorization allows a caller
     /// (`WEFT_PROXY_DEFAULT_INBOUND_POLICY`, default `allow-all`).
     pub default_inbound: weft_api::policy::InboundMode,
@@ -133,6 +137,7 @@ impl ProxyConfig {
             shutdown_grace: Duration::from_secs(30),
             shutdown_endpoint: true,
             retry_buffer_bytes: 64 * 1024,
+            metrics_max_identities: crate::metrics::DEFAULT_MAX_IDENTITIES,
             default_inbound: weft_api::policy::InboundMode::default(),
             workload: None,
             inbound_ports: Vec::new(),
@@ -316,6 +321,20 @@ impl Config {
                     p.error(
                         env::RETRY_BUFFER_BYTES,
                         format!("{v:?} is not a byte count; use a whole number such as 65536"),
+                    );
+                }
+            }
+        }
+        if let Some(v) = p.get(env::METRICS_MAX_IDENTITIES) {
+            match v.parse::<usize>() {
+                Ok(n) if n > 0 => proxy.metrics_max_identities = n,
+                _ => {
+                    let v = v.to_owned();
+                    p.error(
+                        env::METRICS_MAX_IDENTITIES,
+                        format!(
+                            "{v:?} is not a positive count of identities; use a whole number such as 100"
+                        ),
                     );
                 }
             }
@@ -820,6 +839,26 @@ mod tests {
         assert!(c.proxy.upstreams.is_empty());
         assert!(c.proxy.shutdown_endpoint);
         assert_eq!(c.trust_anchors, TrustAnchorsSource::File("/a.pem".into()));
+    }
+
+    #[test]
+    fn the_metrics_identity_cap_is_a_positive_count() {
+        let c = Config::from_env(&vars(&FILES)).unwrap();
+        assert_eq!(c.proxy.metrics_max_identities, 100);
+        let mut v = vars(&FILES);
+        v.insert(env::METRICS_MAX_IDENTITIES.into(), "7".into());
+        assert_eq!(
+            Config::from_env(&v).unwrap().proxy.metrics_max_identities,
+            7
+        );
+        for bad in ["0", "many"] {
+            v.insert(env::METRICS_MAX_IDENTITIES.into(), bad.into());
+            let text = Config::from_env(&v).unwrap_err().to_string();
+            assert!(
+                text.contains(env::METRICS_MAX_IDENTITIES) && text.contains("positive count"),
+                "{text}"
+            );
+        }
     }
 
     #[test]

@@ -83,6 +83,8 @@ pub(crate) struct Inner {
     pub(crate) controller: String,
     targets: Mutex<HashMap<Target, Entry>>,
     pub(crate) stop: CancellationToken,
+    /// Counts the streams of discovery and of the inbound policy.
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl std::fmt::Debug for Discovery {
@@ -109,6 +111,7 @@ impl Discovery {
         config: &DiscoveryConfig,
         tls: Arc<MeshTls>,
         stop: CancellationToken,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Self, weft_api::control::ControlError> {
         let channel = new_channel(config, &tls)?;
         Ok(Self {
@@ -120,6 +123,7 @@ impl Discovery {
                 controller: config.controller_addr.clone(),
                 targets: Mutex::new(HashMap::new()),
                 stop,
+                metrics,
             }),
         })
     }
@@ -281,6 +285,7 @@ async fn stream_target(
         match opened {
             Ok(response) => {
                 let mut stream = response.into_inner();
+                let _open = inner.metrics.control_stream_open("discovery");
                 loop {
                     let message = tokio::select! {
                         m = stream.message() => m,
@@ -294,6 +299,7 @@ async fn stream_target(
                                     tracing::debug!(%target, version = snapshot.version, "discovery snapshot");
                                     state.send_replace(Arc::new(snapshot));
                                     phase.send_replace(Phase::Known);
+                                    inner.metrics.policy_update("discovery");
                                 }
                                 Err(error) => tracing::warn!(
                                     %target,
@@ -339,6 +345,7 @@ async fn stream_target(
             }
         }
         failures = failures.saturating_add(1);
+        inner.metrics.control_stream_retry("discovery");
         let wait = backoff(failures);
         tokio::select! {
             () = tokio::time::sleep(wait) => {}

@@ -151,6 +151,7 @@ async fn stream_port(
         match opened {
             Ok(response) => {
                 let mut stream = response.into_inner();
+                let _open = inner.metrics.control_stream_open("inbound");
                 loop {
                     let message = tokio::select! {
                         m = stream.message() => m,
@@ -174,6 +175,7 @@ async fn stream_port(
                                         "inbound policy in force"
                                     );
                                     policy.send_replace(Arc::new(pushed));
+                                    inner.metrics.policy_update("inbound");
                                 }
                                 Err(error) => tracing::warn!(
                                     port,
@@ -213,6 +215,7 @@ async fn stream_port(
             }
         }
         failures = failures.saturating_add(1);
+        inner.metrics.control_stream_retry("inbound");
         let wait = backoff(failures);
         tokio::select! {
             () = tokio::time::sleep(wait) => {}

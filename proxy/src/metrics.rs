@@ -2,10 +2,11 @@
 //!
 //! Every benchmark measures the proxy with these on.
 
+use std::collections::HashSet;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
@@ -170,6 +171,59 @@ fn latency_histogram() -> Histogram {
     Histogram::new(LATENCY_BUCKETS)
 }
 
+/// The default cap on distinct peer identities in label values.
+pub const DEFAULT_MAX_IDENTITIES: usize = 100;
+
+/// The label value of identities seen once the cap is reached.
+pub const OVERFLOW: &str = "overflow";
+
+/// The peer identities label values may name: the first `max` seen; any
+/// other is labelled [`OVERFLOW`], so a caller spraying identities cannot
+/// grow the series without bound.
+#[derive(Debug)]
+struct Identities {
+    max: usize,
+    seen: RwLock<HashSet<Arc<str>>>,
+    overflow: Arc<str>,
+}
+
+impl Identities {
+    fn new(max: usize) -> Self {
+        Self {
+            max,
+            seen: RwLock::new(HashSet::new()),
+            overflow: Arc::from(OVERFLOW),
+        }
+    }
+
+    /// The label value for `id`: itself while under the cap (or already
+    /// admitted), `overflow` otherwise; empty (plaintext) stays empty.
+    fn label(&self, id: &Arc<str>) -> Arc<str> {
+        if id.is_empty() {
+            return id.clone();
+        }
+        // A poisoned lock only means a panic elsewhere; the set is still whole.
+        if self
+            .seen
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(id)
+        {
+            return id.clone();
+        }
+        let mut seen = self
+            .seen
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if seen.contains(id) || seen.len() < self.max {
+            seen.insert(id.clone());
+            id.clone()
+        } else {
+            self.overflow.clone()
+        }
+    }
+}
+
 /// All metric families of one proxy.
 #[derive(Debug)]
 pub struct Metrics {
@@ -198,12 +252,34 @@ pub struct Metrics {
     certify: Family<ResultLabels, Counter>,
     spans_exported: Counter,
     spans_dropped: Family<SpanDropLabels, Counter>,
+    streams_open: Family<StreamLabels, Gauge>,
+    stream_retries: Family<StreamLabels, Counter>,
+    policy_updates: Family<StreamLabels, Counter>,
+    policy_updated: Family<StreamLabels, Gauge>,
+    identities: Identities,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct SpanDropLabels {
     /// `queue_full` or `export_failed`.
     reason: &'static str,
+}
+
+/// Which control-plane stream: `discovery` (a `Discovery.Watch` per target)
+/// or `inbound` (an `Inbound.Watch` per inbound port).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct StreamLabels {
+    stream: &'static str,
+}
+
+/// Counts a control stream as open until dropped.
+#[derive(Debug)]
+pub struct StreamOpen(Gauge);
+
+impl Drop for StreamOpen {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -219,6 +295,11 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
+        Self::with_max_identities(DEFAULT_MAX_IDENTITIES)
+    }
+
+    /// Metrics whose `peer_identity` labels name at most `max` identities.
+    pub fn with_max_identities(max: usize) -> Self {
         let mut registry = Registry::with_prefix("weft");
         let requests = Family::default();
         let latency: Family<(RequestLabels, RouteLabels), Histogram, fn() -> Histogram> =
@@ -266,6 +347,31 @@ impl Metrics {
             "identity_certify",
             "Certificate requests to the controller, by result (ok or error)",
             certify.clone(),
+        );
+        let streams_open = Family::default();
+        let stream_retries = Family::default();
+        let policy_updates = Family::default();
+        let policy_updated = Family::default();
+        registry.register(
+            "proxy_control_streams_open",
+            "Open control-plane watch streams, by stream (discovery: one per target; inbound: \
+             one per inbound port)",
+            streams_open.clone(),
+        );
+        registry.register(
+            "proxy_control_stream_retries",
+            "Control-plane watch streams opened again after they ended, broke or were refused",
+            stream_retries.clone(),
+        );
+        registry.register(
+            "proxy_policy_updates",
+            "Valid snapshots (discovery) and inbound policies (inbound) received and put in force",
+            policy_updates.clone(),
+        );
+        registry.register(
+            "proxy_policy_last_update_timestamp_seconds",
+            "When the last valid snapshot or inbound policy of the stream was put in force (Unix time)",
+            policy_updated.clone(),
         );
         registry.register(
             "requests",
@@ -383,6 +489,11 @@ impl Metrics {
             certify,
             spans_exported,
             spans_dropped,
+            streams_open,
+            stream_retries,
+            policy_updates,
+            policy_updated,
+            identities: Identities::new(max),
         }
     }
 
@@ -396,6 +507,35 @@ impl Metrics {
         self.spans_dropped
             .get_or_create(&SpanDropLabels { reason })
             .inc_by(n);
+    }
+
+    /// Counts a control stream of kind `stream` as open until the guard drops.
+    pub fn control_stream_open(&self, stream: &'static str) -> StreamOpen {
+        let gauge = self
+            .streams_open
+            .get_or_create_owned(&StreamLabels { stream });
+        gauge.inc();
+        StreamOpen(gauge)
+    }
+
+    /// Counts a control stream about to be opened again.
+    pub fn control_stream_retry(&self, stream: &'static str) {
+        self.stream_retries
+            .get_or_create(&StreamLabels { stream })
+            .inc();
+    }
+
+    /// Records that a snapshot or policy of `stream` was put in force now.
+    pub fn policy_update(&self, stream: &'static str) {
+        self.policy_update_at(stream, SystemTime::now());
+    }
+
+    fn policy_update_at(&self, stream: &'static str, now: SystemTime) {
+        let labels = StreamLabels { stream };
+        self.policy_updates.get_or_create(&labels).inc();
+        self.policy_updated
+            .get_or_create(&labels)
+            .set(unix_seconds(now));
     }
 
     /// Counts a certificate request to the controller.
@@ -453,7 +593,8 @@ impl Metrics {
 
     /// Records one request and the latency of its response.
     pub fn request(&self, labels: &RequestLabels, latency: Duration) {
-        let labels = (labels.clone(), RouteLabels::default());
+        let mut labels = (labels.clone(), RouteLabels::default());
+        labels.0.peer_identity = self.identities.label(&labels.0.peer_identity);
         self.requests.get_or_create(&labels).inc();
         self.latency
             .get_or_create(&labels)
@@ -463,11 +604,12 @@ impl Metrics {
     /// Records one outbound request, with the backend and route that served it.
     pub fn outbound_request(
         &self,
-        labels: RequestLabels,
+        mut labels: RequestLabels,
         backend: Arc<str>,
         route: Arc<str>,
         latency: Duration,
     ) {
+        labels.peer_identity = self.identities.label(&labels.peer_identity);
         let labels = (
             labels,
             RouteLabels {
@@ -554,7 +696,8 @@ impl Metrics {
     }
 
     /// Counts one inbound authorization decision.
-    pub fn authz(&self, labels: AuthzLabels) {
+    pub fn authz(&self, mut labels: AuthzLabels) {
+        labels.peer_identity = self.identities.label(&labels.peer_identity);
         self.authz.get_or_create(&labels).inc();
     }
 
@@ -579,7 +722,8 @@ impl Metrics {
 
     /// Counts a connection as open until the returned guard drops, and wraps
     /// `io` to count its bytes.
-    pub fn tcp<I>(&self, labels: TcpLabels, io: I) -> Counted<I> {
+    pub fn tcp<I>(&self, mut labels: TcpLabels, io: I) -> Counted<I> {
+        labels.peer_identity = self.identities.label(&labels.peer_identity);
         self.tcp_open.get_or_create(&labels).inc();
         let active = self.tcp_active.get_or_create_owned(&labels);
         active.inc();
@@ -791,6 +935,9 @@ mod tests {
         });
         metrics.detected(Direction::Inbound, "opaque", true);
         metrics.certified(true);
+        drop(metrics.control_stream_open("discovery"));
+        metrics.control_stream_retry("inbound");
+        metrics.policy_update("inbound");
         let ca = TestCa::new("weft test");
         let credentials = ca
             .issue("spiffe://cluster.local/ns/shop/sa/web")
@@ -808,5 +955,85 @@ mod tests {
         assert!(families.len() >= 20, "{text}");
         let missing = weft_tests::prometheus::undocumented(&text, doc);
         assert!(missing.is_empty(), "not in docs/metrics.md: {missing:?}");
+    }
+
+    #[test]
+    fn identities_past_the_cap_are_labelled_overflow() {
+        let metrics = Metrics::with_max_identities(2);
+        let request = |id: &str| {
+            metrics.request(
+                &RequestLabels {
+                    direction: Direction::Inbound,
+                    status_code: 200,
+                    tls: !id.is_empty(),
+                    peer_identity: Arc::from(id),
+                },
+                Duration::from_millis(1),
+            );
+        };
+        let ids = [
+            "spiffe://a/ns/x/sa/1",
+            "spiffe://a/ns/x/sa/2",
+            "spiffe://a/ns/x/sa/3",
+        ];
+        for id in ids {
+            request(id);
+        }
+        request(ids[0]);
+        request(ids[2]);
+        request("");
+        drop(metrics.tcp(
+            TcpLabels {
+                direction: Direction::Inbound,
+                tls: true,
+                peer_identity: Arc::from("spiffe://a/ns/x/sa/4"),
+            },
+            (),
+        ));
+        let text = metrics.encode().unwrap();
+        let requests = lines_with(&text, "weft_requests_total{");
+        let count = |id: &str| {
+            requests
+                .iter()
+                .find(|l| l.contains(&format!("peer_identity=\"{id}\"")))
+                .map(|l| l.rsplit(' ').next().unwrap().to_owned())
+        };
+        assert_eq!(count(ids[0]).as_deref(), Some("2"), "{text}");
+        assert_eq!(count(ids[1]).as_deref(), Some("1"), "{text}");
+        assert_eq!(count(ids[2]), None, "{text}");
+        assert_eq!(count(OVERFLOW).as_deref(), Some("2"), "{text}");
+        assert_eq!(
+            count("").as_deref(),
+            Some("1"),
+            "plaintext is not capped: {text}"
+        );
+        assert!(
+            text.contains("weft_tcp_open_total{direction=\"inbound\",tls=\"true\",peer_identity=\"overflow\"} 1"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn control_streams_count_while_open_and_updates_stamp_the_time() {
+        let metrics = Metrics::new();
+        let open = metrics.control_stream_open("discovery");
+        let _other = metrics.control_stream_open("discovery");
+        metrics.control_stream_retry("discovery");
+        metrics.policy_update_at("inbound", std::time::UNIX_EPOCH + Duration::from_secs(42));
+        let text = metrics.encode().unwrap();
+        for line in [
+            "weft_proxy_control_streams_open{stream=\"discovery\"} 2",
+            "weft_proxy_control_stream_retries_total{stream=\"discovery\"} 1",
+            "weft_proxy_policy_updates_total{stream=\"inbound\"} 1",
+            "weft_proxy_policy_last_update_timestamp_seconds{stream=\"inbound\"} 42",
+        ] {
+            assert!(text.contains(line), "missing {line}:\n{text}");
+        }
+        drop(open);
+        let text = metrics.encode().unwrap();
+        assert!(
+            text.contains("weft_proxy_control_streams_open{stream=\"discovery\"} 1"),
+            "{text}"
+        );
     }
 }

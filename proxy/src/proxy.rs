@@ -89,7 +89,7 @@ pub async fn start_with(
     tls: Arc<MeshTls>,
     mut states: HashMap<String, watch::Receiver<Arc<DestinationState>>>,
 ) -> Result<ProxyHandle, StartError> {
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::with_max_identities(config.metrics_max_identities));
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
 
@@ -111,7 +111,7 @@ pub async fn start_with(
     }
     let discovery = match &config.discovery {
         Some(d) => Some(
-            crate::discovery::Discovery::new(d, tls.clone(), shutdown.clone())
+            crate::discovery::Discovery::new(d, tls.clone(), shutdown.clone(), metrics.clone())
                 .map_err(StartError::Discovery)?,
         ),
         None => None,
