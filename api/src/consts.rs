@@ -161,6 +161,10 @@ pub mod env {
     /// The most distinct peer identities metric labels name; later ones are
     /// labelled `overflow`. Default 100.
     pub const METRICS_MAX_IDENTITIES: &str = "WEFT_PROXY_METRICS_MAX_IDENTITIES";
+    /// Seconds after which the metric series of a peer identity not seen
+    /// since (and with no open connection) are removed, freeing its place
+    /// under `METRICS_MAX_IDENTITIES`. Default 600 (10 minutes).
+    pub const METRICS_IDLE_EXPIRY: &str = "WEFT_PROXY_METRICS_IDLE_EXPIRY";
     /// The workload the proxy serves, as `Inbound.Watch` names it:
     /// `<namespace>/<pod name>` (the injector sets it from the downward API),
     /// the workload's name in local mode. Unset: no inbound policy is watched.

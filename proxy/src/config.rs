@@ -97,6 +97,10 @@ pub struct ProxyConfig {
     /// name (`WEFT_PROXY_METRICS_MAX_IDENTITIES`, default 100); identities
     /// seen after that are labelled `overflow`.
     pub metrics_max_identities: usize,
+    /// How long after a peer identity was last seen (with no connection
+    /// open) its metric series are removed (`WEFT_PROXY_METRICS_IDLE_EXPIRY`,
+    /// seconds, default 600).
+    pub metrics_idle_expiry: Duration,
     /// What the inbound side lets in when no authorization allows a caller
     /// (`WEFT_PROXY_DEFAULT_INBOUND_POLICY`, default `allow-all`).
     pub default_inbound: weft_api::policy::InboundMode,
@@ -138,6 +142,7 @@ impl ProxyConfig {
             shutdown_endpoint: true,
             retry_buffer_bytes: 64 * 1024,
             metrics_max_identities: crate::metrics::DEFAULT_MAX_IDENTITIES,
+            metrics_idle_expiry: crate::metrics::DEFAULT_IDLE_EXPIRY,
             default_inbound: weft_api::policy::InboundMode::default(),
             workload: None,
             inbound_ports: Vec::new(),
@@ -337,6 +342,16 @@ impl Config {
                         ),
                     );
                 }
+            }
+        }
+        if let Some(d) = p.seconds(env::METRICS_IDLE_EXPIRY) {
+            if d.is_zero() {
+                p.error(
+                    env::METRICS_IDLE_EXPIRY,
+                    "must be more than 0 seconds; use e.g. 600 (10 minutes)".to_owned(),
+                );
+            } else {
+                proxy.metrics_idle_expiry = d;
             }
         }
         if let Some(v) = p.get(env::DEFAULT_INBOUND_POLICY) {
@@ -857,6 +872,26 @@ mod tests {
             assert!(
                 text.contains(env::METRICS_MAX_IDENTITIES) && text.contains("positive count"),
                 "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_metrics_idle_expiry_is_a_positive_number_of_seconds() {
+        let c = Config::from_env(&vars(&FILES)).unwrap();
+        assert_eq!(c.proxy.metrics_idle_expiry, Duration::from_secs(600));
+        let mut v = vars(&FILES);
+        v.insert(env::METRICS_IDLE_EXPIRY.into(), "90".into());
+        assert_eq!(
+            Config::from_env(&v).unwrap().proxy.metrics_idle_expiry,
+            Duration::from_secs(90)
+        );
+        for (bad, why) in [("0", "more than 0"), ("10m", "number of seconds")] {
+            v.insert(env::METRICS_IDLE_EXPIRY.into(), bad.into());
+            let text = Config::from_env(&v).unwrap_err().to_string();
+            assert!(
+                text.contains(env::METRICS_IDLE_EXPIRY) && text.contains(why),
+                "{bad}: {text}"
             );
         }
     }

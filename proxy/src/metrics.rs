@@ -2,7 +2,7 @@
 //!
 //! Every benchmark measures the proxy with these on.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,6 +17,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 /// Which side of the proxy traffic passed through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -177,50 +179,95 @@ pub const DEFAULT_MAX_IDENTITIES: usize = 100;
 /// The label value of identities seen once the cap is reached.
 pub const OVERFLOW: &str = "overflow";
 
+/// The default time after which the series of a peer identity not seen
+/// (and with no open connection) are removed.
+pub const DEFAULT_IDLE_EXPIRY: Duration = Duration::from_secs(600);
+
+/// The longest time between two sweeps for idle series.
+const MAX_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+
 /// The peer identities label values may name: the first `max` seen; any
 /// other is labelled [`OVERFLOW`], so a caller spraying identities cannot
-/// grow the series without bound.
+/// grow the series without bound. Each admitted identity remembers when it
+/// was last seen and the label sets that name it, so that
+/// [`Metrics::expire_idle`] can remove them and free its slot.
 #[derive(Debug)]
 struct Identities {
     max: usize,
-    seen: RwLock<HashSet<Arc<str>>>,
+    seen: RwLock<HashMap<Arc<str>, Mutex<Peer>>>,
     overflow: Arc<str>,
+}
+
+/// One admitted peer identity.
+#[derive(Debug)]
+struct Peer {
+    last_seen: Instant,
+    requests: HashSet<(RequestLabels, RouteLabels)>,
+    authz: HashSet<AuthzLabels>,
+    tcp: HashSet<TcpLabels>,
+}
+
+impl Peer {
+    fn new(now: Instant) -> Self {
+        Self {
+            last_seen: now,
+            requests: HashSet::new(),
+            authz: HashSet::new(),
+            tcp: HashSet::new(),
+        }
+    }
 }
 
 impl Identities {
     fn new(max: usize) -> Self {
         Self {
             max,
-            seen: RwLock::new(HashSet::new()),
+            seen: RwLock::new(HashMap::new()),
             overflow: Arc::from(OVERFLOW),
         }
     }
 
-    /// The label value for `id`: itself while under the cap (or already
-    /// admitted), `overflow` otherwise; empty (plaintext) stays empty.
-    fn label(&self, id: &Arc<str>) -> Arc<str> {
+    /// Calls `record` with the label value for `id` (itself while under the
+    /// cap or already admitted, `overflow` otherwise; empty, plaintext, stays
+    /// empty) and, for an admitted identity, its [`Peer`], stamped seen now.
+    ///
+    /// `record` runs while the identity cannot expire, so the series it
+    /// creates are always remembered by the peer that a sweep removes.
+    fn with_label<R>(
+        &self,
+        id: &Arc<str>,
+        record: impl FnOnce(Arc<str>, Option<&mut Peer>) -> R,
+    ) -> R {
         if id.is_empty() {
-            return id.clone();
+            return record(id.clone(), None);
         }
-        // A poisoned lock only means a panic elsewhere; the set is still whole.
-        if self
-            .seen
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .contains(id)
+        let now = Instant::now();
         {
-            return id.clone();
+            // A poisoned lock only means a panic elsewhere; the map is still whole.
+            let seen = self
+                .seen
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(peer) = seen.get(id) {
+                let mut peer = crate::lock(peer);
+                peer.last_seen = now;
+                return record(id.clone(), Some(&mut peer));
+            }
         }
         let mut seen = self
             .seen
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if seen.contains(id) || seen.len() < self.max {
-            seen.insert(id.clone());
-            id.clone()
-        } else {
-            self.overflow.clone()
+        if !seen.contains_key(id) && seen.len() >= self.max {
+            return record(self.overflow.clone(), None);
         }
+        let peer = seen
+            .entry(id.clone())
+            .or_insert_with(|| Mutex::new(Peer::new(now)))
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        peer.last_seen = now;
+        record(id.clone(), Some(peer))
     }
 }
 
@@ -256,6 +303,7 @@ pub struct Metrics {
     stream_retries: Family<StreamLabels, Counter>,
     policy_updates: Family<StreamLabels, Counter>,
     policy_updated: Family<StreamLabels, Gauge>,
+    series_expired: Counter,
     identities: Identities,
 }
 
@@ -450,6 +498,13 @@ impl Metrics {
              serial; for a certificate read from files, when the proxy first reported it",
             renewed.clone(),
         );
+        let series_expired = Counter::default();
+        registry.register(
+            "proxy_metrics_series_expired",
+            "Label sets of the request, latency, tcp and authz families removed because their \
+             peer identity was not seen for WEFT_PROXY_METRICS_IDLE_EXPIRY",
+            series_expired.clone(),
+        );
         let spans_exported = Counter::default();
         let spans_dropped = Family::default();
         registry.register(
@@ -493,6 +548,7 @@ impl Metrics {
             stream_retries,
             policy_updates,
             policy_updated,
+            series_expired,
             identities: Identities::new(max),
         }
     }
@@ -593,33 +649,40 @@ impl Metrics {
 
     /// Records one request and the latency of its response.
     pub fn request(&self, labels: &RequestLabels, latency: Duration) {
-        let mut labels = (labels.clone(), RouteLabels::default());
-        labels.0.peer_identity = self.identities.label(&labels.0.peer_identity);
-        self.requests.get_or_create(&labels).inc();
-        self.latency
-            .get_or_create(&labels)
-            .observe(latency.as_secs_f64());
+        self.record_request((labels.clone(), RouteLabels::default()), latency);
     }
 
     /// Records one outbound request, with the backend and route that served it.
     pub fn outbound_request(
         &self,
-        mut labels: RequestLabels,
+        labels: RequestLabels,
         backend: Arc<str>,
         route: Arc<str>,
         latency: Duration,
     ) {
-        labels.peer_identity = self.identities.label(&labels.peer_identity);
         let labels = (
             labels,
             RouteLabels {
                 outbound: Some((backend, route)),
             },
         );
-        self.requests.get_or_create(&labels).inc();
-        self.latency
-            .get_or_create(&labels)
-            .observe(latency.as_secs_f64());
+        self.record_request(labels, latency);
+    }
+
+    fn record_request(&self, mut labels: (RequestLabels, RouteLabels), latency: Duration) {
+        let id = labels.0.peer_identity.clone();
+        self.identities.with_label(&id, |label, peer| {
+            labels.0.peer_identity = label;
+            if let Some(peer) = peer
+                && !peer.requests.contains(&labels)
+            {
+                peer.requests.insert(labels.clone());
+            }
+            self.requests.get_or_create(&labels).inc();
+            self.latency
+                .get_or_create(&labels)
+                .observe(latency.as_secs_f64());
+        });
     }
 
     /// Counts a retry of a try to `backend` that failed for `reason`.
@@ -697,8 +760,16 @@ impl Metrics {
 
     /// Counts one inbound authorization decision.
     pub fn authz(&self, mut labels: AuthzLabels) {
-        labels.peer_identity = self.identities.label(&labels.peer_identity);
-        self.authz.get_or_create(&labels).inc();
+        let id = labels.peer_identity.clone();
+        self.identities.with_label(&id, |label, peer| {
+            labels.peer_identity = label;
+            if let Some(peer) = peer
+                && !peer.authz.contains(&labels)
+            {
+                peer.authz.insert(labels.clone());
+            }
+            self.authz.get_or_create(&labels).inc();
+        });
     }
 
     pub fn outbound_refused(&self, reason: &'static str) {
@@ -723,16 +794,92 @@ impl Metrics {
     /// Counts a connection as open until the returned guard drops, and wraps
     /// `io` to count its bytes.
     pub fn tcp<I>(&self, mut labels: TcpLabels, io: I) -> Counted<I> {
-        labels.peer_identity = self.identities.label(&labels.peer_identity);
-        self.tcp_open.get_or_create(&labels).inc();
-        let active = self.tcp_active.get_or_create_owned(&labels);
-        active.inc();
+        let id = labels.peer_identity.clone();
+        let (read, written, close) = self.identities.with_label(&id, |label, peer| {
+            labels.peer_identity = label;
+            if let Some(peer) = peer
+                && !peer.tcp.contains(&labels)
+            {
+                peer.tcp.insert(labels.clone());
+            }
+            self.tcp_open.get_or_create(&labels).inc();
+            // Incremented before the identity can expire: a sweep keeps the
+            // series of an identity with an open connection.
+            let active = self.tcp_active.get_or_create_owned(&labels);
+            active.inc();
+            (
+                self.tcp_read_bytes.get_or_create_owned(&labels),
+                self.tcp_write_bytes.get_or_create_owned(&labels),
+                (self.tcp_close.get_or_create_owned(&labels), active),
+            )
+        });
         Counted {
             io,
-            read: self.tcp_read_bytes.get_or_create_owned(&labels),
-            written: self.tcp_write_bytes.get_or_create_owned(&labels),
-            close: Some((self.tcp_close.get_or_create_owned(&labels), active)),
+            read,
+            written,
+            close: Some(close),
         }
+    }
+
+    /// Removes every label set (requests, latency, tcp, authz) of the peer
+    /// identities last seen more than `expiry` before `now` that have no
+    /// open connection, and frees their slots under the identity cap. An
+    /// identity with an open connection counts as seen at `now`. Returns the
+    /// number of label sets removed.
+    pub fn expire_idle(&self, now: Instant, expiry: Duration) -> u64 {
+        let mut removed = 0u64;
+        let mut count = |gone: bool| removed += u64::from(gone);
+        // A poisoned lock only means a panic elsewhere; the map is still whole.
+        let mut seen = self
+            .identities
+            .seen
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let before = seen.len();
+        seen.retain(|_, peer| {
+            let peer = peer
+                .get_mut()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let open = peer
+                .tcp
+                .iter()
+                .any(|l| self.tcp_active.get(l).is_some_and(|g| g.get() > 0));
+            if open {
+                peer.last_seen = now;
+                return true;
+            }
+            if now.saturating_duration_since(peer.last_seen) <= expiry {
+                return true;
+            }
+            for l in &peer.requests {
+                count(self.requests.remove(l));
+                count(self.latency.remove(l));
+            }
+            for l in &peer.authz {
+                count(self.authz.remove(l));
+            }
+            for l in &peer.tcp {
+                count(self.tcp_open.remove(l));
+                count(self.tcp_close.remove(l));
+                count(self.tcp_active.remove(l));
+                count(self.tcp_read_bytes.remove(l));
+                count(self.tcp_write_bytes.remove(l));
+            }
+            false
+        });
+        let identities = before - seen.len();
+        drop(seen);
+        if removed > 0 {
+            self.series_expired.inc_by(removed);
+        }
+        if identities > 0 {
+            tracing::debug!(
+                identities,
+                series = removed,
+                "expired the metrics of idle peers"
+            );
+        }
+        removed
     }
 
     /// The OpenMetrics text exposition.
@@ -740,6 +887,26 @@ impl Metrics {
         let mut out = String::with_capacity(16 * 1024);
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)
+    }
+}
+
+/// Every `min(expiry / 4, 60 s)`, removes the series of peer identities idle
+/// for `expiry` ([`Metrics::expire_idle`]), until `shutdown`.
+pub async fn expire_idle_series(
+    metrics: Arc<Metrics>,
+    expiry: Duration,
+    shutdown: CancellationToken,
+) {
+    let period = (expiry / 4).clamp(Duration::from_millis(1), MAX_SWEEP_INTERVAL);
+    let mut ticks = tokio::time::interval_at(Instant::now() + period, period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticks.tick() => {
+                metrics.expire_idle(Instant::now(), expiry);
+            }
+        }
     }
 }
 
@@ -1035,5 +1202,160 @@ mod tests {
             text.contains("weft_proxy_control_streams_open{stream=\"discovery\"} 1"),
             "{text}"
         );
+    }
+
+    fn inbound_request(metrics: &Metrics, id: &str) {
+        metrics.request(
+            &RequestLabels {
+                direction: Direction::Inbound,
+                status_code: 200,
+                tls: true,
+                peer_identity: Arc::from(id),
+            },
+            Duration::from_millis(1),
+        );
+    }
+
+    fn tcp_labels(id: &str) -> TcpLabels {
+        TcpLabels {
+            direction: Direction::Inbound,
+            tls: true,
+            peer_identity: Arc::from(id),
+        }
+    }
+
+    fn series_of(text: &str, id: &str) -> Vec<String> {
+        let label = format!("peer_identity=\"{id}\"");
+        text.lines()
+            .filter(|l| !l.starts_with('#') && l.contains(&label))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    const EXPIRY: Duration = Duration::from_secs(600);
+
+    #[tokio::test(start_paused = true)]
+    async fn series_of_idle_peers_expire_and_recent_ones_stay() {
+        let metrics = Metrics::new();
+        let (idle, recent) = ("spiffe://a/ns/x/sa/idle", "spiffe://a/ns/x/sa/recent");
+        inbound_request(&metrics, idle);
+        drop(metrics.tcp(tcp_labels(idle), ()));
+        metrics.authz(AuthzLabels {
+            decision: "allowed",
+            policy: Arc::from("default:all-authenticated"),
+            tls: true,
+            peer_identity: Arc::from(idle),
+            port: 8080,
+        });
+        tokio::time::advance(EXPIRY).await;
+        inbound_request(&metrics, recent);
+        tokio::time::advance(Duration::from_secs(1)).await;
+
+        let text = metrics.encode().unwrap();
+        assert!(series_of(&text, idle).len() >= 8, "{text}");
+        // requests, latency (_count), authz, 5 tcp families.
+        let removed = metrics.expire_idle(Instant::now(), EXPIRY);
+        assert_eq!(removed, 8);
+        let text = metrics.encode().unwrap();
+        assert_eq!(series_of(&text, idle), Vec::<String>::new(), "{text}");
+        assert!(
+            text.contains(&format!(
+                "weft_requests_total{{direction=\"inbound\",status_code=\"200\",tls=\"true\",peer_identity=\"{recent}\"}} 1"
+            )),
+            "a peer seen within the expiry stays: {text}"
+        );
+        assert!(
+            text.contains("weft_proxy_metrics_series_expired_total 8"),
+            "{text}"
+        );
+
+        // The idle peer comes back: counted from zero again.
+        inbound_request(&metrics, idle);
+        let text = metrics.encode().unwrap();
+        assert_eq!(
+            lines_with(&text, "weft_requests_total{")
+                .iter()
+                .filter(|l| l.contains(idle))
+                .count(),
+            1,
+            "{text}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_with_an_open_connection_keeps_its_series() {
+        let metrics = Metrics::new();
+        let id = "spiffe://a/ns/x/sa/long-lived";
+        inbound_request(&metrics, id);
+        let connection = metrics.tcp(tcp_labels(id), ());
+        tokio::time::advance(EXPIRY * 3).await;
+        assert_eq!(metrics.expire_idle(Instant::now(), EXPIRY), 0);
+        let text = metrics.encode().unwrap();
+        assert!(
+            text.contains(&format!(
+                "weft_tcp_open_connections{{direction=\"inbound\",tls=\"true\",peer_identity=\"{id}\"}} 1"
+            )),
+            "{text}"
+        );
+        assert_eq!(lines_with(&text, "weft_requests_total{").len(), 1, "{text}");
+
+        // Closed: seen last at the sweep that found it open, gone one expiry later.
+        drop(connection);
+        tokio::time::advance(EXPIRY).await;
+        assert_eq!(metrics.expire_idle(Instant::now(), EXPIRY), 0);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(metrics.expire_idle(Instant::now(), EXPIRY) > 0);
+        let text = metrics.encode().unwrap();
+        assert_eq!(series_of(&text, id), Vec::<String>::new(), "{text}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_expired_identity_frees_its_slot_under_the_cap() {
+        let metrics = Metrics::with_max_identities(1);
+        let (first, second) = ("spiffe://a/ns/x/sa/1", "spiffe://a/ns/x/sa/2");
+        inbound_request(&metrics, first);
+        inbound_request(&metrics, second);
+        let text = metrics.encode().unwrap();
+        assert_eq!(series_of(&text, second), Vec::<String>::new(), "{text}");
+        assert!(
+            text.contains("weft_requests_total{direction=\"inbound\",status_code=\"200\",tls=\"true\",peer_identity=\"overflow\"} 1"),
+            "{text}"
+        );
+
+        tokio::time::advance(EXPIRY + Duration::from_secs(1)).await;
+        metrics.expire_idle(Instant::now(), EXPIRY);
+        inbound_request(&metrics, second);
+        let text = metrics.encode().unwrap();
+        assert_eq!(series_of(&text, first), Vec::<String>::new(), "{text}");
+        assert!(
+            text.contains(&format!(
+                "weft_requests_total{{direction=\"inbound\",status_code=\"200\",tls=\"true\",peer_identity=\"{second}\"}} 1"
+            )),
+            "the freed slot goes to the next identity: {text}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_sweep_task_expires_idle_series_until_shutdown() {
+        let metrics = Arc::new(Metrics::new());
+        let start = Instant::now();
+        inbound_request(&metrics, "spiffe://a/ns/x/sa/1");
+        let shutdown = CancellationToken::new();
+        let sweep = tokio::spawn(expire_idle_series(
+            metrics.clone(),
+            Duration::from_secs(8),
+            shutdown.clone(),
+        ));
+        // The paused clock jumps to each tick while the test waits.
+        while metrics.series_expired.get() == 0 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let waited = start.elapsed();
+        assert!(
+            waited > Duration::from_secs(8) && waited <= Duration::from_secs(12),
+            "expired after {waited:?}: an expiry of 8 s swept every 2 s"
+        );
+        shutdown.cancel();
+        sweep.await.unwrap();
     }
 }

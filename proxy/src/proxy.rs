@@ -92,6 +92,11 @@ pub async fn start_with(
     let metrics = Arc::new(Metrics::with_max_identities(config.metrics_max_identities));
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
+    tracker.spawn(crate::metrics::expire_idle_series(
+        metrics.clone(),
+        config.metrics_idle_expiry,
+        shutdown.clone(),
+    ));
 
     let inbound_listener = bind(config.inbound_addr, "inbound listener", env::INBOUND_ADDR).await?;
     let admin_listener = bind(config.admin_addr, "admin server", env::ADMIN_ADDR).await?;
