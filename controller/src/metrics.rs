@@ -7,9 +7,14 @@
 //! - `weft_discovery_snapshots_sent_total`: snapshots sent on them
 //! - `weft_inbound_subscribers`: open `Inbound.Watch` streams
 //! - `weft_inbound_policies_sent_total`: inbound policies sent on them
+//! - `weft_controller_push_latency_seconds{stream}`: from an index change to
+//!   the update it caused being handed to a subscriber's stream
 
 use std::sync::atomic::AtomicI64;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::histogram::Histogram;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -18,6 +23,45 @@ use prometheus_client::registry::Registry;
 use weft_api::certify::RefusalReason;
 
 type ReasonLabel = [(&'static str, &'static str); 1];
+
+/// Which watch stream an update was pushed on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PushStream {
+    /// `Discovery.Watch`: a target's snapshots.
+    Discovery,
+    /// `Inbound.Watch`: a workload port's inbound policies.
+    Inbound,
+}
+
+impl PushStream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Discovery => "discovery",
+            Self::Inbound => "inbound",
+        }
+    }
+}
+
+impl EncodeLabelValue for PushStream {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct PushLabels {
+    stream: PushStream,
+}
+
+/// Push latency buckets, in seconds: 1 ms to 10 s (the index gathers a burst
+/// of changes for 75 ms before it publishes).
+const PUSH_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+fn push_histogram() -> Histogram {
+    Histogram::new(PUSH_BUCKETS)
+}
 
 /// The controller's metrics and the registry that exposes them.
 #[derive(Debug)]
@@ -30,6 +74,7 @@ pub struct Metrics {
     discovery_snapshots: Counter,
     inbound_subscribers: Gauge<i64, AtomicI64>,
     inbound_policies: Counter,
+    push_latency: Family<PushLabels, Histogram, fn() -> Histogram>,
 }
 
 impl Default for Metrics {
@@ -83,6 +128,18 @@ impl Metrics {
             "Inbound policies sent on Inbound.Watch streams",
             inbound_policies.clone(),
         );
+        let push_latency: Family<PushLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(push_histogram);
+        registry.register(
+            "weft_controller_push_latency_seconds",
+            "Time from the index change behind an update (the first change of the burst \
+             published) to the update being handed to a subscriber's watch stream, by stream",
+            push_latency.clone(),
+        );
+        for stream in [PushStream::Discovery, PushStream::Inbound] {
+            // Both streams are present from the start, empty.
+            let _ = push_latency.get_or_create(&PushLabels { stream });
+        }
         for reason in RefusalReason::ALL {
             // Every reason is present from the start, at zero.
             let _ = refused.get_or_create(&[("reason", reason.as_str())]);
@@ -96,7 +153,16 @@ impl Metrics {
             discovery_snapshots,
             inbound_subscribers,
             inbound_policies,
+            push_latency,
         }
+    }
+
+    /// Records an update handed to a subscriber of `stream`, `latency` after
+    /// the index change behind it.
+    pub fn pushed(&self, stream: PushStream, latency: Duration) {
+        self.push_latency
+            .get_or_create(&PushLabels { stream })
+            .observe(latency.as_secs_f64());
     }
 
     /// A `Discovery.Watch` stream opened (`1`) or closed (`-1`).
@@ -185,9 +251,10 @@ mod tests {
         metrics.discovery_snapshot_sent();
         metrics.inbound_subscribed(1);
         metrics.inbound_policy_sent();
+        metrics.pushed(PushStream::Discovery, Duration::from_millis(80));
         let text = metrics.encode();
         assert!(
-            weft_tests::prometheus::family_names(&text).len() >= 7,
+            weft_tests::prometheus::family_names(&text).len() >= 8,
             "{text}"
         );
         let missing =

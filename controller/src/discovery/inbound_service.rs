@@ -18,9 +18,10 @@ use weft_api::Identity;
 use weft_api::policy::{InboundPolicy, InboundRequest};
 use weft_api::proto::weft_v1 as pb;
 
+use super::ChangedAt;
 use super::service::{Counted, Subscribe, watch_stream};
 use crate::grpc::ConnInfo;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, PushStream};
 
 /// The `weft.v1.Inbound` service.
 pub struct InboundService {
@@ -44,7 +45,14 @@ impl InboundService {
         &self,
         presented: Option<&Identity>,
         request: pb::InboundRequest,
-    ) -> Result<(InboundRequest, watch::Receiver<Arc<InboundPolicy>>), Status> {
+    ) -> Result<
+        (
+            InboundRequest,
+            watch::Receiver<Arc<InboundPolicy>>,
+            ChangedAt,
+        ),
+        Status,
+    > {
         let Some(presented) = presented else {
             return Err(Status::unauthenticated(
                 "Inbound.Watch needs a mesh client certificate; get one from Identity.Certify \
@@ -64,11 +72,11 @@ impl InboundService {
                 request.workload
             )));
         }
-        let receiver = self
+        let (receiver, changed_at) = self
             .index
-            .subscribe_inbound(&request)
+            .subscribe_inbound_timed(&request)
             .map_err(|e| Status::not_found(e.to_string()))?;
-        Ok((request, receiver))
+        Ok((request, receiver, changed_at))
     }
 }
 
@@ -78,6 +86,7 @@ pub type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::InboundPolicy, Statu
 /// The port's policy at once, then each new one.
 fn policies(
     receiver: watch::Receiver<Arc<InboundPolicy>>,
+    changed_at: ChangedAt,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) -> WatchStream {
@@ -85,6 +94,8 @@ fn policies(
         metrics,
         Metrics::inbound_subscribed,
         Metrics::inbound_policy_sent,
+        PushStream::Inbound,
+        changed_at,
     );
     watch_stream(receiver, counted, stop, |p| pb::InboundPolicy::from(p))
 }
@@ -101,10 +112,11 @@ impl pb::inbound_server::Inbound for InboundService {
         let presented = conn.as_ref().and_then(|c| c.identity.clone());
         let remote = conn.map(|c| c.remote);
         match self.open(presented.as_ref(), request.into_inner()) {
-            Ok((request, receiver)) => {
+            Ok((request, receiver, changed_at)) => {
                 tracing::debug!(peer = ?remote, workload = %request.workload, port = request.port, "inbound policy stream opened");
                 Ok(Response::new(policies(
                     receiver,
+                    changed_at,
                     self.metrics.clone(),
                     self.stop.clone(),
                 )))
@@ -114,5 +126,58 @@ impl pb::inbound_server::Inbound for InboundService {
                 Err(status)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
+    use futures::StreamExt;
+    use serde_json::json;
+
+    use super::*;
+    use crate::discovery::service::tests::{from, push_latency};
+    use crate::discovery::{IndexSettings, Resource, SharedIndex};
+
+    fn namespace(mode: &str) -> Resource {
+        Resource::Namespace(from(json!({
+            "metadata": { "name": "shop",
+                          "annotations": { "config.weft.io/default-inbound-policy": mode } },
+        })))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_index_change_pushed_to_a_workload_is_timed() {
+        let stop = CancellationToken::new();
+        let index = SharedIndex::new(IndexSettings::default(), stop.clone());
+        index.apply(Resource::Pod(from(json!({
+            "metadata": { "namespace": "shop", "name": "checkout-a" },
+            "spec": { "serviceAccountName": "checkout", "containers": [{
+                "name": "app", "ports": [{ "containerPort": 8080 }] }] },
+            "status": { "podIP": "10.0.0.1", "podIPs": [{ "ip": "10.0.0.1" }] },
+        }))));
+        index.apply(namespace("allow-all"));
+        index.publish_now();
+        let request = InboundRequest {
+            workload: "shop/checkout-a".into(),
+            port: 8080,
+        };
+        let (rx, changed_at) = index.subscribe_inbound_timed(&request).unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let mut stream = policies(rx, changed_at, metrics.clone(), stop.clone());
+        stream.next().await.unwrap().unwrap();
+        assert_eq!(push_latency(&metrics, "inbound").0, 0);
+
+        index.apply(namespace("deny"));
+        stream.next().await.unwrap().unwrap();
+        let (count, sum) = push_latency(&metrics, "inbound");
+        assert_eq!(count, 1);
+        assert!(
+            (SharedIndex::DEBOUNCE.as_secs_f64()..0.1).contains(&sum),
+            "{sum}"
+        );
+        assert_eq!(push_latency(&metrics, "discovery").0, 0);
+        stop.cancel();
     }
 }

@@ -56,7 +56,7 @@ pub use shared::SharedIndex;
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     net::{IpAddr, SocketAddr},
-    sync::Arc,
+    sync::{Arc, Mutex, PoisonError},
 };
 
 use k8s_openapi::{
@@ -70,6 +70,7 @@ use k8s_openapi::{
     },
 };
 use tokio::sync::watch;
+use tokio::time::Instant;
 use weft_api::{
     Identity,
     consts::INJECTED_BY_ANNOTATION,
@@ -368,6 +369,26 @@ struct Subscription {
     target: Target,
     resolved: Resolved,
     tx: watch::Sender<Arc<DestinationState>>,
+    changed_at: ChangedAt,
+}
+
+/// When the change behind a subscription's latest update reached the index
+/// (the first change of the burst that [`Index::publish`] sent): what the
+/// services measure push latency from. `None` until the first update (the
+/// state a subscription starts with is not a push).
+#[derive(Clone, Debug, Default)]
+pub struct ChangedAt(Arc<Mutex<Option<Instant>>>);
+
+impl ChangedAt {
+    fn set(&self, at: Instant) {
+        // A poisoned lock only means a panic elsewhere; an Instant is whole.
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(at);
+    }
+
+    /// When the change behind the latest update reached the index.
+    pub fn get(&self) -> Option<Instant> {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// What a state holds besides its version and target.
@@ -421,11 +442,18 @@ pub struct Index {
     /// Namespace name -> its `config.weft.io/default-inbound-policy`.
     namespaces: HashMap<String, Option<InboundMode>>,
     subscriptions: HashMap<(Target, Resolved), Subscription>,
-    inbound_subscriptions:
-        HashMap<inbound::InboundKey, watch::Sender<Arc<weft_api::policy::InboundPolicy>>>,
+    inbound_subscriptions: HashMap<
+        inbound::InboundKey,
+        (
+            watch::Sender<Arc<weft_api::policy::InboundPolicy>>,
+            ChangedAt,
+        ),
+    >,
     /// The last version handed out; every new snapshot takes the next.
     version: u64,
     dirty: bool,
+    /// When the first change not yet published reached the index.
+    changed_at: Option<Instant>,
     last_statuses: Vec<ObjectStatus>,
     statuses_tx: watch::Sender<u64>,
 }
@@ -448,6 +476,7 @@ impl Index {
             inbound_subscriptions: HashMap::new(),
             version: 0,
             dirty: false,
+            changed_at: None,
             last_statuses: Vec::new(),
             statuses_tx: watch::channel(0).0,
         }
@@ -455,7 +484,7 @@ impl Index {
 
     /// Adds or replaces an object. Subscribers see it at the next [`Index::publish`].
     pub fn apply(&mut self, resource: Resource) {
-        self.dirty = true;
+        self.changed();
         let object = resource.object_ref();
         let key = (object.namespace.clone(), object.name.clone());
         match resource {
@@ -483,7 +512,7 @@ impl Index {
 
     /// Removes an object (its last good version too).
     pub fn delete(&mut self, object: &ObjectRef) {
-        self.dirty = true;
+        self.changed();
         let key = (object.namespace.clone(), object.name.clone());
         match object.kind {
             Kind::Service => self.remove_service(&key),
@@ -520,7 +549,13 @@ impl Index {
         for resource in all {
             self.apply(resource);
         }
+        self.changed();
+    }
+
+    /// Marks the index dirty, remembering when the first unpublished change came.
+    fn changed(&mut self) {
         self.dirty = true;
+        self.changed_at.get_or_insert_with(Instant::now);
     }
 
     /// The objects of a kind the index holds.
@@ -564,23 +599,35 @@ impl Index {
         target: &Target,
         caller: &Identity,
     ) -> Result<watch::Receiver<Arc<DestinationState>>, NotInMesh> {
+        self.subscribe_timed(target, caller).map(|(rx, _)| rx)
+    }
+
+    /// As [`Index::subscribe`], with when the change behind each update
+    /// reached the index.
+    pub fn subscribe_timed(
+        &mut self,
+        target: &Target,
+        caller: &Identity,
+    ) -> Result<(watch::Receiver<Arc<DestinationState>>, ChangedAt), NotInMesh> {
         let resolved = self.resolve(target, caller)?;
         let key = (target.clone(), resolved.clone());
         if let Some(sub) = self.subscriptions.get(&key) {
-            return Ok(sub.tx.subscribe());
+            return Ok((sub.tx.subscribe(), sub.changed_at.clone()));
         }
         let body = self.compute(&resolved);
         self.version += 1;
         let (tx, rx) = watch::channel(Arc::new(body.state(self.version, target.clone())));
+        let changed_at = ChangedAt::default();
         self.subscriptions.insert(
             key,
             Subscription {
                 target: target.clone(),
                 resolved,
                 tx,
+                changed_at: changed_at.clone(),
             },
         );
-        Ok(rx)
+        Ok((rx, changed_at))
     }
 
     /// Whether changes wait for [`Index::publish`].
@@ -596,6 +643,7 @@ impl Index {
             return;
         }
         self.dirty = false;
+        let cause = self.changed_at.take().unwrap_or_else(Instant::now);
         self.subscriptions
             .retain(|_, sub| sub.tx.receiver_count() > 0);
         let mut bodies: HashMap<Resolved, Body> = HashMap::new();
@@ -607,10 +655,11 @@ impl Index {
                 continue;
             }
             self.version += 1;
+            sub.changed_at.set(cause);
             sub.tx
                 .send_replace(Arc::new(body.state(self.version, sub.target.clone())));
         }
-        self.publish_inbound();
+        self.publish_inbound(cause);
         let statuses = self.statuses();
         if statuses != self.last_statuses {
             self.last_statuses = statuses;

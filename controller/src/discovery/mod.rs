@@ -19,7 +19,7 @@ pub mod service;
 pub mod status;
 
 pub use index::{
-    FindingKind, Index, IndexSettings, Kind, NotInMesh, ObjectRef, ObjectStatus, PolicyAudit,
-    PolicyFinding, PortAccess, Resource, ServiceAccess, Severity, SharedIndex, StatusCondition,
-    UnknownWorkload,
+    ChangedAt, FindingKind, Index, IndexSettings, Kind, NotInMesh, ObjectRef, ObjectStatus,
+    PolicyAudit, PolicyFinding, PortAccess, Resource, ServiceAccess, Severity, SharedIndex,
+    StatusCondition, UnknownWorkload,
 };

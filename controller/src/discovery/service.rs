@@ -18,11 +18,11 @@ use tonic::{Request, Response, Status};
 use weft_api::Identity;
 use weft_api::policy::{DestinationState, DiscoveryRequest, InboundPolicy, InboundRequest, Target};
 
-use super::UnknownWorkload;
+use super::{ChangedAt, UnknownWorkload};
 use weft_api::proto::weft_v1 as pb;
 
 use crate::grpc::ConnInfo;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, PushStream};
 
 /// Where the service gets a target's snapshots: the controller's index.
 pub trait Subscribe: Send + Sync + 'static {
@@ -33,6 +33,27 @@ pub trait Subscribe: Send + Sync + 'static {
         target: &Target,
         caller: &Identity,
     ) -> Option<watch::Receiver<Arc<DestinationState>>>;
+
+    /// As [`Subscribe::subscribe`], with when the change behind each update
+    /// reached the index (push latency). By default, never known.
+    fn subscribe_timed(
+        &self,
+        target: &Target,
+        caller: &Identity,
+    ) -> Option<(watch::Receiver<Arc<DestinationState>>, ChangedAt)> {
+        self.subscribe(target, caller)
+            .map(|rx| (rx, ChangedAt::default()))
+    }
+
+    /// As [`Subscribe::subscribe_inbound`], with when the change behind each
+    /// update reached the index. By default, never known.
+    fn subscribe_inbound_timed(
+        &self,
+        request: &InboundRequest,
+    ) -> Result<(watch::Receiver<Arc<InboundPolicy>>, ChangedAt), UnknownWorkload> {
+        self.subscribe_inbound(request)
+            .map(|rx| (rx, ChangedAt::default()))
+    }
 
     /// A workload port's inbound policies (`Inbound.Watch`). Without an
     /// inbound index, no workload is known.
@@ -60,6 +81,21 @@ impl Subscribe for super::SharedIndex {
         caller: &Identity,
     ) -> Option<watch::Receiver<Arc<DestinationState>>> {
         super::SharedIndex::subscribe(self, target, caller).ok()
+    }
+
+    fn subscribe_timed(
+        &self,
+        target: &Target,
+        caller: &Identity,
+    ) -> Option<(watch::Receiver<Arc<DestinationState>>, ChangedAt)> {
+        super::SharedIndex::subscribe_timed(self, target, caller).ok()
+    }
+
+    fn subscribe_inbound_timed(
+        &self,
+        request: &InboundRequest,
+    ) -> Result<(watch::Receiver<Arc<InboundPolicy>>, ChangedAt), UnknownWorkload> {
+        super::SharedIndex::subscribe_inbound_timed(self, request)
     }
 
     fn subscribe_inbound(
@@ -96,7 +132,14 @@ impl DiscoveryService {
         &self,
         presented: Option<&Identity>,
         request: pb::DiscoveryRequest,
-    ) -> Result<(DiscoveryRequest, watch::Receiver<Arc<DestinationState>>), Status> {
+    ) -> Result<
+        (
+            DiscoveryRequest,
+            watch::Receiver<Arc<DestinationState>>,
+            ChangedAt,
+        ),
+        Status,
+    > {
         let Some(presented) = presented else {
             return Err(Status::unauthenticated(
                 "Discovery.Watch needs a mesh client certificate; get one from Identity.Certify \
@@ -112,9 +155,9 @@ impl DiscoveryService {
                 request.caller
             )));
         }
-        let receiver = self
+        let (receiver, changed_at) = self
             .index
-            .subscribe(&request.target, &request.caller)
+            .subscribe_timed(&request.target, &request.caller)
             .ok_or_else(|| {
                 Status::not_found(format!(
                     "{} is not in the mesh (no Service and no pod has that address); pass it \
@@ -122,19 +165,22 @@ impl DiscoveryService {
                     request.target
                 ))
             })?;
-        Ok((request, receiver))
+        Ok((request, receiver, changed_at))
     }
 }
 
 /// The stream of one `Watch` call.
 pub type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::DestinationState, Status>> + Send>>;
 
-/// Counts a stream in its subscribers gauge while it lives, and each message
-/// it sends (`Discovery.Watch`'s or `Inbound.Watch`'s metrics).
+/// Counts a stream in its subscribers gauge while it lives, each message it
+/// sends, and the push latency of each update (`Discovery.Watch`'s or
+/// `Inbound.Watch`'s metrics).
 pub(crate) struct Counted {
     metrics: Arc<Metrics>,
     subscribed: fn(&Metrics, i64),
     sent: fn(&Metrics),
+    stream: PushStream,
+    changed_at: ChangedAt,
 }
 
 impl Counted {
@@ -142,12 +188,16 @@ impl Counted {
         metrics: Arc<Metrics>,
         subscribed: fn(&Metrics, i64),
         sent: fn(&Metrics),
+        stream: PushStream,
+        changed_at: ChangedAt,
     ) -> Self {
         subscribed(&metrics, 1);
         Self {
             metrics,
             subscribed,
             sent,
+            stream,
+            changed_at,
         }
     }
 }
@@ -182,8 +232,13 @@ where
                     }
                 }
                 let value = receiver.borrow_and_update().clone();
+                let message = to_wire(&value);
                 (counted.sent)(&counted.metrics);
-                Some((Ok(to_wire(&value)), (receiver, false, counted)))
+                // The first message is the state at subscription, not a push.
+                if !first && let Some(at) = counted.changed_at.get() {
+                    counted.metrics.pushed(counted.stream, at.elapsed());
+                }
+                Some((Ok(message), (receiver, false, counted)))
             }
         },
     ))
@@ -193,6 +248,7 @@ where
 /// the target.
 fn snapshots(
     receiver: watch::Receiver<Arc<DestinationState>>,
+    changed_at: ChangedAt,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) -> WatchStream {
@@ -200,6 +256,8 @@ fn snapshots(
         metrics,
         Metrics::discovery_subscribed,
         Metrics::discovery_snapshot_sent,
+        PushStream::Discovery,
+        changed_at,
     );
     watch_stream(receiver, counted, stop, |s| pb::DestinationState::from(s))
 }
@@ -216,10 +274,11 @@ impl pb::discovery_server::Discovery for DiscoveryService {
         let presented = conn.as_ref().and_then(|c| c.identity.clone());
         let remote = conn.map(|c| c.remote);
         match self.open(presented.as_ref(), request.into_inner()) {
-            Ok((request, receiver)) => {
+            Ok((request, receiver, changed_at)) => {
                 tracing::debug!(peer = ?remote, caller = %request.caller, target = %request.target, "discovery stream opened");
                 Ok(Response::new(snapshots(
                     receiver,
+                    changed_at,
                     self.metrics.clone(),
                     self.stop.clone(),
                 )))
@@ -229,5 +288,89 @@ impl pb::discovery_server::Discovery for DiscoveryService {
                 Err(status)
             }
         }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
+    use futures::StreamExt;
+    use serde_json::json;
+
+    use super::*;
+    use crate::discovery::{IndexSettings, Resource, SharedIndex};
+
+    pub(crate) fn from<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
+        serde_json::from_value(value).expect("a valid object")
+    }
+
+    fn service(cluster_ip: &str) -> Resource {
+        Resource::Service(from(json!({
+            "metadata": { "namespace": "shop", "name": "checkout" },
+            "spec": { "clusterIP": cluster_ip, "clusterIPs": [cluster_ip],
+                      "ports": [{ "name": "http", "port": 80, "targetPort": 8080 }] },
+        })))
+    }
+
+    fn slice(ip: &str) -> Resource {
+        Resource::EndpointSlice(from(json!({
+            "metadata": { "namespace": "shop", "name": "checkout-abcde",
+                          "labels": { "kubernetes.io/service-name": "checkout" } },
+            "addressType": "IPv4",
+            "ports": [{ "name": "http", "port": 8080, "protocol": "TCP" }],
+            "endpoints": [{ "addresses": [ip], "conditions": { "ready": true } }],
+        })))
+    }
+
+    /// The `_count` and `_sum` of the stream's push latency.
+    pub(crate) fn push_latency(metrics: &Metrics, stream: &str) -> (u64, f64) {
+        let text = metrics.encode();
+        let sample = |suffix: &str| {
+            let prefix =
+                format!("weft_controller_push_latency_seconds_{suffix}{{stream=\"{stream}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(&prefix))
+                .unwrap_or_else(|| panic!("no {prefix}in {text}"))
+                .to_owned()
+        };
+        (
+            sample("count").parse().unwrap(),
+            sample("sum").parse().unwrap(),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_index_change_pushed_to_a_subscriber_is_timed() {
+        let stop = CancellationToken::new();
+        let index = SharedIndex::new(IndexSettings::default(), stop.clone());
+        index.apply(service("10.96.0.10"));
+        index.apply(slice("10.0.0.1"));
+        index.publish_now();
+        let caller = Identity::new("cluster.local", "shop", "web").unwrap();
+        let (rx, changed_at) = index
+            .subscribe_timed(&"checkout:80".parse().unwrap(), &caller)
+            .unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let mut stream = snapshots(rx, changed_at, metrics.clone(), stop.clone());
+
+        let first = stream.next().await.unwrap().unwrap();
+        assert_eq!(
+            push_latency(&metrics, "discovery").0,
+            0,
+            "the state at subscription is not a push"
+        );
+
+        index.apply(slice("10.0.0.2"));
+        let pushed = stream.next().await.unwrap().unwrap();
+        assert!(pushed.version > first.version);
+        let (count, sum) = push_latency(&metrics, "discovery");
+        assert_eq!(count, 1);
+        // The paused clock moves only through the debounce.
+        assert!(
+            (SharedIndex::DEBOUNCE.as_secs_f64()..0.1).contains(&sum),
+            "{sum}"
+        );
+        stop.cancel();
     }
 }

@@ -29,6 +29,7 @@ use std::{
 use k8s_openapi::api::core::v1::Namespace;
 use serde::Serialize;
 use tokio::sync::watch;
+use tokio::time::Instant;
 use weft_api::{
     Identity,
     consts::inject::annotation::DEFAULT_INBOUND_POLICY,
@@ -40,8 +41,8 @@ use weft_api::{
 };
 
 use super::{
-    Index, Key, Kind, ObjectStatus, PodInfo, ServiceInfo, StatusCondition, TargetPort, accepted,
-    next_entry,
+    ChangedAt, Index, Key, Kind, ObjectStatus, PodInfo, ServiceInfo, StatusCondition, TargetPort,
+    accepted, next_entry,
 };
 
 /// A subscribed workload port: ((namespace, pod), port).
@@ -187,10 +188,19 @@ impl Index {
         &mut self,
         request: &InboundRequest,
     ) -> Result<watch::Receiver<Arc<InboundPolicy>>, UnknownWorkload> {
+        self.subscribe_inbound_timed(request).map(|(rx, _)| rx)
+    }
+
+    /// As [`Index::subscribe_inbound`], with when the change behind each
+    /// update reached the index.
+    pub fn subscribe_inbound_timed(
+        &mut self,
+        request: &InboundRequest,
+    ) -> Result<(watch::Receiver<Arc<InboundPolicy>>, ChangedAt), UnknownWorkload> {
         let pod = parse_workload(&request.workload)?;
         let key = (pod, request.port);
-        if let Some(tx) = self.inbound_subscriptions.get(&key) {
-            return Ok(tx.subscribe());
+        if let Some((tx, changed_at)) = self.inbound_subscriptions.get(&key) {
+            return Ok((tx.subscribe(), changed_at.clone()));
         }
         let policy = self
             .inbound_policy(&key.0, request.port)
@@ -198,8 +208,10 @@ impl Index {
                 workload: request.workload.clone(),
             })?;
         let (tx, rx) = watch::channel(Arc::new(policy));
-        self.inbound_subscriptions.insert(key, tx);
-        Ok(rx)
+        let changed_at = ChangedAt::default();
+        self.inbound_subscriptions
+            .insert(key, (tx, changed_at.clone()));
+        Ok((rx, changed_at))
     }
 
     /// The identity of the workload's pod: its service account in the trust
@@ -218,14 +230,15 @@ impl Index {
     /// Sends each watched workload port whose policy changed its new policy;
     /// drops those nobody watches. A pod that went away keeps its last policy
     /// (its proxy is going away too).
-    pub(super) fn publish_inbound(&mut self) {
+    pub(super) fn publish_inbound(&mut self, cause: Instant) {
         self.inbound_subscriptions
-            .retain(|_, tx| tx.receiver_count() > 0);
-        for ((pod, port), tx) in &self.inbound_subscriptions {
+            .retain(|_, (tx, _)| tx.receiver_count() > 0);
+        for ((pod, port), (tx, changed_at)) in &self.inbound_subscriptions {
             let Some(policy) = self.inbound_policy(pod, *port) else {
                 continue;
             };
             if **tx.borrow() != policy {
+                changed_at.set(cause);
                 tx.send_replace(Arc::new(policy));
             }
         }

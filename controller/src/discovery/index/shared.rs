@@ -14,8 +14,8 @@ use weft_api::{
 };
 
 use super::{
-    Index, IndexSettings, Kind, NotInMesh, ObjectRef, ObjectStatus, PolicyAudit, Resource,
-    UnknownWorkload,
+    ChangedAt, Index, IndexSettings, Kind, NotInMesh, ObjectRef, ObjectStatus, PolicyAudit,
+    Resource, UnknownWorkload,
 };
 
 /// A clonable handle on one [`Index`]. Changes (`apply`, `delete`, `reset`)
@@ -85,6 +85,23 @@ impl SharedIndex {
         caller: &Identity,
     ) -> Result<watch::Receiver<Arc<DestinationState>>, NotInMesh> {
         self.lock().subscribe(target, caller)
+    }
+
+    /// See [`Index::subscribe_timed`].
+    pub fn subscribe_timed(
+        &self,
+        target: &Target,
+        caller: &Identity,
+    ) -> Result<(watch::Receiver<Arc<DestinationState>>, ChangedAt), NotInMesh> {
+        self.lock().subscribe_timed(target, caller)
+    }
+
+    /// See [`Index::subscribe_inbound_timed`].
+    pub fn subscribe_inbound_timed(
+        &self,
+        request: &InboundRequest,
+    ) -> Result<(watch::Receiver<Arc<InboundPolicy>>, ChangedAt), UnknownWorkload> {
+        self.lock().subscribe_inbound_timed(request)
     }
 
     /// See [`Index::subscribe_inbound`]: the receiver holds the port's current policy.
