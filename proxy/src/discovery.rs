@@ -275,6 +275,8 @@ async fn stream_target(
         caller_identity: inner.caller.uri().to_string(),
     };
     let mut failures: u32 = 0;
+    // Removed from the metrics when this task ends (the watch is dropped).
+    let version = inner.metrics.destination_version(&request.target);
     inner.certified().await;
     loop {
         let mut client = DiscoveryClient::new(inner.channel());
@@ -297,9 +299,11 @@ async fn stream_target(
                             match DestinationState::try_from(snapshot) {
                                 Ok(snapshot) => {
                                     tracing::debug!(%target, version = snapshot.version, "discovery snapshot");
+                                    let number = snapshot.version;
                                     state.send_replace(Arc::new(snapshot));
                                     phase.send_replace(Phase::Known);
                                     inner.metrics.policy_update("discovery");
+                                    version.set(number);
                                 }
                                 Err(error) => tracing::warn!(
                                     %target,

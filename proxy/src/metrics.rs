@@ -304,6 +304,7 @@ pub struct Metrics {
     policy_updates: Family<StreamLabels, Counter>,
     policy_updated: Family<StreamLabels, Gauge>,
     series_expired: Counter,
+    destination_version: Family<TargetLabels, Gauge>,
     identities: Identities,
 }
 
@@ -318,6 +319,30 @@ struct SpanDropLabels {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct StreamLabels {
     stream: &'static str,
+}
+
+/// The `weft_proxy_destination_version` series of one target, set to the
+/// version of each snapshot put in force; removed when dropped (the target's
+/// discovery watch ended).
+#[derive(Debug)]
+pub struct DestinationVersion {
+    family: Family<TargetLabels, Gauge>,
+    labels: TargetLabels,
+}
+
+impl DestinationVersion {
+    /// Records that the snapshot of `version` is in force.
+    pub fn set(&self, version: u64) {
+        self.family
+            .get_or_create(&self.labels)
+            .set(i64::try_from(version).unwrap_or(i64::MAX));
+    }
+}
+
+impl Drop for DestinationVersion {
+    fn drop(&mut self) {
+        self.family.remove(&self.labels);
+    }
 }
 
 /// Counts a control stream as open until dropped.
@@ -498,6 +523,12 @@ impl Metrics {
              serial; for a certificate read from files, when the proxy first reported it",
             renewed.clone(),
         );
+        let destination_version = Family::default();
+        registry.register(
+            "proxy_destination_version",
+            "The version of the discovery snapshot in force, by target",
+            destination_version.clone(),
+        );
         let series_expired = Counter::default();
         registry.register(
             "proxy_metrics_series_expired",
@@ -549,6 +580,7 @@ impl Metrics {
             policy_updates,
             policy_updated,
             series_expired,
+            destination_version,
             identities: Identities::new(max),
         }
     }
@@ -572,6 +604,17 @@ impl Metrics {
             .get_or_create_owned(&StreamLabels { stream });
         gauge.inc();
         StreamOpen(gauge)
+    }
+
+    /// The version gauge of `target`'s snapshots; no series until the first
+    /// [`DestinationVersion::set`].
+    pub fn destination_version(&self, target: &str) -> DestinationVersion {
+        DestinationVersion {
+            family: self.destination_version.clone(),
+            labels: TargetLabels {
+                target: Arc::from(target),
+            },
+        }
     }
 
     /// Counts a control stream about to be opened again.
@@ -1059,8 +1102,9 @@ mod tests {
         assert_ne!(serial(&first), serial(&second));
     }
 
-    /// Records one sample in every family.
-    fn one_of_everything(metrics: &Metrics) {
+    /// Records one sample in every family (the destination version's while
+    /// the returned guard lives).
+    fn one_of_everything(metrics: &Metrics) -> DestinationVersion {
         let id: Arc<str> = Arc::from("spiffe://cluster.local/ns/shop/sa/web");
         let labels = RequestLabels {
             direction: Direction::Inbound,
@@ -1110,12 +1154,15 @@ mod tests {
             .issue("spiffe://cluster.local/ns/shop/sa/web")
             .credentials();
         metrics.observe_credentials(Some(&credentials));
+        let version = metrics.destination_version("checkout:80");
+        version.set(3);
+        version
     }
 
     #[test]
     fn every_family_is_documented() {
         let metrics = Metrics::new();
-        one_of_everything(&metrics);
+        let _version = one_of_everything(&metrics);
         let text = metrics.encode().unwrap();
         let doc = include_str!("../../docs/metrics.md");
         let families = weft_tests::prometheus::family_names(&text);
@@ -1202,6 +1249,34 @@ mod tests {
             text.contains("weft_proxy_control_streams_open{stream=\"discovery\"} 1"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_destination_version_is_the_snapshot_in_force_until_the_watch_ends() {
+        let metrics = Metrics::new();
+        let version = metrics.destination_version("checkout.shop:80");
+        let line =
+            |v: u64| format!("weft_proxy_destination_version{{target=\"checkout.shop:80\"}} {v}");
+        assert!(
+            !metrics
+                .encode()
+                .unwrap()
+                .contains("weft_proxy_destination_version{"),
+            "no series before a snapshot is in force"
+        );
+        version.set(7);
+        assert!(metrics.encode().unwrap().contains(&line(7)));
+        version.set(12);
+        let text = metrics.encode().unwrap();
+        assert!(text.contains(&line(12)), "{text}");
+        assert_eq!(
+            lines_with(&text, "weft_proxy_destination_version{").len(),
+            1,
+            "{text}"
+        );
+        drop(version);
+        let text = metrics.encode().unwrap();
+        assert!(!text.contains("weft_proxy_destination_version{"), "{text}");
     }
 
     fn inbound_request(metrics: &Metrics, id: &str) {
