@@ -64,6 +64,11 @@ pub mod otel_env {
     pub const EXPORTER_OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
     /// Wins over [`EXPORTER_OTLP_ENDPOINT`] for traces.
     pub const EXPORTER_OTLP_TRACES_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
+    /// A PEM file of the CA certificates that verify an `https://` collector;
+    /// without it, the web PKI roots do.
+    pub const EXPORTER_OTLP_CERTIFICATE: &str = "OTEL_EXPORTER_OTLP_CERTIFICATE";
+    /// Wins over [`EXPORTER_OTLP_CERTIFICATE`] for traces.
+    pub const EXPORTER_OTLP_TRACES_CERTIFICATE: &str = "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE";
     /// `none` turns tracing off; `otlp` (the default) is the only exporter.
     pub const TRACES_EXPORTER: &str = "OTEL_TRACES_EXPORTER";
     pub const SERVICE_NAME: &str = "OTEL_SERVICE_NAME";

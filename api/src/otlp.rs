@@ -2,11 +2,14 @@
 //! built on the `opentelemetry-proto` types: what the tests, `weft demo` and
 //! the benchmarks receive the proxies' spans with. Spans are converted to
 //! [`ReceivedSpan`] at the edge and kept in memory (the newest
-//! [`KEPT_SPANS`]).
+//! [`KEPT_SPANS`]). It serves in plaintext ([`Receiver::start`]) or over TLS
+//! ([`Receiver::start_tls`], a collector on `https://`).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
@@ -17,7 +20,9 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::trace::v1::{span, status};
-use tokio::sync::watch;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 /// How many spans a receiver keeps (the oldest go first).
@@ -85,6 +90,8 @@ pub enum OtlpError {
     },
     #[error("timed out after {0:?} waiting for the spans asked for")]
     Timeout(Duration),
+    #[error("the OTLP receiver's TLS certificate or key is unusable: {0}")]
+    Tls(String),
 }
 
 #[derive(Default)]
@@ -111,6 +118,7 @@ impl Shared {
 /// A running receiver; dropping it stops it.
 pub struct Receiver {
     addr: SocketAddr,
+    tls: bool,
     shared: Shared,
     stop: CancellationToken,
 }
@@ -119,6 +127,7 @@ impl std::fmt::Debug for Receiver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Receiver")
             .field("addr", &self.addr)
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
@@ -127,12 +136,79 @@ impl Receiver {
     /// Listens on `addr` (port 0: any) and serves OTLP/gRPC in plaintext
     /// (HTTP/2), on the current tokio runtime.
     pub async fn start(addr: SocketAddr) -> Result<Self, OtlpError> {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| OtlpError::Bind { addr, source })?;
-        let addr = listener
-            .local_addr()
-            .map_err(|source| OtlpError::Bind { addr, source })?;
+        let (listener, addr) = bind(addr).await?;
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        Ok(Self::serve(addr, false, incoming))
+    }
+
+    /// Like [`start`](Self::start), over TLS (HTTP/2 by ALPN) with the
+    /// certificate chain (leaf first) and private key given as PEM: a
+    /// collector on `https://`. A client whose handshake fails is dropped.
+    pub async fn start_tls(
+        addr: SocketAddr,
+        chain_pem: &[u8],
+        key_pem: &[u8],
+    ) -> Result<Self, OtlpError> {
+        let chain = crate::tls::certs_from_pem(chain_pem, "the OTLP receiver's chain")
+            .map_err(|e| OtlpError::Tls(e.to_string()))?;
+        let key = rustls_pemfile::private_key(&mut &*key_pem)
+            .map_err(|e| OtlpError::Tls(e.to_string()))?
+            .ok_or_else(|| OtlpError::Tls("no PEM private key".to_owned()))?;
+        let mut config = rustls::ServerConfig::builder_with_provider(crate::tls::crypto_provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| OtlpError::Tls(e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .map_err(|e| OtlpError::Tls(e.to_string()))?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let (listener, addr) = bind(addr).await?;
+        // Handshakes run in their own tasks (a slow one holds up no other)
+        // and the finished streams are served.
+        let (tx, rx) = mpsc::channel::<std::io::Result<TlsIo>>(16);
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
+        tokio::spawn(async move {
+            loop {
+                let tcp = tokio::select! {
+                    () = stopped.cancelled() => return,
+                    accepted = listener.accept() => match accepted {
+                        Ok((tcp, _)) => tcp,
+                        Err(error) => {
+                            tracing::debug!(%error, "the OTLP receiver could not accept");
+                            continue;
+                        }
+                    },
+                };
+                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                tokio::spawn(async move {
+                    match acceptor.accept(tcp).await {
+                        Ok(tls) => {
+                            let _ = tx.send(Ok(TlsIo(Box::new(tls)))).await;
+                        }
+                        Err(error) => {
+                            tracing::debug!(%error, "a TLS handshake with the OTLP receiver failed");
+                        }
+                    }
+                });
+            }
+        });
+        let incoming = tokio_stream::wrappers::ReceiverStream::new(rx);
+        let receiver = Self::serve(addr, true, incoming);
+        // Stopping the receiver stops the acceptor too.
+        let served = receiver.stop.clone();
+        tokio::spawn(async move {
+            served.cancelled().await;
+            stop.cancel();
+        });
+        Ok(receiver)
+    }
+
+    fn serve<S, IO>(addr: SocketAddr, tls: bool, incoming: S) -> Self
+    where
+        S: tokio_stream::Stream<Item = std::io::Result<IO>> + Send + 'static,
+        IO: AsyncRead + AsyncWrite + tonic::transport::server::Connected + Unpin + Send + 'static,
+    {
         let shared = Shared {
             store: Arc::default(),
             changed: Arc::new(watch::channel(0).0),
@@ -141,7 +217,6 @@ impl Receiver {
         let service = TraceServiceServer::new(Service {
             shared: shared.clone(),
         });
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         let stopped = stop.clone();
         tokio::spawn(async move {
             let served = tonic::transport::Server::builder()
@@ -152,16 +227,23 @@ impl Receiver {
                 tracing::warn!(%error, "the OTLP receiver stopped");
             }
         });
-        Ok(Self { addr, shared, stop })
+        Self {
+            addr,
+            tls,
+            shared,
+            stop,
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
 
-    /// `http://<addr>`: what `OTEL_EXPORTER_OTLP_ENDPOINT` takes.
+    /// `http://<addr>` (`https://` over TLS): what
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` takes.
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Every span kept.
@@ -217,6 +299,53 @@ impl Receiver {
 impl Drop for Receiver {
     fn drop(&mut self) {
         self.stop.cancel();
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), OtlpError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| OtlpError::Bind { addr, source })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| OtlpError::Bind { addr, source })?;
+    Ok((listener, addr))
+}
+
+/// A TLS connection to the receiver, as tonic serves it.
+struct TlsIo(Box<tokio_rustls::server::TlsStream<TcpStream>>);
+
+impl tonic::transport::server::Connected for TlsIo {
+    type ConnectInfo = ();
+
+    fn connect_info(&self) -> Self::ConnectInfo {}
+}
+
+impl AsyncRead for TlsIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut *self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.0).poll_shutdown(cx)
     }
 }
 

@@ -407,6 +407,8 @@ async fn handle_request(
         headers_us = elapsed.as_micros() as u64,
         "inbound request"
     );
+    // A gRPC span waiting for its status in the trailers.
+    let mut pending = None;
     if let Some(request) = request {
         let own = inbound.tls.credentials().map(|c| c.identity().uri());
         let outcome = crate::trace::Outcome {
@@ -421,7 +423,7 @@ async fn handle_request(
             crate::access::log(Direction::Inbound, &outcome, elapsed, trace_id.as_deref());
         }
         if let (Some(tracer), Some(span)) = (&inbound.tracer, span) {
-            tracer.finish(*span, crate::trace::Kind::Server, &outcome);
+            pending = tracer.finish(*span, crate::trace::Kind::Server, &outcome);
         }
     }
     inbound.metrics.request(
@@ -433,7 +435,10 @@ async fn handle_request(
         },
         elapsed,
     );
-    rsp
+    match pending {
+        Some(pending) => pending.end_with(rsp),
+        None => rsp,
+    }
 }
 
 /// Sends an authorized request to the app: `weft-client-id` is the verified

@@ -24,6 +24,8 @@ use crate::outbound::{self, Outbound};
 pub enum StartError {
     #[error("discovery cannot be set up: {0}")]
     Discovery(#[source] weft_api::control::ControlError),
+    #[error("tracing cannot be set up: {0}")]
+    Tracing(#[from] crate::trace::TraceError),
     #[error(
         "cannot listen on {addr} for the {what}: {source}; is another proxy running? choose another address with {var}"
     )]
@@ -178,7 +180,8 @@ pub async fn start_with(
     let tracer = config
         .tracing
         .as_ref()
-        .map(|c| crate::trace::Tracer::start(c, metrics.clone()));
+        .map(|c| crate::trace::Tracer::start(c, metrics.clone()))
+        .transpose()?;
     let inbound = Inbound::new(
         &tls,
         metrics.clone(),

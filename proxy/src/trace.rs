@@ -1,27 +1,36 @@
 //! OpenTelemetry traces: a CLIENT span per request the outbound side sends,
 //! a SERVER span per request the inbound side serves, W3C Trace Context
 //! propagation (B3 accepted and converted), parent-based ratio sampling, and
-//! export in batches over OTLP/gRPC from a bounded queue off the request path.
+//! export in batches by `opentelemetry-otlp` (OTLP/gRPC, TLS for an
+//! `https://` collector) from a bounded queue off the request path
+//! ([`export`]).
+//!
+//! A span ends when the response's head is ready, except a gRPC response
+//! whose head carries no `grpc-status`: its span ends with the response body,
+//! when the trailers give the status ([`Pending`]).
 //!
 //! With tracing off (no `OTEL_EXPORTER_OTLP_ENDPOINT`) the proxies hold no
 //! [`Tracer`]: no header is read or written and no span is built.
 
-use std::collections::HashMap;
+mod body;
+mod export;
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, HeaderValue};
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
-use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{
-    ResourceSpans, ScopeSpans, Span, Status, span, status,
-};
+use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId};
+use opentelemetry::{InstrumentationScope, KeyValue};
+use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 use tokio::sync::mpsc;
 use weft_api::consts::otel_env;
 
 use crate::metrics::Metrics;
+
+pub use body::TracedBody;
 
 /// Finished spans waiting for export; past this, spans are dropped (counted).
 pub const QUEUE_CAPACITY: usize = 2048;
@@ -67,13 +76,20 @@ impl Sampler {
 /// Tracing settings, from the OpenTelemetry SDK's environment variables.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TraceConfig {
-    /// The collector, `http://host:port` (OTLP over gRPC).
+    /// The collector, `http://host:port` or `https://host:port` (OTLP over
+    /// gRPC; TLS for `https`).
     pub endpoint: String,
+    /// The PEM CA bundle that verifies an `https://` collector
+    /// (`OTEL_EXPORTER_OTLP_CERTIFICATE`); `None`: the web PKI roots.
+    pub ca_file: Option<PathBuf>,
     pub sampler: Sampler,
     /// `service.name` of the spans' resource.
     pub service_name: String,
     /// The other resource attributes (`OTEL_RESOURCE_ATTRIBUTES`).
     pub resource: Vec<(String, String)>,
+    /// The export queue's capacity: [`QUEUE_CAPACITY`] unless a test wants
+    /// less.
+    pub queue_capacity: usize,
 }
 
 impl TraceConfig {
@@ -81,12 +97,14 @@ impl TraceConfig {
     pub fn new(endpoint: impl Into<String>) -> Self {
         Self {
             endpoint: endpoint.into(),
+            ca_file: None,
             sampler: Sampler {
                 parent_based: true,
                 ratio: 1.0,
             },
             service_name: "weft-proxy".to_owned(),
             resource: Vec::new(),
+            queue_capacity: QUEUE_CAPACITY,
         }
     }
 
@@ -113,20 +131,29 @@ impl TraceConfig {
             },
         };
         match endpoint.parse::<http::Uri>() {
-            Ok(uri) if uri.scheme_str() == Some("http") && uri.host().is_some() => {}
-            Ok(uri) if uri.scheme_str() == Some("https") => problems.push((
-                var,
-                format!(
-                    "{endpoint:?}: OTLP over TLS is not supported by this proxy yet; \
-                     send to a collector's plaintext gRPC port (http://host:4317), e.g. a \
-                     node-local OpenTelemetry Collector"
-                ),
-            )),
+            Ok(uri)
+                if matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some() => {}
             _ => problems.push((
                 var,
-                format!("{endpoint:?} is not a URL; use http://host:port (OTLP over gRPC)"),
+                format!(
+                    "{endpoint:?} is not a URL; use http://host:port (OTLP over gRPC) or \
+                     https://host:port (over TLS)"
+                ),
             )),
         }
+        let ca_file = match get(otel_env::EXPORTER_OTLP_TRACES_CERTIFICATE) {
+            Some(path) => Some((otel_env::EXPORTER_OTLP_TRACES_CERTIFICATE, path)),
+            None => get(otel_env::EXPORTER_OTLP_CERTIFICATE)
+                .map(|path| (otel_env::EXPORTER_OTLP_CERTIFICATE, path)),
+        }
+        .filter(|(_, path)| !path.is_empty())
+        .and_then(|(ca_var, path)| match export::read_ca(path.as_ref()) {
+            Ok(_) => Some(PathBuf::from(path)),
+            Err(reason) => {
+                problems.push((ca_var, format!("{path:?}: {reason}")));
+                None
+            }
+        });
         let sampler_name =
             get(otel_env::TRACES_SAMPLER).unwrap_or_else(|| "parentbased_always_on".to_owned());
         let arg = get(otel_env::TRACES_SAMPLER_ARG);
@@ -211,9 +238,11 @@ impl TraceConfig {
         if problems.is_empty() {
             Ok(Some(Self {
                 endpoint,
+                ca_file,
                 sampler,
                 service_name,
                 resource,
+                queue_capacity: QUEUE_CAPACITY,
             }))
         } else {
             Err(problems)
@@ -503,37 +532,59 @@ impl SpanRequest {
     }
 }
 
-/// A finished span, queued for export.
-#[derive(Debug)]
-struct Finished {
-    span: Span,
+/// Why the tracer could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TraceError {
+    #[error("{var}={path}: {reason}")]
+    CaFile {
+        var: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("cannot build the OTLP exporter for {endpoint}: {reason}")]
+    Exporter { endpoint: String, reason: String },
 }
 
 /// The proxy's tracer: decides, propagates, and queues finished spans.
 #[derive(Debug)]
 pub struct Tracer {
     sampler: Sampler,
-    queue: mpsc::Sender<Finished>,
+    queue: mpsc::Sender<SpanData>,
     metrics: Arc<Metrics>,
+    scope: InstrumentationScope,
 }
 
 impl Tracer {
-    /// Starts the exporter task (on the current runtime) and returns the
-    /// tracer the request paths use.
-    pub fn start(config: &TraceConfig, metrics: Arc<Metrics>) -> Arc<Self> {
-        let (queue, rx) = mpsc::channel(QUEUE_CAPACITY);
-        let resource = resource(config);
-        tokio::spawn(export_loop(
-            config.endpoint.clone(),
-            resource,
+    /// Builds the exporter, starts the export task (on the current runtime)
+    /// and returns the tracer the request paths use.
+    pub fn start(config: &TraceConfig, metrics: Arc<Metrics>) -> Result<Arc<Self>, TraceError> {
+        let exporter = export::exporter(config)?;
+        let (queue, rx) = mpsc::channel(config.queue_capacity.max(1));
+        tokio::spawn(export::export_loop(
+            exporter,
             rx,
             metrics.clone(),
+            config.endpoint.clone(),
         ));
-        Arc::new(Self {
-            sampler: config.sampler,
+        tracing::info!(
+            endpoint = %config.endpoint,
+            tls = config.endpoint.starts_with("https://"),
+            ca_file = ?config.ca_file,
+            sampler = ?config.sampler,
+            "tracing on"
+        );
+        Ok(Arc::new(Self::with_queue(config.sampler, queue, metrics)))
+    }
+
+    fn with_queue(sampler: Sampler, queue: mpsc::Sender<SpanData>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            sampler,
             queue,
             metrics,
-        })
+            scope: InstrumentationScope::builder("weft-proxy")
+                .with_version(env!("CARGO_PKG_VERSION"))
+                .build(),
+        }
     }
 
     /// At a request's start: reads its trace context, decides whether it is
@@ -564,11 +615,82 @@ impl Tracer {
         })
     }
 
-    /// At a request's end: builds the span and queues it without waiting;
-    /// a full queue drops it (counted).
-    pub fn finish(&self, active: ActiveSpan, kind: Kind, outcome: &Outcome<'_>) {
-        let span = build_span(active, kind, outcome, SystemTime::now());
-        if self.queue.try_send(Finished { span }).is_err() {
+    /// When the response's head is ready: builds the span and queues it
+    /// without waiting (a full queue drops it, counted). A gRPC response
+    /// whose head has no `grpc-status` carries it in its trailers: then the
+    /// span is returned unfinished, to end with the body
+    /// ([`Pending::end_with`]).
+    #[must_use = "a pending span ends with the response body: pass the response to Pending::end_with"]
+    pub fn finish(&self, active: ActiveSpan, kind: Kind, outcome: &Outcome<'_>) -> Option<Pending> {
+        let span = build_span(&self.scope, active, kind, outcome, SystemTime::now());
+        let pending = Pending {
+            span: Some(Box::new(span)),
+            kind,
+            queue: self.queue.clone(),
+            metrics: self.metrics.clone(),
+        };
+        if outcome.grpc && outcome.grpc_status.is_none() && outcome.proxy_error.is_none() {
+            Some(pending)
+        } else {
+            // Dropped: queued now.
+            None
+        }
+    }
+}
+
+/// A built span waiting for its gRPC status: queued when [`TracedBody`]
+/// sees the trailers, the body ends or fails, or the response is dropped
+/// (whichever comes first).
+#[derive(Debug)]
+pub struct Pending {
+    span: Option<Box<SpanData>>,
+    kind: Kind,
+    queue: mpsc::Sender<SpanData>,
+    metrics: Arc<Metrics>,
+}
+
+impl Pending {
+    /// The response, its body wrapped to end the span.
+    pub fn end_with(
+        self,
+        rsp: http::Response<crate::http::Body>,
+    ) -> http::Response<crate::http::Body> {
+        rsp.map(|body| http_body_util::BodyExt::boxed_unsync(TracedBody::new(body, self)))
+    }
+
+    /// The trailers' `grpc-status`, or none (the body ended without one);
+    /// the span ends now.
+    fn end(mut self, trailers: Option<&HeaderMap>) {
+        let code = trailers
+            .and_then(|t| t.get("grpc-status"))
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<i64>().ok());
+        if let Some(span) = self.span.as_deref_mut() {
+            span.end_time = SystemTime::now().max(span.start_time);
+            if let Some(code) = code {
+                span.attributes
+                    .push(KeyValue::new("rpc.grpc.status_code", code));
+                if grpc_error(self.kind, code) {
+                    mark_error(span, code.to_string());
+                }
+            }
+        }
+    }
+
+    /// The body failed: the span ends now, an error.
+    fn fail(mut self) {
+        if let Some(span) = self.span.as_deref_mut() {
+            span.end_time = SystemTime::now().max(span.start_time);
+            mark_error(span, "response_body".to_owned());
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(span) = self.span.take()
+            && self.queue.try_send(*span).is_err()
+        {
             self.metrics.spans_dropped("queue_full", 1);
         }
     }
@@ -583,27 +705,6 @@ fn random_span_id() -> [u8; 8] {
     }
 }
 
-fn unix_ns(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-}
-
-fn kv(key: &str, value: any_value::Value) -> KeyValue {
-    KeyValue {
-        key: key.to_owned(),
-        value: Some(AnyValue { value: Some(value) }),
-        ..KeyValue::default()
-    }
-}
-
-fn kv_str(key: &str, value: &str) -> KeyValue {
-    kv(key, any_value::Value::StringValue(value.to_owned()))
-}
-
-fn kv_int(key: &str, value: i64) -> KeyValue {
-    kv(key, any_value::Value::IntValue(value))
-}
-
 /// `/pkg.Service/Method` as (`pkg.Service`, `Method`).
 fn rpc_parts(path: &str) -> Option<(&str, &str)> {
     let (service, method) = path.strip_prefix('/')?.split_once('/')?;
@@ -611,199 +712,168 @@ fn rpc_parts(path: &str) -> Option<(&str, &str)> {
         .then_some((service, method))
 }
 
-fn build_span(active: ActiveSpan, kind: Kind, o: &Outcome<'_>, end: SystemTime) -> Span {
+/// Whether a gRPC status code makes the span an error, as the OpenTelemetry
+/// RPC conventions say: every code but OK on a CLIENT span; on a SERVER span
+/// only UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE and
+/// DATA_LOSS (the others are the caller's doing).
+fn grpc_error(kind: Kind, code: i64) -> bool {
+    match kind {
+        Kind::Client => code != 0,
+        Kind::Server => matches!(code, 2 | 4 | 12 | 13 | 14 | 15),
+    }
+}
+
+/// Status ERROR and `error.type`, once.
+fn mark_error(span: &mut SpanData, error_type: String) {
+    if matches!(span.status, Status::Error { .. }) {
+        return;
+    }
+    span.attributes
+        .push(KeyValue::new("error.type", error_type.clone()));
+    span.status = Status::error(error_type);
+}
+
+fn build_span(
+    scope: &InstrumentationScope,
+    active: ActiveSpan,
+    kind: Kind,
+    o: &Outcome<'_>,
+    end: SystemTime,
+) -> SpanData {
     let rpc = if o.grpc { rpc_parts(o.path) } else { None };
-    let name = match (rpc, o.route) {
-        (Some((service, method)), _) => format!("{service}/{method}"),
-        (None, "") => o.method.to_owned(),
-        (None, route) => format!("{} {route}", o.method),
+    let name: Cow<'static, str> = match (rpc, o.route) {
+        (Some((service, method)), _) => format!("{service}/{method}").into(),
+        (None, "") => o.method.to_owned().into(),
+        (None, route) => format!("{} {route}", o.method).into(),
     };
-    let mut attributes = vec![
-        kv_str("http.request.method", o.method),
-        kv_str("url.path", o.path),
-        kv_str("url.scheme", o.scheme),
-        kv_str("network.protocol.version", o.protocol),
-        kv_int("http.response.status_code", i64::from(o.status)),
-        kv_str(
+    let mut attributes = Vec::with_capacity(24);
+    attributes.extend([
+        KeyValue::new("http.request.method", o.method.to_owned()),
+        KeyValue::new("url.path", o.path.to_owned()),
+        KeyValue::new("url.scheme", o.scheme.to_owned()),
+        KeyValue::new("network.protocol.version", o.protocol),
+        KeyValue::new("http.response.status_code", i64::from(o.status)),
+        KeyValue::new(
             "weft.direction",
             match kind {
                 Kind::Client => "outbound",
                 Kind::Server => "inbound",
             },
         ),
-        kv_str("weft.client.identity", o.client_identity),
-        kv_str("weft.server.identity", o.server_identity),
-        kv("weft.mtls", any_value::Value::BoolValue(o.mtls)),
-    ];
+        KeyValue::new("weft.client.identity", o.client_identity.to_owned()),
+        KeyValue::new("weft.server.identity", o.server_identity.to_owned()),
+        KeyValue::new("weft.mtls", o.mtls),
+    ]);
     if let Some(authority) = o.authority {
         let (host, port) = match authority.rsplit_once(':') {
             Some((h, p)) if p.parse::<u16>().is_ok() => (h, p.parse::<i64>().ok()),
             _ => (authority, None),
         };
-        attributes.push(kv_str("server.address", host));
+        attributes.push(KeyValue::new("server.address", host.to_owned()));
         if let Some(port) = port {
-            attributes.push(kv_int("server.port", port));
+            attributes.push(KeyValue::new("server.port", port));
         }
     }
     if !o.route.is_empty() {
-        attributes.push(kv_str("http.route", o.route));
-        attributes.push(kv_str("weft.route", o.route));
+        attributes.push(KeyValue::new("http.route", o.route.to_owned()));
+        attributes.push(KeyValue::new("weft.route", o.route.to_owned()));
     }
     if !o.backend.is_empty() {
-        attributes.push(kv_str("weft.backend", o.backend));
+        attributes.push(KeyValue::new("weft.backend", o.backend.to_owned()));
     }
     if let Some(endpoint) = o.endpoint {
-        attributes.push(kv_str("weft.endpoint", &endpoint.to_string()));
-        attributes.push(kv_str("network.peer.address", &endpoint.ip().to_string()));
-        attributes.push(kv_int("network.peer.port", i64::from(endpoint.port())));
+        attributes.push(KeyValue::new("weft.endpoint", endpoint.to_string()));
+        attributes.push(KeyValue::new(
+            "network.peer.address",
+            endpoint.ip().to_string(),
+        ));
+        attributes.push(KeyValue::new(
+            "network.peer.port",
+            i64::from(endpoint.port()),
+        ));
     }
     if o.resend_count > 0 {
-        attributes.push(kv_int(
+        attributes.push(KeyValue::new(
             "http.request.resend_count",
             i64::from(o.resend_count),
         ));
     }
     if let Some((service, method)) = rpc {
-        attributes.push(kv_str("rpc.system", "grpc"));
-        attributes.push(kv_str("rpc.service", service));
-        attributes.push(kv_str("rpc.method", method));
+        attributes.push(KeyValue::new("rpc.system", "grpc"));
+        attributes.push(KeyValue::new("rpc.service", service.to_owned()));
+        attributes.push(KeyValue::new("rpc.method", method.to_owned()));
         if let Some(code) = o.grpc_status {
-            attributes.push(kv_int("rpc.grpc.status_code", code));
+            attributes.push(KeyValue::new("rpc.grpc.status_code", code));
         }
     }
     if let Some(kind) = o.proxy_error {
-        attributes.push(kv_str("weft.proxy_error", kind));
+        attributes.push(KeyValue::new("weft.proxy_error", kind.to_owned()));
     }
+    let mut span = SpanData {
+        span_context: SpanContext::new(
+            TraceId::from_bytes(active.trace_id),
+            SpanId::from_bytes(active.span_id),
+            TraceFlags::SAMPLED,
+            false,
+            Default::default(),
+        ),
+        parent_span_id: active.parent.map_or(SpanId::INVALID, SpanId::from_bytes),
+        parent_span_is_remote: active.parent.is_some(),
+        span_kind: match kind {
+            Kind::Client => SpanKind::Client,
+            Kind::Server => SpanKind::Server,
+        },
+        name,
+        start_time: active.start,
+        end_time: end.max(active.start),
+        attributes,
+        dropped_attributes_count: 0,
+        events: SpanEvents::default(),
+        links: SpanLinks::default(),
+        status: Status::Unset,
+        instrumentation_scope: scope.clone(),
+    };
     let http_error = match kind {
         Kind::Client => o.status >= 400,
         Kind::Server => o.status >= 500,
     };
-    let grpc_error = o.grpc_status.is_some_and(|c| c != 0);
-    let error = http_error || grpc_error || o.proxy_error.is_some();
-    if error {
-        let error_type = o
-            .proxy_error
-            .map(str::to_owned)
-            .unwrap_or_else(|| o.status.to_string());
-        attributes.push(kv_str("error.type", &error_type));
+    let grpc_code = o.grpc_status.filter(|_| o.grpc);
+    if let Some(error_type) = o.proxy_error {
+        mark_error(&mut span, error_type.to_owned());
+    } else if http_error {
+        mark_error(&mut span, o.status.to_string());
+    } else if let Some(code) = grpc_code.filter(|c| grpc_error(kind, *c)) {
+        mark_error(&mut span, code.to_string());
     }
-    Span {
-        trace_id: active.trace_id.to_vec(),
-        span_id: active.span_id.to_vec(),
-        parent_span_id: active.parent.map(|p| p.to_vec()).unwrap_or_default(),
-        flags: 1,
-        name,
-        kind: match kind {
-            Kind::Client => span::SpanKind::Client as i32,
-            Kind::Server => span::SpanKind::Server as i32,
-        },
-        start_time_unix_nano: unix_ns(active.start),
-        end_time_unix_nano: unix_ns(end).max(unix_ns(active.start)),
-        attributes,
-        status: Some(Status {
-            message: String::new(),
-            code: if error {
-                status::StatusCode::Error as i32
-            } else {
-                status::StatusCode::Unset as i32
-            },
-        }),
-        ..Span::default()
-    }
+    span
 }
 
-fn resource(config: &TraceConfig) -> Resource {
+/// The spans' resource: `service.name`, the proxy's version, then
+/// `OTEL_RESOURCE_ATTRIBUTES` (the first of a repeated key counts).
+fn resource(config: &TraceConfig) -> opentelemetry_sdk::Resource {
+    let mut seen = HashSet::new();
     let mut attributes = vec![
-        kv_str("service.name", &config.service_name),
-        kv_str("weft.proxy.version", env!("CARGO_PKG_VERSION")),
-        kv_str("telemetry.sdk.name", "weft-proxy"),
+        KeyValue::new("service.name", config.service_name.clone()),
+        KeyValue::new("weft.proxy.version", env!("CARGO_PKG_VERSION")),
+        KeyValue::new("telemetry.sdk.name", "weft-proxy"),
     ];
-    let mut seen: HashMap<&str, ()> = HashMap::new();
     for (k, v) in &config.resource {
-        if seen.insert(k, ()).is_none() {
-            attributes.push(kv_str(k, v));
+        if seen.insert(k.as_str())
+            && !matches!(k.as_str(), "weft.proxy.version" | "telemetry.sdk.name")
+        {
+            attributes.push(KeyValue::new(k.clone(), v.clone()));
         }
     }
-    Resource {
-        attributes,
-        ..Resource::default()
-    }
-}
-
-/// Batches queued spans and exports them; a batch that cannot be exported
-/// in time is dropped (counted), so a slow or dead collector only loses
-/// spans.
-async fn export_loop(
-    endpoint: String,
-    resource: Resource,
-    mut rx: mpsc::Receiver<Finished>,
-    metrics: Arc<Metrics>,
-) {
-    let channel = match tonic::transport::Endpoint::from_shared(endpoint.clone()) {
-        Ok(e) => e.connect_timeout(Duration::from_secs(2)).connect_lazy(),
-        Err(error) => {
-            // Checked with the configuration: not reached.
-            tracing::warn!(%endpoint, %error, "tracing off: the collector's address is invalid");
-            return;
-        }
-    };
-    let mut client = TraceServiceClient::new(channel);
-    let mut failures_logged = 0u64;
-    let mut batch: Vec<Span> = Vec::with_capacity(BATCH_MAX);
-    loop {
-        let first = match rx.recv().await {
-            Some(f) => f,
-            None => return,
-        };
-        batch.push(first.span);
-        let deadline = tokio::time::Instant::now() + BATCH_INTERVAL;
-        while batch.len() < BATCH_MAX {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(f)) => batch.push(f.span),
-                Ok(None) | Err(_) => break,
-            }
-        }
-        let n = batch.len() as u64;
-        let request = ExportTraceServiceRequest {
-            resource_spans: vec![ResourceSpans {
-                resource: Some(resource.clone()),
-                scope_spans: vec![ScopeSpans {
-                    scope: Some(InstrumentationScope {
-                        name: "weft-proxy".to_owned(),
-                        version: env!("CARGO_PKG_VERSION").to_owned(),
-                        ..InstrumentationScope::default()
-                    }),
-                    spans: std::mem::take(&mut batch),
-                    schema_url: String::new(),
-                }],
-                schema_url: String::new(),
-            }],
-        };
-        match tokio::time::timeout(EXPORT_TIMEOUT, client.export(request)).await {
-            Ok(Ok(_)) => metrics.spans_exported(n),
-            Ok(Err(status)) => {
-                metrics.spans_dropped("export_failed", n);
-                failures_logged += 1;
-                if failures_logged.is_power_of_two() {
-                    tracing::warn!(%endpoint, spans = n, error = %status.message(), failures = failures_logged,
-                        "could not export spans to the collector; dropped them");
-                }
-            }
-            Err(_) => {
-                metrics.spans_dropped("export_failed", n);
-                failures_logged += 1;
-                if failures_logged.is_power_of_two() {
-                    tracing::warn!(%endpoint, spans = n, timeout_s = EXPORT_TIMEOUT.as_secs(), failures = failures_logged,
-                        "the collector did not answer in time; dropped the spans");
-                }
-            }
-        }
-    }
+    opentelemetry_sdk::Resource::builder_empty()
+        .with_attributes(attributes)
+        .build()
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+    use std::collections::HashMap;
 
     use super::*;
 
@@ -893,14 +963,14 @@ mod tests {
     fn begin_rewrites_the_context_for_the_next_hop() {
         let metrics = Arc::new(Metrics::new());
         let (queue, _rx) = mpsc::channel(1);
-        let tracer = Tracer {
-            sampler: Sampler {
+        let tracer = Tracer::with_queue(
+            Sampler {
                 parent_based: true,
                 ratio: 1.0,
             },
             queue,
             metrics,
-        };
+        );
         let mut headers = HeaderMap::new();
         headers.insert(
             B3,
@@ -983,5 +1053,198 @@ mod tests {
             ])),
             Ok(None)
         );
+    }
+
+    #[test]
+    fn https_takes_a_ca_file_named_in_its_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        let ca_text = weft_tests::pki::TestCa::new("collector")
+            .anchors_pem()
+            .to_owned();
+        std::fs::write(&ca, ca_text).unwrap();
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "not a certificate").unwrap();
+        let env = |pairs: Vec<(&'static str, String)>| {
+            let map: HashMap<&str, String> = pairs.into_iter().collect();
+            move |k: &str| map.get(k).cloned()
+        };
+        let c = TraceConfig::from_env(env(vec![
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "http://ignored:4317".to_owned(),
+            ),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "https://collector:4317".to_owned(),
+            ),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", ca.display().to_string()),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            c.endpoint, "https://collector:4317",
+            "the traces variable wins"
+        );
+        assert_eq!(c.ca_file.as_deref(), Some(ca.as_path()));
+        let without = TraceConfig::from_env(env(vec![(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "https://collector:4317".to_owned(),
+        )]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(without.ca_file, None, "the web PKI roots");
+        for (path, says) in [
+            (dir.path().join("missing.pem"), "cannot read"),
+            (junk, "holds no certificate"),
+        ] {
+            let errors = TraceConfig::from_env(env(vec![
+                (
+                    "OTEL_EXPORTER_OTLP_ENDPOINT",
+                    "https://collector:4317".to_owned(),
+                ),
+                ("OTEL_EXPORTER_OTLP_CERTIFICATE", path.display().to_string()),
+            ]))
+            .unwrap_err();
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            assert_eq!(errors[0].0, "OTEL_EXPORTER_OTLP_CERTIFICATE");
+            assert!(errors[0].1.contains(says), "{errors:?}");
+        }
+    }
+
+    fn outcome<'a>(grpc: bool, status: u16, grpc_status: Option<i64>) -> Outcome<'a> {
+        Outcome {
+            method: "POST",
+            path: "/shop.Cart/Add",
+            scheme: "http",
+            protocol: "2",
+            authority: Some("cart:8080"),
+            status,
+            grpc_status,
+            grpc,
+            client_identity: "spiffe://a",
+            server_identity: "spiffe://b",
+            ..Outcome::default()
+        }
+    }
+
+    fn attr<'a>(span: &'a SpanData, key: &str) -> Option<&'a opentelemetry::Value> {
+        span.attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == key)
+            .map(|kv| &kv.value)
+    }
+
+    fn active() -> ActiveSpan {
+        ActiveSpan {
+            trace_id: [1; 16],
+            span_id: [2; 8],
+            parent: Some([3; 8]),
+            start: SystemTime::now(),
+        }
+    }
+
+    #[test]
+    fn spans_carry_the_conventions_attributes_and_status() {
+        let scope = InstrumentationScope::builder("weft-proxy").build();
+        let span = build_span(
+            &scope,
+            active(),
+            Kind::Client,
+            &outcome(true, 200, Some(5)),
+            SystemTime::now(),
+        );
+        assert_eq!(span.name, "shop.Cart/Add");
+        assert_eq!(span.span_kind, SpanKind::Client);
+        assert_eq!(span.parent_span_id, SpanId::from_bytes([3; 8]));
+        assert_eq!(attr(&span, "rpc.system").unwrap().as_str(), "grpc");
+        assert_eq!(attr(&span, "rpc.service").unwrap().as_str(), "shop.Cart");
+        assert_eq!(attr(&span, "rpc.method").unwrap().as_str(), "Add");
+        assert_eq!(attr(&span, "rpc.grpc.status_code"), Some(&5i64.into()));
+        assert_eq!(attr(&span, "server.port"), Some(&8080i64.into()));
+        assert_eq!(span.status, Status::error("5"), "NOT_FOUND fails a client");
+        let server = build_span(
+            &scope,
+            active(),
+            Kind::Server,
+            &outcome(true, 200, Some(5)),
+            SystemTime::now(),
+        );
+        assert_eq!(server.status, Status::Unset, "but not a server");
+        let http = build_span(
+            &scope,
+            active(),
+            Kind::Server,
+            &outcome(false, 503, None),
+            SystemTime::now(),
+        );
+        assert_eq!(http.name, "POST");
+        assert!(attr(&http, "rpc.system").is_none());
+        assert_eq!(attr(&http, "error.type").unwrap().as_str(), "503");
+        assert_eq!(http.status, Status::error("503"));
+    }
+
+    #[test]
+    fn a_grpc_span_without_a_status_in_the_head_ends_with_the_trailers() {
+        let metrics = Arc::new(Metrics::new());
+        let (queue, mut rx) = mpsc::channel(4);
+        let tracer = Tracer::with_queue(
+            Sampler {
+                parent_based: true,
+                ratio: 1.0,
+            },
+            queue,
+            metrics,
+        );
+        // The status in the head (trailers-only): queued at once.
+        assert!(
+            tracer
+                .finish(active(), Kind::Server, &outcome(true, 200, Some(12)))
+                .is_none()
+        );
+        let span = rx.try_recv().unwrap();
+        assert_eq!(attr(&span, "rpc.grpc.status_code"), Some(&12i64.into()));
+        assert_eq!(span.status, Status::error("12"));
+        // Plain HTTP: at once too.
+        assert!(
+            tracer
+                .finish(active(), Kind::Client, &outcome(false, 200, None))
+                .is_none()
+        );
+        rx.try_recv().unwrap();
+
+        // In the trailers: queued when they pass.
+        let pending = tracer
+            .finish(active(), Kind::Client, &outcome(true, 200, None))
+            .unwrap();
+        assert!(rx.try_recv().is_err(), "not before the trailers");
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from_static("13"));
+        let body = http_body_util::StreamBody::new(futures::stream::iter([
+            Ok::<_, crate::http::BoxError>(http_body::Frame::data(bytes::Bytes::from_static(b"x"))),
+            Ok(http_body::Frame::trailers(trailers)),
+        ]));
+        let rsp = pending.end_with(http::Response::new(http_body_util::BodyExt::boxed_unsync(
+            body,
+        )));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let collected = runtime
+            .block_on(http_body_util::BodyExt::collect(rsp.into_body()))
+            .unwrap();
+        assert_eq!(collected.trailers().unwrap()["grpc-status"], "13");
+        let span = rx.try_recv().unwrap();
+        assert_eq!(attr(&span, "rpc.grpc.status_code"), Some(&13i64.into()));
+        assert_eq!(span.status, Status::error("13"));
+
+        // Dropped before the trailers (the caller went away): queued, no code.
+        drop(
+            tracer
+                .finish(active(), Kind::Client, &outcome(true, 200, None))
+                .unwrap(),
+        );
+        let span = rx.try_recv().unwrap();
+        assert!(attr(&span, "rpc.grpc.status_code").is_none());
     }
 }

@@ -188,9 +188,14 @@ pub struct EchoMessage {
 
 /// Full path of the bidirectional streaming method.
 pub const GRPC_CHAT_PATH: &str = "/weft.test.Echo/Chat";
+/// A message with these bytes ends the chat with INTERNAL (in the trailers,
+/// after the replies before it).
+pub const GRPC_FAIL: &[u8] = b"fail";
 
 /// A tonic gRPC server with one bidirectional streaming method,
-/// `weft.test.Echo/Chat`, that answers each message with the same message.
+/// `weft.test.Echo/Chat`, that answers each message with the same message
+/// ([`GRPC_FAIL`] excepted). Any other method is UNIMPLEMENTED (a
+/// trailers-only response).
 pub async fn grpc_echo() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
@@ -247,7 +252,10 @@ impl tonic::server::StreamingService<EchoMessage> for Chat {
 
     fn call(&mut self, request: tonic::Request<tonic::Streaming<EchoMessage>>) -> Self::Future {
         Box::pin(async move {
-            let stream: MessageStream = Box::pin(request.into_inner().map(|m| m));
+            let stream: MessageStream = Box::pin(request.into_inner().map(|m| match m {
+                Ok(m) if m.data == GRPC_FAIL => Err(tonic::Status::internal("asked to fail")),
+                other => other,
+            }));
             Ok(tonic::Response::new(stream))
         })
     }
@@ -258,6 +266,19 @@ pub async fn grpc_chat(
     channel: tonic::transport::Channel,
     outgoing: impl Stream<Item = EchoMessage> + Send + 'static,
 ) -> Result<tonic::Streaming<EchoMessage>, tonic::Status> {
+    grpc_stream(channel, GRPC_CHAT_PATH, tonic::Request::new(outgoing)).await
+}
+
+/// Opens a bidirectional stream of [`EchoMessage`]s to the method at
+/// `path`, with the request's metadata (a `traceparent`, say).
+pub async fn grpc_stream<S>(
+    channel: tonic::transport::Channel,
+    path: &'static str,
+    request: tonic::Request<S>,
+) -> Result<tonic::Streaming<EchoMessage>, tonic::Status>
+where
+    S: Stream<Item = EchoMessage> + Send + 'static,
+{
     let mut client = tonic::client::Grpc::new(channel);
     client
         .ready()
@@ -265,8 +286,8 @@ pub async fn grpc_chat(
         .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
     let rsp = client
         .streaming(
-            tonic::Request::new(outgoing),
-            http::uri::PathAndQuery::from_static(GRPC_CHAT_PATH),
+            request,
+            http::uri::PathAndQuery::from_static(path),
             ProstCodec::<EchoMessage, EchoMessage>::default(),
         )
         .await?;

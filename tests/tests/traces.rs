@@ -1,7 +1,8 @@
 //! Traces through a proxy pair, received by a real OTLP/gRPC receiver
 //! (`weft_api::otlp`): one CLIENT span in the client's proxy and one SERVER
 //! span in the server's per request, in one trace, linked parent to child,
-//! W3C context continued, B3 converted, sampling obeyed, and requests
+//! W3C context continued, B3 converted, sampling obeyed, gRPC calls named
+//! with their status (from the trailers too), export over TLS, and requests
 //! unaffected by a dead or slow collector.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
@@ -12,11 +13,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::StreamExt;
 use http_body_util::{BodyExt, Empty};
 use weft_api::otlp::{ReceivedSpan, Receiver, SpanKind, StatusCode};
 use weft_proxy::trace::{Sampler, TraceConfig};
-use weft_tests::apps::{SEEN_B3, SEEN_TRACEPARENT, http_echo};
+use weft_tests::apps::{
+    EchoMessage, GRPC_CHAT_PATH, GRPC_FAIL, SEEN_B3, SEEN_TRACEPARENT, grpc_echo, grpc_stream,
+    http_echo,
+};
 use weft_tests::mesh::{CLIENT_ID, Pair, SERVER_ID, metrics};
+use weft_tests::pki::{LeafSpec, TestCa};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -351,4 +357,183 @@ async fn a_dead_or_slow_collector_fails_no_request_and_the_lost_spans_are_counte
     eprintln!(
         "slow collector: {REQUESTS}/{REQUESTS} requests ok, {lost} server-side spans dropped"
     );
+}
+
+/// One chat on `channel` in the trace `trace`: `messages` sent one at a time,
+/// each reply awaited, then the client's side closed. The gRPC status the
+/// call ended with.
+async fn chat(
+    channel: &tonic::transport::Channel,
+    path: &'static str,
+    trace: &str,
+    messages: &[&[u8]],
+) -> tonic::Code {
+    let (tx, rx) = tokio::sync::mpsc::channel::<EchoMessage>(1);
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace}-b9c7c989f97918e1-01").parse().unwrap(),
+    );
+    let mut replies = match grpc_stream(channel.clone(), path, request).await {
+        Ok(replies) => replies,
+        Err(status) => return status.code(),
+    };
+    for (seq, data) in messages.iter().enumerate() {
+        let sent = EchoMessage {
+            seq: seq as u64,
+            data: data.to_vec(),
+        };
+        tx.send(sent.clone()).await.unwrap();
+        match replies.next().await {
+            Some(Ok(reply)) => assert_eq!(reply, sent),
+            Some(Err(status)) => return status.code(),
+            None => panic!("the stream ended before the reply to {seq}"),
+        }
+    }
+    drop(tx);
+    match replies.next().await {
+        None => tonic::Code::Ok,
+        Some(Err(status)) => status.code(),
+        Some(Ok(extra)) => panic!("an unasked-for reply: {extra:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_calls_are_rpc_spans_with_the_status_of_their_trailers() {
+    let receiver = receiver().await;
+    let pair = Pair::traced(
+        grpc_echo().await,
+        false,
+        Some(TraceConfig::new(receiver.endpoint())),
+    )
+    .await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", pair.entry))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    // OK and INTERNAL come in trailers after the replies; UNIMPLEMENTED is a
+    // trailers-only response (the status in the head).
+    let ok = "0af7651916cd43dd8448eb211c800001";
+    let internal = "0af7651916cd43dd8448eb211c800002";
+    let unimplemented = "0af7651916cd43dd8448eb211c800003";
+    assert_eq!(
+        chat(&channel, GRPC_CHAT_PATH, ok, &[b"a", b"b"]).await,
+        tonic::Code::Ok
+    );
+    assert_eq!(
+        chat(&channel, GRPC_CHAT_PATH, internal, &[b"a", GRPC_FAIL]).await,
+        tonic::Code::Internal
+    );
+    assert_eq!(
+        chat(&channel, "/weft.test.Echo/Nope", unimplemented, &[b"a"]).await,
+        tonic::Code::Unimplemented
+    );
+    for (trace, method, code, status) in [
+        (ok, "Chat", "0", StatusCode::Unset),
+        (internal, "Chat", "13", StatusCode::Error),
+        (unimplemented, "Nope", "12", StatusCode::Error),
+    ] {
+        let (client, server) = pair_of(&receiver, trace).await;
+        for span in [&client, &server] {
+            assert_eq!(span.name, format!("weft.test.Echo/{method}"), "{span:#?}");
+            assert_eq!(span.attribute("rpc.system"), Some("grpc"), "{span:#?}");
+            assert_eq!(span.attribute("rpc.service"), Some("weft.test.Echo"));
+            assert_eq!(span.attribute("rpc.method"), Some(method));
+            assert_eq!(
+                span.attribute("rpc.grpc.status_code"),
+                Some(code),
+                "{span:#?}"
+            );
+            assert_eq!(span.attribute("http.response.status_code"), Some("200"));
+            assert_eq!(span.status, status, "{span:#?}");
+            if status == StatusCode::Error {
+                assert_eq!(span.attribute("error.type"), Some(code), "{span:#?}");
+            }
+        }
+        assert_eq!(server.parent_span_id.as_deref(), Some(&*client.span_id));
+        assert!(
+            client.start_unix_ns <= server.start_unix_ns
+                && server.end_unix_ns <= client.end_unix_ns,
+            "a streamed call's spans end with its trailers: {client:#?} {server:#?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_are_exported_over_tls_verified_by_the_given_ca() {
+    let ca = TestCa::new("collector");
+    let mut spec = LeafSpec::identity("spiffe://cluster.local/ns/observability/sa/collector");
+    spec.sans = vec![rcgen::SanType::IpAddress([127, 0, 0, 1].into())];
+    let leaf = ca.issue_spec(&spec);
+    let receiver = Receiver::start_tls(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        leaf.chain_pem.as_bytes(),
+        leaf.key_pem.as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert!(receiver.endpoint().starts_with("https://"));
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("collector-ca.pem");
+    std::fs::write(&ca_file, ca.anchors_pem()).unwrap();
+    // As the proxy reads it from its environment.
+    let config = TraceConfig::from_env(|var| match var {
+        "OTEL_EXPORTER_OTLP_ENDPOINT" => Some(receiver.endpoint()),
+        "OTEL_EXPORTER_OTLP_CERTIFICATE" => Some(ca_file.display().to_string()),
+        _ => None,
+    })
+    .unwrap()
+    .unwrap();
+    let pair = Pair::traced(http_echo().await, false, Some(config.clone())).await;
+    let (status, app) = get(pair.entry, "/over-tls", &[]).await;
+    assert_eq!(status, 200);
+    let (trace, _, _) = parts(seen(&app, SEEN_TRACEPARENT));
+    let (client, server) = pair_of(&receiver, &trace).await;
+    assert_eq!(client.attribute("url.path"), Some("/over-tls"));
+    assert_eq!(server.attribute("url.path"), Some("/over-tls"));
+
+    // Without the CA (the web PKI roots) the collector is not trusted: the
+    // spans are dropped, counted, and the requests still succeed.
+    let untrusted = TraceConfig {
+        ca_file: None,
+        ..config
+    };
+    let pair = Pair::traced(http_echo().await, false, Some(untrusted)).await;
+    let before = receiver.spans().len();
+    assert_eq!(get(pair.entry, "/", &[]).await.0, 200);
+    wait_positive(
+        &pair.client,
+        "weft_proxy_spans_dropped_total{reason=\"export_failed\"}",
+    )
+    .await;
+    assert_eq!(receiver.spans().len(), before, "{:#?}", receiver.spans());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_drops_spans_without_failing_requests() {
+    const REQUESTS: u64 = 2_000;
+    let slow = receiver().await;
+    // Every export answered 3 s late (within the 5 s export timeout): the
+    // exporter is busy while the load runs, so a small queue fills, whatever
+    // the machine's speed.
+    slow.set_delay(Duration::from_secs(3));
+    let mut config = TraceConfig::new(slow.endpoint());
+    config.queue_capacity = 64;
+    let pair = Pair::traced(http_echo().await, false, Some(config)).await;
+    assert_eq!(
+        load(pair.entry, REQUESTS).await,
+        REQUESTS,
+        "every request succeeds"
+    );
+    let lost = wait_positive(
+        &pair.client,
+        "weft_proxy_spans_dropped_total{reason=\"queue_full\"}",
+    )
+    .await;
+    // The spans that were queued still arrive.
+    slow.wait_for(|spans| !spans.is_empty(), WAIT)
+        .await
+        .unwrap();
+    eprintln!("queue of 64: {REQUESTS}/{REQUESTS} requests ok, {lost} client-side spans dropped");
 }

@@ -168,6 +168,8 @@ pub async fn handle(
         .map_or_else(|| Arc::from(""), |i| i.uri());
     let status = done.rsp.status().as_u16();
     let tls = done.endpoint.as_ref().is_none_or(|e| e.mesh.is_some());
+    // A gRPC span waiting for its status in the trailers.
+    let mut pending = None;
     if let Some(request) = request {
         let own = outbound.tls.credentials().map(|c| c.identity().uri());
         let outcome = crate::trace::Outcome {
@@ -185,7 +187,7 @@ pub async fn handle(
             crate::access::log(Direction::Outbound, &outcome, elapsed, trace_id.as_deref());
         }
         if let (Some(tracer), Some(span)) = (&outbound.tracer, span) {
-            tracer.finish(*span, crate::trace::Kind::Client, &outcome);
+            pending = tracer.finish(*span, crate::trace::Kind::Client, &outcome);
         }
     }
     outbound.metrics.outbound_request(
@@ -206,7 +208,10 @@ pub async fn handle(
         headers_us = elapsed.as_micros() as u64,
         "outbound request"
     );
-    done.rsp
+    match pending {
+        Some(pending) => pending.end_with(done.rsp),
+        None => done.rsp,
+    }
 }
 
 /// Picks a backend and an endpoint for a try, avoiding `avoid` when it can.
