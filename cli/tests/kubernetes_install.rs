@@ -416,6 +416,25 @@ fn gateway_api_crds(kubeconfig: &Path) {
         dir.display(),
         String::from_utf8_lossy(&out.stderr)
     );
+    // On a fresh API server the routes' endpoints answer 404 until the CRDs
+    // are established.
+    let out = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args([
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/httproutes.gateway.networking.k8s.io",
+            "crd/grpcroutes.gateway.networking.k8s.io",
+        ])
+        .output()
+        .expect("run kubectl");
+    assert!(
+        out.status.success(),
+        "wait for the Gateway API CRDs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// EndpointSlices and bindings need a Node object; there is no kubelet behind it.
