@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId};
 use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
@@ -280,14 +280,19 @@ pub struct Parent {
     pub sampled: Option<bool>,
 }
 
-const TRACEPARENT: &str = "traceparent";
-const B3: &str = "b3";
-const B3_MULTI: [&str; 5] = [
-    "x-b3-traceid",
-    "x-b3-spanid",
-    "x-b3-parentspanid",
-    "x-b3-sampled",
-    "x-b3-flags",
+// Header names as constants: a lookup by `&str` parses the name each time.
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const B3: HeaderName = HeaderName::from_static("b3");
+const B3_TRACE_ID: HeaderName = HeaderName::from_static("x-b3-traceid");
+const B3_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-spanid");
+const B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
+const B3_FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
+const B3_MULTI: [HeaderName; 5] = [
+    B3_TRACE_ID,
+    B3_SPAN_ID,
+    HeaderName::from_static("x-b3-parentspanid"),
+    B3_SAMPLED,
+    B3_FLAGS,
 ];
 
 fn hex_to<const N: usize>(text: &str) -> Option<[u8; N]> {
@@ -367,18 +372,18 @@ pub fn parse_b3_single(value: &str) -> Option<Parent> {
     })
 }
 
-fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+fn header<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
 /// B3 multi: `X-B3-TraceId`, `X-B3-SpanId`, `X-B3-Sampled`, `X-B3-Flags`.
 fn parse_b3_multi(headers: &HeaderMap) -> Option<Parent> {
-    let trace_id = trace_id(header(headers, "x-b3-traceid")?.trim())?;
-    let span_id = hex_to::<8>(header(headers, "x-b3-spanid")?.trim())?;
-    let sampled = if header(headers, "x-b3-flags").map(str::trim) == Some("1") {
+    let trace_id = trace_id(header(headers, &B3_TRACE_ID)?.trim())?;
+    let span_id = hex_to::<8>(header(headers, &B3_SPAN_ID)?.trim())?;
+    let sampled = if header(headers, &B3_FLAGS).map(str::trim) == Some("1") {
         Some(true)
     } else {
-        match header(headers, "x-b3-sampled") {
+        match header(headers, &B3_SAMPLED) {
             None => None,
             Some(s) => b3_sampled(s.trim())?,
         }
@@ -393,10 +398,10 @@ fn parse_b3_multi(headers: &HeaderMap) -> Option<Parent> {
 /// The request's trace context: `traceparent`, else B3 (single, then multi).
 /// An invalid `traceparent` starts a new trace, as the W3C specification says.
 pub fn extract(headers: &HeaderMap) -> Option<Parent> {
-    if let Some(tp) = headers.get(TRACEPARENT) {
+    if let Some(tp) = headers.get(&TRACEPARENT) {
         return tp.to_str().ok().and_then(parse_traceparent);
     }
-    if let Some(single) = header(headers, B3) {
+    if let Some(single) = header(headers, &B3) {
         return parse_b3_single(single);
     }
     parse_b3_multi(headers)
@@ -419,7 +424,11 @@ fn traceparent(trace_id: &[u8; 16], span_id: &[u8; 8], sampled: bool) -> HeaderV
         text[54] = b'1';
     }
     // Hex digits and dashes only: always a valid header value.
-    HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
+    let mut value = HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static(""));
+    // A value new on every request: HPACK must not index it, or each one
+    // would evict useful entries from the HTTP/2 connection's table.
+    value.set_sensitive(true);
+    value
 }
 
 /// A span in progress: what the request's end needs to finish it.
