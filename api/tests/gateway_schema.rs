@@ -26,12 +26,12 @@ fn crds_dir() -> Option<PathBuf> {
 /// The v1 `openAPIV3Schema` of a CRD file, or `None` (skip) outside CI.
 fn schema(channel: &str, file: &str) -> Option<Value> {
     let Some(dir) = crds_dir() else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
+        // Panics under CI=true.
+        weft_tests::skip::skip(&weft_tests::skip::Reason::Missing(
             "the Gateway API CRDs are missing: set WEFT_GATEWAY_API_CRDS to the directory \
              holding v1.5.1/ (../shared/gateway-api from the repository)"
-        );
-        eprintln!("skipped: Gateway API CRDs not found (set WEFT_GATEWAY_API_CRDS)");
+                .into(),
+        ));
         return None;
     };
     let path = dir.join("v1.5.1").join(channel).join(file);

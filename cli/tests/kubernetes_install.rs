@@ -31,17 +31,12 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 
-const ENV: &str = "WEFT_E2E_KUBECONFIG";
 const MESH_NS: &str = "weft-system";
 const NODE: &str = "weft-e2e-node";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn install_inject_and_check_on_a_real_api_server() {
-    let Some(kubeconfig) = std::env::var_os(ENV).map(PathBuf::from) else {
-        eprintln!(
-            "skipped: {ENV} is not set; set it to a kubeconfig of a disposable cluster \
-             (kube-apiserver 1.28 or later) to run the install and injection suite"
-        );
+    let Some(kubeconfig) = weft_tests::skip::kubeconfig() else {
         return;
     };
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -624,8 +619,7 @@ async fn canary_set_reaches_a_subscriber_through_a_real_api_server() {
     use weft_controller::discovery::IndexSettings;
     use weft_controller::discovery::lease::LeaseSettings;
 
-    let Some(kubeconfig) = std::env::var_os(ENV).map(PathBuf::from) else {
-        eprintln!("skipped: {ENV} is not set (see install_inject_and_check_on_a_real_api_server)");
+    let Some(kubeconfig) = weft_tests::skip::kubeconfig() else {
         return;
     };
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -837,8 +831,7 @@ async fn canary_set_reaches_a_subscriber_through_a_real_api_server() {
 /// NoPolicy finding (allow-all lets plaintext in).
 #[test]
 fn audit_policy_reads_a_real_api_server() {
-    let Some(kubeconfig) = std::env::var_os(ENV).map(PathBuf::from) else {
-        eprintln!("skipped: {ENV} is not set (see install_inject_and_check_on_a_real_api_server)");
+    let Some(kubeconfig) = weft_tests::skip::kubeconfig() else {
         return;
     };
     let ns = format!("weft-e2e-audit-{:06x}", rand::random::<u32>() & 0xff_ffff);

@@ -56,7 +56,6 @@ use weft_api::policy::{
 use weft_controller::discovery::index::{IndexSettings, SharedIndex};
 use weft_controller::discovery::lease::{self, LeaseSettings};
 
-const ENV: &str = "WEFT_E2E_KUBECONFIG";
 const CRDS_ENV: &str = "WEFT_GATEWAY_API_CRDS";
 const NODE: &str = "weft-e2e-node";
 const TRUST_DOMAIN: &str = "cluster.local";
@@ -65,12 +64,7 @@ const STEP: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discovery_follows_a_real_api_server() {
-    let Some(kubeconfig) = std::env::var_os(ENV).map(PathBuf::from) else {
-        eprintln!(
-            "skipped: {ENV} is not set; set it to a kubeconfig of a disposable cluster \
-             (kube-apiserver 1.28 or later with kube-controller-manager) to run the \
-             Kubernetes discovery suite"
-        );
+    let Some(kubeconfig) = weft_tests::skip::kubeconfig() else {
         return;
     };
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -398,8 +392,7 @@ spec:
 /// its duration has passed as the taker observed it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_replica_holds_the_status_lease() {
-    let Some(kubeconfig) = std::env::var_os(ENV).map(PathBuf::from) else {
-        eprintln!("skipped: {ENV} is not set (see discovery_follows_a_real_api_server)");
+    let Some(kubeconfig) = weft_tests::skip::kubeconfig() else {
         return;
     };
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();

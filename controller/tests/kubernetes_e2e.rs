@@ -26,15 +26,9 @@ use weft_controller::Controller;
 use weft_controller::ca::new_key_and_csr;
 use weft_controller::token_review::TokenReviewer;
 
-const ENV: &str = "WEFT_E2E_KUBECONFIG";
-
 #[tokio::test]
 async fn certify_with_projected_service_account_tokens() {
-    let Some(path) = std::env::var_os(ENV) else {
-        eprintln!(
-            "skipped: {ENV} is not set; set it to a kubeconfig of a disposable cluster \
-             (kube-apiserver 1.28 or later) to run the Kubernetes identity path"
-        );
+    let Some(path) = weft_tests::skip::kubeconfig() else {
         return;
     };
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();

@@ -5,7 +5,7 @@
 //! [`validate_files`] runs it in strict mode (unknown fields are errors) on
 //! files or directories of YAML, once per Kubernetes version, and fails with
 //! its output. A missing validator fails under `CI=true` and is reported as
-//! SKIPPED (on stderr, with the install command) otherwise.
+//! a skip ([`crate::skip`], with the install command) otherwise.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -38,11 +38,14 @@ pub fn validate_files(paths: &[impl AsRef<Path>], versions: &[&str]) -> anyhow::
         bail!("no YAML files to validate in {:?}", display(paths));
     }
     if Command::new(VALIDATOR).arg("--version").output().is_err() {
-        let hint = format!("{VALIDATOR} is not installed; pip install kubernetes-validate");
-        if std::env::var("CI").as_deref() == Ok("true") {
-            bail!("{hint} (required under CI=true)");
-        }
-        eprintln!("SKIPPED schema validation of {} files: {hint}", files.len());
+        // Panics under CI=true.
+        crate::skip::skip(&crate::skip::Reason::tool(
+            VALIDATOR,
+            format!(
+                "pip install kubernetes-validate; schema validation of {} files",
+                files.len()
+            ),
+        ));
         return Ok(Validation::Skipped);
     }
     for version in versions {

@@ -17,6 +17,9 @@
 //!   127.0.0.1 scraping given targets (`tests/prometheus.rs`, `tests/audit.rs`).
 //! - [`pods`]: meshed pods in those namespaces: `weft-init` plus a real
 //!   `weft-proxy` as uid 2510 (`tests/netns_mesh.rs`, root only).
+//! - [`skip`]: the one way a suite says it cannot run here (root, a tool, a
+//!   cluster): printed, recorded for `scripts/test`, a failure under `CI=true`
+//!   unless only the Kubernetes kubeconfig is missing.
 
 pub mod apps;
 pub mod control;
@@ -28,3 +31,4 @@ pub mod netns;
 pub mod pki;
 pub mod pods;
 pub mod prometheus;
+pub mod skip;

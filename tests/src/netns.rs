@@ -10,9 +10,8 @@
 //! the next [`Net::new`].
 //!
 //! Everything here needs root (`ip netns`); [`skip_unless_root`] tells a test
-//! to skip, and why, when it does not run as root.
+//! to skip, and why, when it does not run as root (a failure under `CI=true`).
 
-use std::io::Write as _;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
@@ -32,26 +31,23 @@ const POD_PREFIX_LEN: u8 = 15;
 
 static NEXT_NET: AtomicU32 = AtomicU32::new(0);
 
-/// Returns `true`, after printing why, when `test` cannot run here: it needs
-/// root and the `ip` tool. Use as `if skip_unless_root("name") { return; }`.
-pub fn skip_unless_root(test: &str) -> bool {
+/// Returns `true` when the running test cannot run here, after saying why
+/// ([`crate::skip::skip`]: a failure under `CI=true`): it needs root, the
+/// `ip` tool and iptables' nft tools (for `weft-init`). Use as
+/// `if skip_unless_root() { return; }`.
+pub fn skip_unless_root() -> bool {
+    use crate::skip::{Reason, find_program, skip};
     let reason = if !nix::unistd::geteuid().is_root() {
-        "it needs root to create network namespaces (run the tests as root; see tests/README.md)"
-    } else if find_in_path("ip").is_none() {
-        "the `ip` tool is missing (apt-get install iproute2)"
+        Reason::root("network namespaces; see tests/README.md")
+    } else if find_program("ip").is_none() {
+        Reason::tool("ip", "apt-get install iproute2")
+    } else if find_program("iptables-nft-restore").is_none() {
+        Reason::tool("iptables-nft-restore", "apt-get install iptables")
     } else {
         return false;
     };
-    // Written to stderr directly, not through `eprintln!`, so that the test
-    // harness does not capture it: a skip must be visible.
-    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {reason}");
+    skip(&reason);
     true
-}
-
-fn find_in_path(name: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
 }
 
 /// Path of a binary of this workspace (e.g. `weft-init`), found next to the

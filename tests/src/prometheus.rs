@@ -18,19 +18,15 @@ use tokio::io::AsyncWriteExt;
 pub const PROMETHEUS: &str = "/usr/bin/prometheus";
 pub const PROMTOOL: &str = "/usr/bin/promtool";
 
-/// `path` if it is installed; `None` (after saying so) when it is not and
-/// the run is not CI. Panics under `CI=true`.
+/// `path` if it is installed; `None` (after saying so, [`crate::skip::tool`])
+/// when it is not. Under `CI=true` a missing tool panics.
 pub fn tool(path: &str) -> Option<PathBuf> {
-    let p = PathBuf::from(path);
-    if p.is_file() {
-        return Some(p);
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{path} is missing; .ci/run installs it"
-    );
-    eprintln!("skipping: {path} is missing");
-    None
+    let package = match Path::new(path).file_name().and_then(|n| n.to_str()) {
+        Some("promtool") | Some("prometheus") => "prometheus",
+        Some(other) => other,
+        None => path,
+    };
+    crate::skip::tool(path, &format!("apt-get install {package}"))
 }
 
 /// Runs `promtool check metrics` on `text`; the error is promtool's output.

@@ -389,19 +389,23 @@ fn file_writes_finds_what_creates_or_writes_files() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_proxy_binary_never_writes_a_file() {
     use weft_api::consts::env;
+    use weft_tests::skip::{Reason, skip};
     match std::process::Command::new("strace")
         .args(["-f", "-qq", "-o", "/dev/null", "true"])
         .output()
     {
         Err(e) => {
-            eprintln!("SKIPPED: strace is not installed ({e}; apt-get install strace)");
+            skip(&Reason::tool(
+                "strace",
+                format!("{e}; apt-get install strace"),
+            ));
             return;
         }
         Ok(out) if !out.status.success() => {
-            eprintln!(
-                "SKIPPED: strace cannot trace here (ptrace not permitted?): {}",
+            skip(&Reason::Missing(format!(
+                "strace cannot trace here (ptrace not permitted?): {}",
                 String::from_utf8_lossy(&out.stderr).trim()
-            );
+            )));
             return;
         }
         Ok(_) => {}

@@ -100,7 +100,7 @@ fn authz(decision: &str, policy: &str, tls: bool, caller: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_authorization_policy_decides_by_identity_and_changes_live() {
-    if skip_unless_root("an_authorization_policy_decides_by_identity_and_changes_live") {
+    if skip_unless_root() {
         return;
     }
     let mesh = Mesh::new("authz").unwrap();
@@ -295,7 +295,7 @@ async fn an_authorization_policy_decides_by_identity_and_changes_live() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_mode_lets_the_would_be_denial_through_and_counts_it() {
-    if skip_unless_root("audit_mode_lets_the_would_be_denial_through_and_counts_it") {
+    if skip_unless_root() {
         return;
     }
     let mesh = Mesh::new("audit").unwrap();

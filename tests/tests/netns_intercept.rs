@@ -124,7 +124,7 @@ fn probe(pod: &Pod, uid: Option<u32>, addr: &str, message: &str) -> String {
 
 #[test]
 fn weft_init_twice_gives_identical_rules() {
-    if skip_unless_root("weft_init_twice_gives_identical_rules") {
+    if skip_unless_root() {
         return;
     }
     let net = Net::new("twice").unwrap();
@@ -160,7 +160,7 @@ fn weft_init_twice_gives_identical_rules() {
 
 #[test]
 fn dry_run_matches_what_is_installed() {
-    if skip_unless_root("dry_run_matches_what_is_installed") {
+    if skip_unless_root() {
         return;
     }
     let net = Net::new("dryrun").unwrap();
@@ -201,7 +201,7 @@ fn dry_run_matches_what_is_installed() {
 
 #[test]
 fn outbound_tcp_is_redirected_and_its_original_destination_recovered() {
-    if skip_unless_root("outbound_tcp_is_redirected_and_its_original_destination_recovered") {
+    if skip_unless_root() {
         return;
     }
     let net = Net::new("out").unwrap();
@@ -221,7 +221,7 @@ fn outbound_tcp_is_redirected_and_its_original_destination_recovered() {
 
 #[test]
 fn inbound_tcp_to_three_ports_is_redirected_with_its_original_port() {
-    if skip_unless_root("inbound_tcp_to_three_ports_is_redirected_with_its_original_port") {
+    if skip_unless_root() {
         return;
     }
     let net = Net::new("in").unwrap();
@@ -251,7 +251,7 @@ fn inbound_tcp_to_three_ports_is_redirected_with_its_original_port() {
 
 #[test]
 fn traffic_of_the_proxy_uid_is_not_redirected() {
-    if skip_unless_root("traffic_of_the_proxy_uid_is_not_redirected") {
+    if skip_unless_root() {
         return;
     }
     let net = Net::new("uid").unwrap();
@@ -275,7 +275,7 @@ fn traffic_of_the_proxy_uid_is_not_redirected() {
 
 #[test]
 fn loopback_admin_port_skip_ports_and_skip_subnets_are_not_redirected() {
-    if skip_unless_root("loopback_admin_port_skip_ports_and_skip_subnets_are_not_redirected") {
+    if skip_unless_root() {
         return;
     }
     let net = Net::new("skip").unwrap();
@@ -323,7 +323,7 @@ fn loopback_admin_port_skip_ports_and_skip_subnets_are_not_redirected() {
 
 #[test]
 fn weft_init_without_capability_or_iptables_says_what_to_do() {
-    if skip_unless_root("weft_init_without_capability_or_iptables_says_what_to_do") {
+    if skip_unless_root() {
         return;
     }
     let net = Net::new("caps").unwrap();
@@ -356,7 +356,7 @@ fn weft_init_without_capability_or_iptables_says_what_to_do() {
 /// redirects on loopback inside a pod (no addresses beyond loopback needed).
 #[test]
 fn original_destination_is_recovered_for_ipv4_and_ipv6() {
-    if skip_unless_root("original_destination_is_recovered_for_ipv4_and_ipv6") {
+    if skip_unless_root() {
         return;
     }
     let net = Net::new("sockopt").unwrap();

@@ -196,7 +196,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_and_an_h2_client_reach_the_other_pod_over_mtls_with_the_client_identity() {
-    if skip_unless_root("curl_and_an_h2_client_reach_the_other_pod_over_mtls") {
+    if skip_unless_root() {
         return;
     }
     let mesh = Mesh::new("h2").unwrap();
@@ -282,7 +282,7 @@ async fn curl_and_an_h2_client_reach_the_other_pod_over_mtls_with_the_client_ide
 
 #[test]
 fn pod_b_proxy_forwards_three_app_ports_to_the_original_port() {
-    if skip_unless_root("pod_b_proxy_forwards_three_app_ports_to_the_original_port") {
+    if skip_unless_root() {
         return;
     }
     let mesh = Mesh::new("ports").unwrap();
@@ -303,9 +303,7 @@ fn pod_b_proxy_forwards_three_app_ports_to_the_original_port() {
 
 #[test]
 fn server_speaks_first_works_on_an_opaque_port_and_after_the_detection_timeout() {
-    if skip_unless_root(
-        "server_speaks_first_works_on_an_opaque_port_and_after_the_detection_timeout",
-    ) {
+    if skip_unless_root() {
         return;
     }
     let mesh = Mesh::new("first").unwrap();
@@ -403,7 +401,7 @@ fn server_speaks_first_works_on_an_opaque_port_and_after_the_detection_timeout()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn app_originated_tls_passes_through_unchanged() {
-    if skip_unless_root("app_originated_tls_passes_through_unchanged") {
+    if skip_unless_root() {
         return;
     }
     let mesh = Mesh::new("apptls").unwrap();
@@ -465,7 +463,7 @@ async fn app_originated_tls_passes_through_unchanged() {
 
 #[test]
 fn a_destination_outside_the_mesh_is_passed_through() {
-    if skip_unless_root("a_destination_outside_the_mesh_is_passed_through") {
+    if skip_unless_root() {
         return;
     }
     let mesh = Mesh::new("outside").unwrap();
@@ -483,7 +481,7 @@ fn a_destination_outside_the_mesh_is_passed_through() {
 
 #[test]
 fn connections_to_the_proxys_own_ports_are_refused() {
-    if skip_unless_root("connections_to_the_proxys_own_ports_are_refused") {
+    if skip_unless_root() {
         return;
     }
     let mesh = Mesh::new("loop").unwrap();
@@ -514,7 +512,7 @@ fn connections_to_the_proxys_own_ports_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_with_another_identity_than_the_map_names_is_refused() {
-    if skip_unless_root("a_peer_with_another_identity_than_the_map_names_is_refused") {
+    if skip_unless_root() {
         return;
     }
     let mesh = Mesh::new("mismatch").unwrap();
@@ -550,7 +548,7 @@ async fn a_peer_with_another_identity_than_the_map_names_is_refused() {
 /// listener reads the IPv6 original destination and passes it through.
 #[test]
 fn ipv6_connections_reach_the_proxy_and_keep_their_original_destination() {
-    if skip_unless_root("ipv6_connections_reach_the_proxy_and_keep_their_original_destination") {
+    if skip_unless_root() {
         return;
     }
     let mesh = Mesh::new("ipv6").unwrap();
@@ -598,7 +596,7 @@ fn ipv6_connections_reach_the_proxy_and_keep_their_original_destination() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn default_inbound_modes_decide_what_reaches_a_pod_through_interception() {
-    if skip_unless_root("default_inbound_modes_decide_what_reaches_a_pod_through_interception") {
+    if skip_unless_root() {
         return;
     }
     let mesh = Mesh::new("modes").unwrap();

@@ -14,8 +14,8 @@
 //! domains, get its certificate and answer `/ready`. A static glibc binary that
 //! resolved with `getaddrinfo` would fail there (no NSS modules).
 //!
-//! Needs root (`chroot`, `ip netns`). Not root: SKIPPED, unless `CI=true`,
-//! where it fails. The static build goes to its own target directory
+//! Needs root (`chroot`, `ip netns`). Not root: skipped (`weft_tests::skip`),
+//! unless `CI=true`, where it fails. The static build goes to its own target directory
 //! (`$WEFT_STATIC_TARGET_DIR`, else `$CARGO_TARGET_DIR/static`, else
 //! `target/static`) so that it does not invalidate the normal one; with
 //! `WEFT_STATIC_BIN_DIR` set, the binaries there are used and nothing is built.
@@ -84,7 +84,7 @@ const TIMEOUT: Duration = Duration::from_secs(20);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn static_binaries_run_in_an_empty_root_and_resolve_the_controller() {
-    if skip("static_binaries_run_in_an_empty_root_and_resolve_the_controller") {
+    if skip() {
         return;
     }
     let bins = static_binaries().unwrap();
@@ -207,30 +207,22 @@ async fn static_binaries_run_in_an_empty_root_and_resolve_the_controller() {
     );
 }
 
-/// `true` (after saying why) when the test cannot run here; under `CI=true`
-/// it panics instead.
-fn skip(test: &str) -> bool {
-    let missing = if !nix::unistd::geteuid().is_root() {
-        Some("it needs root (chroot, network namespaces)".to_owned())
+/// `true` (after saying why, [`weft_tests::skip`]) when the test cannot run
+/// here; under `CI=true` it panics instead.
+fn skip() -> bool {
+    use weft_tests::skip::{Reason, find_program};
+    let reason = if !nix::unistd::geteuid().is_root() {
+        Reason::root("chroot, network namespaces")
+    } else if let Some(tool) = ["chroot", "ip"]
+        .into_iter()
+        .find(|t| find_program(t).is_none())
+    {
+        Reason::tool(tool, "apt-get install coreutils iproute2")
     } else {
-        ["chroot", "ip"]
-            .iter()
-            .find(|tool| !in_path(tool))
-            .map(|tool| format!("`{tool}` is missing (apt-get install coreutils iproute2)"))
-    };
-    let Some(reason) = missing else {
         return false;
     };
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{test} cannot run under CI=true: {reason}");
-    }
-    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {reason}");
+    weft_tests::skip::skip(&reason);
     true
-}
-
-fn in_path(tool: &str) -> bool {
-    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-        .any(|dir| dir.join(tool).is_file())
 }
 
 /// The directory holding the static binaries, built now unless
