@@ -123,8 +123,7 @@ pub async fn serve(
                 let admin = admin.clone();
                 async move { Ok::<_, std::convert::Infallible>(route(&admin, req).await) }
             });
-            if let Err(error) =
-                serve_http1(tcp, svc, &stop, Some(crate::http::HEADER_READ_TIMEOUT)).await
+            if let Err(error) = serve_http1(tcp, svc, &stop, crate::http::HEADER_READ_TIMEOUT).await
             {
                 tracing::debug!(%error, "admin connection closed with an error");
             }

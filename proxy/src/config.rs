@@ -83,6 +83,11 @@ pub struct ProxyConfig {
     pub transparent: Option<Transparent>,
     /// How long to wait for a client's first bytes. Default 10 s.
     pub detect_timeout: Duration,
+    /// How long an HTTP/1 client of the inbound and upstream listeners may
+    /// take to send a request's head, from its first byte (idle keep-alive
+    /// connections are not timed out). Default 10 s
+    /// ([`crate::http::HEADER_READ_TIMEOUT`]).
+    pub header_timeout: Duration,
     /// How long a TCP connect plus TLS handshake to a peer may take. Default 3 s.
     pub connect_timeout: Duration,
     /// How long in-flight work may take to drain at shutdown. Default 30 s.
@@ -137,6 +142,7 @@ impl ProxyConfig {
             discovery: None,
             transparent: None,
             detect_timeout: Duration::from_secs(10),
+            header_timeout: crate::http::HEADER_READ_TIMEOUT,
             connect_timeout: Duration::from_secs(3),
             shutdown_grace: Duration::from_secs(30),
             shutdown_endpoint: true,

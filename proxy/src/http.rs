@@ -16,6 +16,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 use weft_api::consts::PROXY_ERROR_HEADER;
 
+use crate::head_timeout::{HeadClock, HeadIo, HeadTimer};
+
 /// Errors carried through bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The one body type of the data path.
@@ -242,33 +244,47 @@ pub fn splice_upgrade(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::up
     });
 }
 
-/// How long a client of the inbound and admin servers may take to send a
-/// request's headers, idle time before them included (hyper counts from the
-/// moment it starts waiting for the next request).
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a client may take to send a request's head (request line and
+/// headers), counted from its first byte: an idle keep-alive connection is
+/// not timed out (see [`crate::head_timeout`]). The default of the
+/// listeners' `header_timeout`, and the admin server's.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The largest HTTP/1 request head (request line and headers) the proxy
+/// reads; a larger one gets 431 and the connection is closed, after at most
+/// this much (plus one read) is buffered. hyper's default is its whole read
+/// buffer, about 400 KB.
+pub const MAX_REQUEST_HEAD_BYTES: usize = 64 * 1024;
+
+/// The most header lines in an HTTP/1 request: more get 431. hyper's
+/// default, stated here but not set, since setting it moves hyper's header
+/// array from the stack to the heap for every request.
+pub const MAX_REQUEST_HEADERS: usize = 100;
 
 /// Serves HTTP/1 on a connection (with upgrades) until it closes; on
 /// `shutdown`, finishes the request in flight and closes.
 ///
-/// `header_timeout` bounds the wait for each request's headers, which in
-/// hyper includes the idle time of a keep-alive connection: `None` for the
-/// app's own connections to its sidecar, which must stay open as long as the
-/// app keeps them (closing them races with the app's next request).
+/// `header_timeout` bounds the time from a request's first byte to the end
+/// of its head ([`crate::head_timeout`]); an idle keep-alive connection stays
+/// open as long as its client keeps it (closing it would race with the
+/// client's next request).
 pub async fn serve_http1<I, S>(
     io: I,
     svc: S,
     shutdown: &CancellationToken,
-    header_timeout: Option<Duration>,
+    header_timeout: Duration,
 ) -> Result<(), hyper::Error>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: HttpService<Incoming, ResBody = Body>,
     S::Error: Into<BoxError>,
 {
+    let clock = HeadClock::new();
     let conn = http1::Builder::new()
-        .timer(TokioTimer::new())
+        .timer(HeadTimer::new(clock.clone()))
         .header_read_timeout(header_timeout)
-        .serve_connection(TokioIo::new(io), svc)
+        .max_header_size(MAX_REQUEST_HEAD_BYTES)
+        .serve_connection(TokioIo::new(HeadIo::new(io, clock)), svc)
         .with_upgrades();
     tokio::pin!(conn);
     tokio::select! {
@@ -298,6 +314,9 @@ where
         .initial_stream_window_size(H2_STREAM_WINDOW)
         .initial_connection_window_size(H2_CONNECTION_WINDOW)
         .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(H2_MAX_HEADER_LIST_SIZE)
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESET_STREAMS)
+        .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESET_STREAMS)
         .serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
     tokio::select! {
@@ -315,6 +334,21 @@ pub const H2_STREAM_WINDOW: u32 = 2 * 1024 * 1024;
 pub const H2_CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
 /// Streams one peer may have open on one connection.
 pub const H2_MAX_CONCURRENT_STREAMS: u32 = 2_000;
+/// The largest HTTP/2 header list (names and values plus 32 bytes a field,
+/// RFC 9113 6.5.2) a peer may send: a larger one gets 431, a much larger one
+/// GOAWAY. It also bounds a header block's CONTINUATION frames (h2 allows
+/// a quarter more than the list size needs, at least 5; more is a
+/// CONTINUATION flood, answered with GOAWAY `ENHANCE_YOUR_CALM`). hyper's
+/// default, set here so that it stays.
+pub const H2_MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
+/// Streams a peer may open and reset before the proxy has accepted them
+/// (HTTP/2 rapid reset, CVE-2023-44487): one more and the connection gets
+/// GOAWAY `ENHANCE_YOUR_CALM`. h2's default, set here so that it stays.
+pub const H2_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+/// Streams the proxy may reset on one connection for a peer's stream errors
+/// (the peer making the proxy reset them, "MadeYouReset") before it sends
+/// GOAWAY `ENHANCE_YOUR_CALM`. hyper's default, set here so that it stays.
+pub const H2_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
 
 /// `uri` in origin form (`/path?query`, `/` when it has no path), as an
 /// HTTP/1.1 request to a server carries it.

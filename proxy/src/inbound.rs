@@ -48,6 +48,8 @@ pub struct Inbound {
     metrics: Arc<Metrics>,
     app: AppTarget,
     detect_timeout: Duration,
+    /// HTTP/1 clients' time to send a request's head, from its first byte.
+    header_timeout: Duration,
     app_http1: Arc<Http1Pool>,
     app_http2: H2Pool<SocketAddr>,
     /// Ports of the proxy's own listeners: never an app port.
@@ -76,6 +78,7 @@ impl Inbound {
         metrics: Arc<Metrics>,
         app: AppTarget,
         detect_timeout: Duration,
+        header_timeout: Duration,
         own_ports: Arc<[u16]>,
         authz: Authorizer,
         tracer: Option<Arc<crate::trace::Tracer>>,
@@ -90,6 +93,7 @@ impl Inbound {
             metrics,
             app,
             detect_timeout,
+            header_timeout,
             app_http1: Arc::default(),
             app_http2: H2Pool::default(),
             own_ports,
@@ -258,6 +262,7 @@ async fn serve_app_http<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let header_timeout = inbound.header_timeout;
     let client_id = caller
         .identity
         .as_ref()
@@ -275,7 +280,7 @@ async fn serve_app_http<I>(
     let result = if http2 {
         serve_http2(io, svc, shutdown).await
     } else {
-        serve_http1(io, svc, shutdown, Some(crate::http::HEADER_READ_TIMEOUT)).await
+        serve_http1(io, svc, shutdown, header_timeout).await
     };
     if let Err(error) = result {
         tracing::debug!(%error, "inbound HTTP connection closed with an error");

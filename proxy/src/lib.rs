@@ -32,6 +32,7 @@ pub mod config;
 pub mod destinations;
 pub mod detect;
 pub mod discovery;
+mod head_timeout;
 pub mod http;
 pub mod identity;
 pub mod inbound;

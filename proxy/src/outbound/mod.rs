@@ -58,6 +58,8 @@ pub struct Outbound {
     pub(crate) plain_http2: pool::H2Pool<std::net::SocketAddr>,
     pub(crate) connect_timeout: Duration,
     pub(crate) detect_timeout: Duration,
+    /// HTTP/1 clients' time to send a request's head, from its first byte.
+    pub(crate) header_timeout: Duration,
     /// The largest request body kept for retries.
     pub(crate) retry_buffer: usize,
     pub(crate) tracer: Option<Arc<crate::trace::Tracer>>,
@@ -66,11 +68,13 @@ pub struct Outbound {
 }
 
 impl Outbound {
+    #[allow(clippy::too_many_arguments)] // one call site, each argument different
     pub fn new(
         tls: Arc<MeshTls>,
         metrics: Arc<Metrics>,
         connect_timeout: Duration,
         detect_timeout: Duration,
+        header_timeout: Duration,
         retry_buffer: usize,
         tracer: Option<Arc<crate::trace::Tracer>>,
         access_log: bool,
@@ -85,6 +89,7 @@ impl Outbound {
             plain_http2: pool::H2Pool::default(),
             connect_timeout,
             detect_timeout,
+            header_timeout,
             retry_buffer,
         })
     }
@@ -172,9 +177,11 @@ async fn handle_connection(
         })
     };
     let result = match detection.protocol {
-        // No header timeout: the app's keep-alive connections stay open as
-        // long as the app keeps them.
-        Protocol::Http1 => crate::http::serve_http1(io, svc, &shutdown, None).await,
+        // The header timeout runs from a request's first byte: the app's
+        // idle keep-alive connections stay open as long as the app keeps them.
+        Protocol::Http1 => {
+            crate::http::serve_http1(io, svc, &shutdown, outbound.header_timeout).await
+        }
         // Boxed: the task of every connection is as large as its largest
         // state, and HTTP/1.1 connections, the most numerous, need the least.
         Protocol::Http2 => Box::pin(crate::http::serve_http2(io, svc, &shutdown)).await,
