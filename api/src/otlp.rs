@@ -22,7 +22,7 @@ use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::trace::v1::{span, status};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// How many spans a receiver keeps (the oldest go first).
@@ -137,8 +137,14 @@ impl Receiver {
     /// (HTTP/2), on the current tokio runtime.
     pub async fn start(addr: SocketAddr) -> Result<Self, OtlpError> {
         let (listener, addr) = bind(addr).await?;
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        Ok(Self::serve(addr, false, incoming))
+        let stop = CancellationToken::new();
+        let incoming = crate::accept::incoming(
+            listener,
+            "otlp",
+            stop.clone(),
+            |tcp, _| async move { Some(tcp) },
+        );
+        Ok(Self::serve(addr, false, incoming, stop))
     }
 
     /// Like [`start`](Self::start), over TLS (HTTP/2 by ALPN) with the
@@ -163,48 +169,28 @@ impl Receiver {
         config.alpn_protocols = vec![b"h2".to_vec()];
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let (listener, addr) = bind(addr).await?;
-        // Handshakes run in their own tasks (a slow one holds up no other)
-        // and the finished streams are served.
-        let (tx, rx) = mpsc::channel::<std::io::Result<TlsIo>>(16);
+        // The workspace's accept loop (tonic's would spin out of file
+        // descriptors); handshakes run in their own tasks (a slow one holds up
+        // no other) and the finished streams are served.
         let stop = CancellationToken::new();
-        let stopped = stop.clone();
-        tokio::spawn(async move {
-            loop {
-                let tcp = tokio::select! {
-                    () = stopped.cancelled() => return,
-                    accepted = listener.accept() => match accepted {
-                        Ok((tcp, _)) => tcp,
-                        Err(error) => {
-                            tracing::debug!(%error, "the OTLP receiver could not accept");
-                            continue;
-                        }
-                    },
-                };
-                let (acceptor, tx) = (acceptor.clone(), tx.clone());
-                tokio::spawn(async move {
-                    match acceptor.accept(tcp).await {
-                        Ok(tls) => {
-                            let _ = tx.send(Ok(TlsIo(Box::new(tls)))).await;
-                        }
-                        Err(error) => {
-                            tracing::debug!(%error, "a TLS handshake with the OTLP receiver failed");
-                        }
+        let incoming = crate::accept::incoming(listener, "otlp", stop.clone(), move |tcp, _| {
+            let acceptor = acceptor.clone();
+            async move {
+                match acceptor.accept(tcp).await {
+                    Ok(tls) => Some(TlsIo(Box::new(tls))),
+                    Err(error) => {
+                        tracing::debug!(%error, "a TLS handshake with the OTLP receiver failed");
+                        None
                     }
-                });
+                }
             }
         });
-        let incoming = tokio_stream::wrappers::ReceiverStream::new(rx);
-        let receiver = Self::serve(addr, true, incoming);
-        // Stopping the receiver stops the acceptor too.
-        let served = receiver.stop.clone();
-        tokio::spawn(async move {
-            served.cancelled().await;
-            stop.cancel();
-        });
+        let receiver = Self::serve(addr, true, incoming, stop);
         Ok(receiver)
     }
 
-    fn serve<S, IO>(addr: SocketAddr, tls: bool, incoming: S) -> Self
+    /// Serves `incoming` until `stop` (which also stops accepting).
+    fn serve<S, IO>(addr: SocketAddr, tls: bool, incoming: S, stop: CancellationToken) -> Self
     where
         S: tokio_stream::Stream<Item = std::io::Result<IO>> + Send + 'static,
         IO: AsyncRead + AsyncWrite + tonic::transport::server::Connected + Unpin + Send + 'static,
@@ -213,7 +199,6 @@ impl Receiver {
             store: Arc::default(),
             changed: Arc::new(watch::channel(0).0),
         };
-        let stop = CancellationToken::new();
         let service = TraceServiceServer::new(Service {
             shared: shared.clone(),
         });

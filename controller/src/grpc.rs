@@ -159,10 +159,10 @@ pub async fn serve(
     )>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
-    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<TlsConn>>(64);
     let acceptor = TlsAcceptor::from(tls);
     // The workspace's one accept loop (it backs off on errors such as running
-    // out of file descriptors); tonic owns the connections once handshaken.
+    // out of file descriptors, where tonic's own would spin); tonic owns the
+    // connections once handshaken.
     let stop_accepting = tokio_util::sync::CancellationToken::new();
     // The listener closes when shutdown begins, even if this future is then
     // dropped (the controller aborts connections that outlive the grace).
@@ -174,29 +174,28 @@ pub async fn serve(
         }
     };
     let _stop_on_drop = stop_accepting.clone().drop_guard();
-    let accept_loop = tokio::spawn(weft_api::accept::accept_loop(
+    let incoming = weft_api::accept::incoming(
         listener,
         "controller-grpc",
         stop_accepting.clone(),
-        tokio_util::task::TaskTracker::new(),
         move |tcp, remote| {
             let acceptor = acceptor.clone();
-            let tx = tx.clone();
             async move {
                 let _ = tcp.set_nodelay(true);
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => {
-                        let _ = tx.send(Ok(TlsConn { stream, remote })).await;
-                    }
+                    Ok(Ok(stream)) => Some(TlsConn { stream, remote }),
                     Ok(Err(e)) => {
                         tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                        None
                     }
-                    Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
+                    Err(_) => {
+                        tracing::debug!(%remote, "TLS handshake timed out");
+                        None
+                    }
                 }
             }
         },
-    ));
-    let incoming = tokio_stream::wrappers::ReceiverStream::new(rx);
+    );
     let (discovery, inbound) = match discovery {
         Some((d, i)) => (Some(d), Some(i)),
         None => (None, None),
@@ -208,7 +207,6 @@ pub async fn serve(
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     stop_accepting.cancel();
-    accept_loop.abort();
     result
 }
 

@@ -71,27 +71,29 @@ pub async fn serve(spec: AppSpec) -> anyhow::Result<()> {
             .pool_idle_timeout(Duration::from_secs(30))
             .build_http(),
     });
-    loop {
-        let (tcp, _) = match listener.accept().await {
-            Ok(pair) => pair,
-            Err(error) => {
-                tracing::warn!(%error, "demo app failed to accept");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
+    // The workspace's accept loop (backs off out of file descriptors); the
+    // demo app runs until the process is stopped.
+    weft_api::accept::accept_loop(
+        listener,
+        "demo-app",
+        tokio_util::sync::CancellationToken::new(),
+        tokio_util::task::TaskTracker::new(),
+        move |tcp, _| {
+            let _ = tcp.set_nodelay(true);
+            let app = app.clone();
+            async move {
+                let svc = service_fn(move |req| {
+                    let app = app.clone();
+                    async move { Ok::<_, Infallible>(handle(&app, req).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
             }
-        };
-        let _ = tcp.set_nodelay(true);
-        let app = app.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let app = app.clone();
-                async move { Ok::<_, Infallible>(handle(&app, req).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), svc)
-                .await;
-        });
-    }
+        },
+    )
+    .await;
+    Ok(())
 }
 
 fn json(status: StatusCode, body: String) -> Response<Full<Bytes>> {
