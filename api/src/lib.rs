@@ -20,6 +20,8 @@
 //!   model; their YAML in `deploy/crds/` is generated (see `tests/crds_generated.rs`).
 //! - [`dns`]: names to addresses without the C library (static binaries in
 //!   empty images): literal IPs, `/etc/hosts`, then `/etc/resolv.conf` with hickory.
+//! - [`process`]: the process's own metrics (memory, CPU, threads, descriptors,
+//!   tokio tasks) for every `/metrics` endpoint.
 //! - [`proto`]: the generated wire types of package `weft.v1` (checked in; see
 //!   `tests/proto_generated.rs`).
 //! - [`tls`]: the one place where mesh TLS is configured (TLS 1.3 only, aws-lc-rs,
@@ -37,6 +39,7 @@ pub mod exposition;
 pub mod identity;
 pub mod otlp;
 pub mod policy;
+pub mod process;
 pub mod proto;
 pub mod tls;
 

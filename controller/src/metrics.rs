@@ -86,6 +86,7 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::default();
+        weft_api::process::register(&mut registry);
         let issued = Counter::default();
         let refused = Family::<ReasonLabel, Counter>::default();
         let issuer_expiry = Gauge::<i64, AtomicI64>::default();

@@ -114,6 +114,7 @@ const DURATION_BUCKETS: [f64; 14] = [
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::default();
+        weft_api::process::register(&mut registry);
         let admissions = Family::<Labels, Counter>::default();
         let duration = Family::<Labels, Histogram>::new_with_constructor(
             (|| Histogram::new(DURATION_BUCKETS)) as fn() -> Histogram,

@@ -373,7 +373,9 @@ impl Metrics {
 
     /// Metrics whose `peer_identity` labels name at most `max` identities.
     pub fn with_max_identities(max: usize) -> Self {
-        let mut registry = Registry::with_prefix("weft");
+        let mut root = Registry::default();
+        weft_api::process::register(&mut root);
+        let registry = root.sub_registry_with_prefix("weft");
         let requests = Family::default();
         let latency: Family<(RequestLabels, RouteLabels), Histogram, fn() -> Histogram> =
             Family::new_with_constructor(latency_histogram);
@@ -550,7 +552,7 @@ impl Metrics {
             spans_dropped.clone(),
         );
         Self {
-            registry,
+            registry: root,
             requests,
             latency,
             retries,
