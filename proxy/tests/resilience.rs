@@ -268,10 +268,7 @@ async fn load(entry: SocketAddr, n: usize, conns: usize) -> (HashMap<String, usi
 
 /// The sum of every sample of `name` whose labels contain `labels`.
 fn total(text: &str, name: &str, labels: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(labels))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    weft_tests::mesh::sum(text, &format!("{name}{{{labels}}}"))
 }
 
 /// Waits (bounded) until `f` holds.

@@ -144,27 +144,47 @@ pub async fn metrics(proxy: &ProxyHandle) -> String {
     String::from_utf8(body.to_vec()).expect("metrics are UTF-8")
 }
 
-/// The value of the first sample line that starts with `prefix`, if any.
-pub fn sample(metrics: &str, prefix: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
+/// The value of the one series of `metrics` that `selector` names
+/// (`name{label="value",...}`, see `weft_api::exposition::select`: the name
+/// exactly and every label given, in any order), `None` when no series
+/// matches. Panics when the selector does not parse or names more than one
+/// series: name every label you mean, or use [`sum`].
+pub fn sample(metrics: &str, selector: &str) -> Option<f64> {
+    let samples = weft_api::exposition::parse(metrics);
+    let found = weft_api::exposition::select(&samples, selector)
+        .unwrap_or_else(|| panic!("not a metric selector: {selector}"));
+    match found.as_slice() {
+        [] => None,
+        [one] => Some(one.value),
+        many => panic!(
+            "{selector} names {} series; name the labels that tell them apart, or use sum(): {many:?}",
+            many.len()
+        ),
+    }
 }
 
-/// Waits up to two seconds for a proxy's sample `prefix` to reach `want`
+/// The sum of every series of `metrics` that `selector` names (0 when none).
+pub fn sum(metrics: &str, selector: &str) -> f64 {
+    let samples = weft_api::exposition::parse(metrics);
+    weft_api::exposition::select(&samples, selector)
+        .unwrap_or_else(|| panic!("not a metric selector: {selector}"))
+        .iter()
+        .map(|s| s.value)
+        .sum()
+}
+
+/// Waits up to two seconds for a proxy's sample `selector` ([`sample`]) to reach `want`
 /// (the proxy records some outcomes just after the peer has seen them), and
 /// returns the metrics text as last seen.
 pub async fn metrics_reaching(
     proxy: &ProxyHandle,
-    prefix: &str,
+    selector: &str,
     want: f64,
 ) -> (Option<f64>, String) {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
     loop {
         let text = metrics(proxy).await;
-        let value = sample(&text, prefix);
+        let value = sample(&text, selector);
         if value == Some(want) || tokio::time::Instant::now() > deadline {
             return (value, text);
         }

@@ -59,8 +59,8 @@ fn tokio_connect(pod: &Pod, addr: SocketAddr) -> tokio::net::TcpStream {
 }
 
 /// A metric sample of a pod's proxy, 0 when absent.
-fn metric(pod: &Pod, prefix: &str) -> f64 {
-    sample(&proxy_metrics(pod).unwrap(), prefix).unwrap_or(0.0)
+fn metric(pod: &Pod, selector: &str) -> f64 {
+    sample(&proxy_metrics(pod).unwrap(), selector).unwrap_or(0.0)
 }
 
 /// Plain TCP servers in a pod, each on its own port, answering `<tag>` and
