@@ -317,7 +317,7 @@ fn demo_runs_a_meshed_app_with_mtls_everywhere_renews_and_leaves_nothing() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&after_demo.stderr);
-    assert!(!after_demo.status.success(), "{err}");
+    assert_eq!(after_demo.status.code(), Some(1), "{err}");
     assert!(!err.contains("using the weft demo"), "{err}");
     let _ = std::fs::remove_dir_all(&xdg);
 }
@@ -350,14 +350,20 @@ fn a_second_demo_on_the_same_state_says_one_is_running() {
         nix::sys::signal::Signal::SIGINT,
     );
     let status = first.wait().unwrap();
-    assert!(!second.status.success());
+    // The second demo fails (exit 1) naming the first; the first, interrupted,
+    // stops its processes and exits 0.
+    assert_eq!(second.status.code(), Some(1), "{:?}", second.status);
     let err = String::from_utf8_lossy(&second.stderr);
     assert!(err.contains("already running"), "{err}");
     assert!(
         err.contains(&first.id().to_string()),
         "names the running demo: {err}"
     );
-    assert!(status.success() || status.code().is_some(), "{status:?}");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "the interrupted demo exits 0: {status:?}"
+    );
     let deadline = Instant::now() + Duration::from_secs(5);
     while !children_of(first.id()).is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));

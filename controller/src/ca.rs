@@ -810,8 +810,15 @@ pub fn load_or_generate(dir: &Path, trust_domain: &str) -> Result<Issuer, CaErro
 /// Polls the issuer files in `dir` every `interval` and installs the issuer
 /// into `ca` when they change. A change that does not load (a half-written
 /// Secret, a key that does not match) is logged and the current issuer kept;
-/// the next poll tries again. Runs until the task is dropped.
-pub async fn watch_issuer_dir(ca: Arc<Ca>, dir: PathBuf, interval: Duration) {
+/// the next poll tries again. Each change is counted in `metrics` (loaded or
+/// refused; a refused change is counted once until the files change again).
+/// Runs until the task is dropped.
+pub async fn watch_issuer_dir(
+    ca: Arc<Ca>,
+    dir: PathBuf,
+    interval: Duration,
+    metrics: Arc<crate::metrics::Metrics>,
+) {
     let mut last_error: Option<String> = None;
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -820,7 +827,9 @@ pub async fn watch_issuer_dir(ca: Arc<Ca>, dir: PathBuf, interval: Duration) {
         let pem = match IssuerPem::read(&dir) {
             Ok(pem) => pem,
             Err(e) => {
-                report_once(&mut last_error, e.to_string());
+                if report_once(&mut last_error, e.to_string()) {
+                    metrics.issuer_reload(false);
+                }
                 continue;
             }
         };
@@ -831,17 +840,25 @@ pub async fn watch_issuer_dir(ca: Arc<Ca>, dir: PathBuf, interval: Duration) {
             Ok(issuer) => {
                 last_error = None;
                 ca.set_issuer(issuer);
+                metrics.issuer_reload(true);
             }
-            Err(e) => report_once(&mut last_error, e.to_string()),
+            Err(e) => {
+                if report_once(&mut last_error, e.to_string()) {
+                    metrics.issuer_reload(false);
+                }
+            }
         }
     }
 }
 
-fn report_once(last: &mut Option<String>, error: String) {
-    if last.as_deref() != Some(error.as_str()) {
-        tracing::error!(error = %error, "the issuer files changed but cannot be loaded; keeping the current issuer");
-        *last = Some(error);
+/// Logs `error` unless it is the one logged last; whether it was logged.
+fn report_once(last: &mut Option<String>, error: String) -> bool {
+    if last.as_deref() == Some(error.as_str()) {
+        return false;
     }
+    tracing::error!(error = %error, "the issuer files changed but cannot be loaded; keeping the current issuer");
+    *last = Some(error);
+    true
 }
 
 fn random_serial() -> SerialNumber {

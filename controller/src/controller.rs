@@ -207,9 +207,10 @@ impl Controller {
         let watched = ca.clone();
         let dir = settings.issuer_dir.clone();
         let poll = settings.issuer_poll;
+        let reloads = metrics.clone();
         tasks.spawn(async move {
             tokio::select! {
-                () = ca::watch_issuer_dir(watched, dir, poll) => {}
+                () = ca::watch_issuer_dir(watched, dir, poll, reloads) => {}
                 () = stop.cancelled() => {}
             }
         });

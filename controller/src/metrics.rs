@@ -3,6 +3,8 @@
 //! - `weft_certificates_issued_total`
 //! - `weft_certificates_refused_total{reason}`, one series per refusal reason
 //! - `weft_issuer_expiry_timestamp_seconds`: the issuer's notAfter, Unix time
+//! - `weft_issuer_reloads_total{result}`: changed issuer files installed
+//!   (`loaded`) or refused and the current issuer kept (`refused`)
 //! - `weft_discovery_subscribers`: open `Discovery.Watch` streams
 //! - `weft_discovery_snapshots_sent_total`: snapshots sent on them
 //! - `weft_inbound_subscribers`: open `Inbound.Watch` streams
@@ -70,6 +72,7 @@ pub struct Metrics {
     issued: Counter,
     refused: Family<ReasonLabel, Counter>,
     issuer_expiry: Gauge<i64, AtomicI64>,
+    issuer_reloads: Family<[(&'static str, &'static str); 1], Counter>,
     discovery_subscribers: Gauge<i64, AtomicI64>,
     discovery_snapshots: Counter,
     inbound_subscribers: Gauge<i64, AtomicI64>,
@@ -105,6 +108,16 @@ impl Metrics {
             "The notAfter of the current issuer certificate, as a Unix timestamp",
             issuer_expiry.clone(),
         );
+        let issuer_reloads = Family::<[(&'static str, &'static str); 1], Counter>::default();
+        registry.register(
+            "weft_issuer_reloads",
+            "Changes of the issuer files: installed (result=loaded) or refused, the current \
+             issuer kept (result=refused)",
+            issuer_reloads.clone(),
+        );
+        for result in ["loaded", "refused"] {
+            let _ = issuer_reloads.get_or_create(&[("result", result)]);
+        }
         let discovery_subscribers = Gauge::<i64, AtomicI64>::default();
         let discovery_snapshots = Counter::default();
         let inbound_subscribers = Gauge::<i64, AtomicI64>::default();
@@ -150,6 +163,7 @@ impl Metrics {
             issued,
             refused,
             issuer_expiry,
+            issuer_reloads,
             discovery_subscribers,
             discovery_snapshots,
             inbound_subscribers,
@@ -196,6 +210,14 @@ impl Metrics {
     pub fn refused(&self, reason: RefusalReason) {
         self.refused
             .get_or_create(&[("reason", reason.as_str())])
+            .inc();
+    }
+
+    /// Counts a change of the issuer files: installed (`loaded`) or not.
+    pub fn issuer_reload(&self, loaded: bool) {
+        let result = if loaded { "loaded" } else { "refused" };
+        self.issuer_reloads
+            .get_or_create(&[("result", result)])
             .inc();
     }
 

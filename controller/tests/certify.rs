@@ -200,7 +200,10 @@ async fn every_refusal_names_its_reason() {
         ("issuer-expired", 0),
     ] {
         let line = format!("weft_certificates_refused_total{{reason=\"{reason}\"}} {count}");
-        assert!(metrics.contains(&line), "{line} missing:\n{metrics}");
+        assert!(
+            weft_tests::mesh::has(&metrics, &line),
+            "{line} missing:\n{metrics}"
+        );
     }
     let records = audit::verify(&test.audit_path()).unwrap();
     let refused: Vec<_> = records
@@ -251,12 +254,10 @@ async fn an_expired_issuer_refuses_by_name_and_a_reload_recovers() {
         "{err}"
     );
     assert!(err.to_string().contains("issuer-expired"), "{err}");
-    assert!(
-        test.controller
-            .metrics()
-            .encode()
-            .contains(r#"weft_certificates_refused_total{reason="issuer-expired"} 1"#)
-    );
+    assert!(weft_tests::mesh::has(
+        &test.controller.metrics().encode(),
+        r#"weft_certificates_refused_total{reason="issuer-expired"} 1"#
+    ));
 
     // A valid issuer under the same new root: certificates chain to it.
     let expired_issuer = test.controller.ca().issuer();
@@ -315,7 +316,17 @@ async fn a_broken_issuer_update_keeps_the_current_issuer() {
         .issue_issuer(now, now + Duration::from_secs(3600))
         .unwrap();
     std::fs::write(test.issuer_dir().join("tls.key"), stranger.key).unwrap();
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Wait until the watcher has read the change and refused it.
+    let refused = r#"weft_issuer_reloads_total{result="refused"}"#;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while weft_tests::mesh::sample(&test.controller.metrics().encode(), refused) != Some(1.0) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the broken issuer update was not refused:\n{}",
+            test.controller.metrics().encode()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(std::sync::Arc::ptr_eq(
         &current,
         &test.controller.ca().issuer()

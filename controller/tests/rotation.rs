@@ -19,7 +19,21 @@ async fn the_controller_renews_its_own_certificate_before_it_expires() {
     // 3 s certificates: renewed at about 2.1 s; the first one is gone after 3 s.
     let test = TestController::start(Duration::from_secs(3)).await;
     let id = identity("web");
-    tokio::time::sleep(Duration::from_millis(4_500)).await;
+    let first = test
+        .controller
+        .tls()
+        .credentials()
+        .expect("credentials")
+        .not_after();
+    // Wait until the first certificate has expired (the condition under test).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while SystemTime::now() <= first {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the clock stood still"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // A fresh client (new connection, new handshake) after the first certificate expired.
     let certified = test
         .client()

@@ -276,7 +276,10 @@ async fn injects_a_pod_of_an_opted_in_namespace() {
     );
     let (_, metrics) = get(h.running.admin_addr, "/metrics").await;
     assert!(
-        metrics.contains(r#"weft_injector_admissions_total{outcome="injected",reason="none"} 1"#),
+        weft_tests::mesh::has(
+            &metrics,
+            r#"weft_injector_admissions_total{outcome="injected",reason="none"} 1"#
+        ),
         "{metrics}"
     );
     h.running.shutdown().await;
@@ -339,7 +342,10 @@ async fn skips_pods_left_unmeshed_with_their_reason() {
         r#"weft_injector_admissions_total{outcome="skipped",reason="not-enabled"} 1"#,
         r#"weft_injector_admissions_total{outcome="skipped",reason="host-network"} 1"#,
     ] {
-        assert!(metrics.contains(line), "missing {line}:\n{metrics}");
+        assert!(
+            weft_tests::mesh::has(&metrics, line),
+            "missing {line}:\n{metrics}"
+        );
     }
     // What `promtool check metrics` reads (the Prometheus text format) passes.
     if let Some(promtool) = weft_tests::prometheus::tool(weft_tests::prometheus::PROMTOOL)
@@ -371,7 +377,10 @@ async fn a_denial_carries_403_and_the_message() {
     );
     let (_, metrics) = get(h.running.admin_addr, "/metrics").await;
     assert!(
-        metrics.contains(r#"weft_injector_admissions_total{outcome="denied",reason="pod-spec"} 1"#),
+        weft_tests::mesh::has(
+            &metrics,
+            r#"weft_injector_admissions_total{outcome="denied",reason="pod-spec"} 1"#
+        ),
         "{metrics}"
     );
     h.running.shutdown().await;
@@ -450,7 +459,10 @@ async fn malformed_bodies_and_other_requests() {
         r#"weft_injector_admissions_total{outcome="skipped",reason="not-pod-create"} 2"#,
         r#"weft_injector_admissions_total{outcome="error",reason="namespace-unknown"} 1"#,
     ] {
-        assert!(metrics.contains(line), "missing {line}:\n{metrics}");
+        assert!(
+            weft_tests::mesh::has(&metrics, line),
+            "missing {line}:\n{metrics}"
+        );
     }
     h.running.shutdown().await;
 }
@@ -543,7 +555,10 @@ async fn serving_certificate_rotation_while_requests_flow() {
         let h = h.clone();
         async move {
             let (_, m) = get(h.running.admin_addr, "/metrics").await;
-            m.contains(r#"weft_injector_serving_cert_reloads_total{result="error"} 1"#)
+            weft_tests::mesh::has(
+                &m,
+                r#"weft_injector_serving_cert_reloads_total{result="error"} 1"#,
+            )
         }
     })
     .await;
@@ -583,7 +598,10 @@ async fn serving_certificate_rotation_while_requests_flow() {
     }
     let (_, m) = get(h.running.admin_addr, "/metrics").await;
     assert!(
-        m.contains(r#"weft_injector_serving_cert_reloads_total{result="ok"} 2"#),
+        weft_tests::mesh::has(
+            &m,
+            r#"weft_injector_serving_cert_reloads_total{result="ok"} 2"#
+        ),
         "{m}"
     );
 }

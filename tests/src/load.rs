@@ -80,6 +80,24 @@ impl Load {
         )
     }
 
+    /// Waits until `n` requests have been answered (well or not), at most
+    /// `timeout`; panics naming the progress when they were not.
+    pub async fn wait_answered(&self, n: u64, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let c = &self.counters;
+            let answered = c.ok.load(Ordering::Relaxed) + c.failed.load(Ordering::Relaxed);
+            if answered >= n {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{answered} of {n} requests answered after {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Stops the clients (each finishes its request in flight).
     pub async fn finish(mut self) -> Tally {
         self.stop.cancel();

@@ -163,6 +163,22 @@ pub fn sample(metrics: &str, selector: &str) -> Option<f64> {
     }
 }
 
+/// Whether `metrics` has the sample `expected` (`name{labels} value`): the one
+/// series the name and labels select ([`sample`]) has exactly that value.
+pub fn has(metrics: &str, expected: &str) -> bool {
+    let want = weft_api::exposition::parse(expected);
+    let [want] = want.as_slice() else {
+        panic!("not one sample line: {expected}");
+    };
+    let labels: Vec<String> = want
+        .labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v:?}"))
+        .collect();
+    let selector = format!("{}{{{}}}", want.name, labels.join(","));
+    sample(metrics, &selector) == Some(want.value)
+}
+
 /// The sum of every series of `metrics` that `selector` names (0 when none).
 pub fn sum(metrics: &str, selector: &str) -> f64 {
     let samples = weft_api::exposition::parse(metrics);

@@ -116,7 +116,7 @@ async fn a_proxy_started_before_the_controller_becomes_ready_when_it_starts() {
     eprintln!("ready {:?} after the controller started", since.elapsed());
 
     let load = Load::start(pair.entry);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    load.wait_answered(100, Duration::from_secs(60)).await;
     let tally = load.finish().await;
     eprintln!("{} requests after readiness", tally.sent);
     assert_all_ok("after the controller started", &tally);
@@ -138,7 +138,7 @@ async fn a_controller_stopped_mid_traffic_fails_no_request_while_certificates_ar
     ];
 
     let load = Load::start(pair.entry);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    load.wait_answered(100, Duration::from_secs(60)).await;
     control.stop_controller().await;
     eprintln!("controller stopped; traffic continues");
     // Keep sending until 2 s before the first certificate of the pair expires.
@@ -328,7 +328,7 @@ async fn through_a_new_client(control: &TestControl, pair: &IdentityPair) -> Tal
     )
     .await;
     let load = Load::start(client.upstream_addr("checkout").unwrap());
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    load.wait_answered(100, Duration::from_secs(60)).await;
     let tally = load.finish().await;
     stop.cancel();
     run.await.unwrap();
@@ -468,7 +468,7 @@ async fn the_proxy_binary_never_writes_a_file() {
     )
     .await;
     let load = Load::start(client.upstream_addr("checkout").unwrap());
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    load.wait_answered(100, Duration::from_secs(60)).await;
     let tally = load.finish().await;
     assert_all_ok("through the traced proxy", &tally);
     run.abort();

@@ -297,16 +297,12 @@ async fn load(entry: SocketAddr, requests: u64) -> u64 {
     ok.load(Ordering::Relaxed)
 }
 
-/// Waits for `line_prefix` (a full series name and label set, then a space)
-/// to show a value above zero on `proxy`'s `/metrics`.
+/// Waits for `series` (a selector, `weft_tests::mesh::sample`) to show a value above zero on `proxy`'s `/metrics`.
 async fn wait_positive(proxy: &weft_proxy::ProxyHandle, series: &str) -> f64 {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let text = metrics(proxy).await;
-        let value = text
-            .lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-            .and_then(|v| v.parse::<f64>().ok());
+        let value = weft_tests::mesh::sample(&text, series);
         if let Some(v) = value.filter(|v| *v > 0.0) {
             return v;
         }
