@@ -362,3 +362,462 @@ fn pod_mode_inline_anchors_wait_ready_and_no_shutdown_endpoint() {
     let err = String::from_utf8_lossy(&wait.stderr);
     assert!(err.contains("was not ready within 1 s"), "{err}");
 }
+
+// --- Faults: drains with requests in flight, a peer killed mid-traffic. ---
+
+/// A pair of proxy binaries in front of a [`HeldApp`], each side's
+/// environment kept so that it can be started again the same way.
+struct FaultPair {
+    dir: std::path::PathBuf,
+    app: weft_tests::apps::HeldApp,
+    server: Proc,
+    server_vars: Vec<(String, String)>,
+    server_inbound: SocketAddr,
+    server_admin: SocketAddr,
+    client: Proc,
+    client_admin: SocketAddr,
+    upstream: SocketAddr,
+}
+
+impl FaultPair {
+    async fn start(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("weft-proxy-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = TestCa::new("weft test");
+        let app = weft_tests::apps::HeldApp::start().await;
+        let (server_inbound, server_admin) = (free_addr(), free_addr());
+        let mut server_vars = write_identity(&dir, "server", &ca, SERVER_ID);
+        server_vars.extend([
+            (env::INBOUND_ADDR.into(), server_inbound.to_string()),
+            (env::ADMIN_ADDR.into(), server_admin.to_string()),
+            (env::APP_ADDR.into(), app.addr.to_string()),
+            (env::SHUTDOWN_GRACE.into(), "60".into()),
+        ]);
+        let server = spawn(&server_vars, Stdio::inherit());
+        let (client_admin, upstream) = (free_addr(), free_addr());
+        let mut client_vars = write_identity(&dir, "client", &ca, CLIENT_ID);
+        client_vars.extend([
+            (env::INBOUND_ADDR.into(), free_addr().to_string()),
+            (env::ADMIN_ADDR.into(), client_admin.to_string()),
+            (env::APP_ADDR.into(), "127.0.0.1:9".into()),
+            (env::SHUTDOWN_GRACE.into(), "60".into()),
+            (
+                env::UPSTREAMS.into(),
+                format!("checkout,{upstream},{server_inbound},{SERVER_ID}"),
+            ),
+        ]);
+        let client = spawn(&client_vars, Stdio::inherit());
+        tokio::task::spawn_blocking(move || {
+            wait_ready(server_admin);
+            wait_ready(client_admin);
+        })
+        .await
+        .unwrap();
+        Self {
+            dir,
+            app,
+            server,
+            server_vars,
+            server_inbound,
+            server_admin,
+            client,
+            client_admin,
+            upstream,
+        }
+    }
+}
+
+impl Drop for FaultPair {
+    fn drop(&mut self) {
+        std::fs::remove_dir_all(&self.dir).ok();
+    }
+}
+
+type H1 = hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>;
+type H2 = hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>;
+
+async fn h1(addr: SocketAddr) -> H1 {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (tx, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    tx
+}
+
+async fn h2(addr: SocketAddr) -> H2 {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (tx, conn) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    tx
+}
+
+fn get(path: &str) -> http::Request<http_body_util::Empty<bytes::Bytes>> {
+    http::Request::get(format!("http://checkout{path}"))
+        .body(http_body_util::Empty::new())
+        .unwrap()
+}
+
+/// What a request through the pair got: the status, the `weft-proxy-error`
+/// header, and the body (or the error that cut it).
+#[derive(Debug)]
+struct Outcome {
+    status: u16,
+    proxy_error: Option<String>,
+    body: Result<String, String>,
+}
+
+async fn outcome(
+    rsp: Result<http::Response<hyper::body::Incoming>, hyper::Error>,
+) -> Result<Outcome, String> {
+    use http_body_util::BodyExt;
+    let rsp = rsp.map_err(|e| format!("request: {e}"))?;
+    let status = rsp.status().as_u16();
+    let proxy_error = rsp
+        .headers()
+        .get(weft_api::consts::PROXY_ERROR_HEADER)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let body = rsp
+        .into_body()
+        .collect()
+        .await
+        .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+        .map_err(|e| format!("body: {e}"));
+    Ok(Outcome {
+        status,
+        proxy_error,
+        body,
+    })
+}
+
+/// 100 requests in flight through the pair, held by the app: 30 HTTP/1.1
+/// connections with a held answer, 20 with a streaming answer cut after its
+/// first chunk, and one HTTP/2 connection with 30 held and 20 streaming
+/// streams. Each task returns its path and outcome.
+async fn hundred_in_flight(
+    pair: &FaultPair,
+) -> tokio::task::JoinSet<(&'static str, Result<Outcome, String>)> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..50 {
+        let path = if i < 30 { "/held" } else { "/stream" };
+        let mut tx = h1(pair.upstream).await;
+        tasks.spawn(async move { (path, outcome(tx.send_request(get(path)).await).await) });
+    }
+    let tx = h2(pair.upstream).await;
+    for i in 0..50 {
+        let path = if i < 30 { "/held" } else { "/stream" };
+        let mut tx = tx.clone();
+        tasks.spawn(async move { (path, outcome(tx.send_request(get(path)).await).await) });
+    }
+    pair.app.wait_held(100, Duration::from_secs(60)).await;
+    tasks
+}
+
+/// Waits until connecting to `addr` is refused (or reset).
+async fn wait_refused(addr: SocketAddr, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match tokio::net::TcpStream::connect(addr).await {
+            // Refused, or reset when the connection was queued on the
+            // listener as it closed: either way at once, never a hang.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                return;
+            }
+            Err(e) => panic!("{what}: connecting to {addr} failed with {e}, not a refusal"),
+            Ok(_) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{what}: {addr} still accepts connections 20 s into the drain"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// Waits (bounded) for a process to exit; its status.
+async fn wait_exit(proc: &mut Proc, limit: Duration, what: &str) -> std::process::ExitStatus {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = proc.0.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} did not exit within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Stop {
+    Sigterm,
+    PostShutdown,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Side {
+    Server,
+    Client,
+}
+
+/// Drains one side of the pair with 100 requests in flight: the listener
+/// that side serves new callers on refuses them, every request in flight is
+/// answered in full, and the process exits 0.
+async fn drain_with_requests_in_flight(side: Side, stop: Stop) {
+    let mut pair = FaultPair::start(&format!("drain-{side:?}-{stop:?}")).await;
+    let mut tasks = hundred_in_flight(&pair).await;
+    eprintln!("{} requests held by the app", pair.app.held());
+    let (admin, listener) = match side {
+        Side::Server => (pair.server_admin, pair.server_inbound),
+        Side::Client => (pair.client_admin, pair.upstream),
+    };
+    let started = Instant::now();
+    match stop {
+        Stop::Sigterm => {
+            let proc = match side {
+                Side::Server => &pair.server,
+                Side::Client => &pair.client,
+            };
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(proc.0.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            )
+            .unwrap();
+        }
+        Stop::PostShutdown => {
+            let (status, text) =
+                tokio::task::spawn_blocking(move || http_request(admin, "POST", "/shutdown", ""))
+                    .await
+                    .unwrap()
+                    .expect("the admin server answers");
+            assert_eq!(status, 200, "{text}");
+        }
+    }
+    // New callers are refused while the held requests are still in flight.
+    wait_refused(listener, "draining").await;
+    assert_eq!(
+        pair.app.held(),
+        100,
+        "a held request ended before the release"
+    );
+    eprintln!(
+        "{side:?} refuses new connections {:?} into the drain",
+        started.elapsed()
+    );
+    pair.app.release();
+    let mut answered = 0;
+    while let Some(done) = tasks.join_next().await {
+        let (path, outcome) = done.unwrap();
+        let outcome = outcome.unwrap_or_else(|e| panic!("{path}: {e}"));
+        let want = if path == "/stream" {
+            weft_tests::apps::HELD_STREAM_BODY
+        } else {
+            "held"
+        };
+        assert_eq!(outcome.status, 200, "{path}: {outcome:?}");
+        assert_eq!(outcome.body.as_deref(), Ok(want), "{path}: {outcome:?}");
+        answered += 1;
+    }
+    assert_eq!(answered, 100);
+    let proc = match side {
+        Side::Server => &mut pair.server,
+        Side::Client => &mut pair.client,
+    };
+    let status = wait_exit(proc, Duration::from_secs(30), "the drained proxy").await;
+    eprintln!(
+        "100 of 100 in-flight requests answered in full; {side:?} exited {status} {:?} after {stop:?}",
+        started.elapsed()
+    );
+    assert_eq!(status.code(), Some(0), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_proxy_drains_100_requests_in_flight_on_sigterm() {
+    drain_with_requests_in_flight(Side::Server, Stop::Sigterm).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_proxy_drains_100_requests_in_flight_on_post_shutdown() {
+    drain_with_requests_in_flight(Side::Server, Stop::PostShutdown).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_proxy_drains_100_requests_in_flight_on_sigterm() {
+    drain_with_requests_in_flight(Side::Client, Stop::Sigterm).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_proxy_drains_100_requests_in_flight_on_post_shutdown() {
+    drain_with_requests_in_flight(Side::Client, Stop::PostShutdown).await;
+}
+
+/// The client proxy's open descriptors and live tokio tasks, from its /metrics.
+async fn usage(admin: SocketAddr) -> (f64, f64) {
+    let (status, text) = tokio::task::spawn_blocking(move || http_get(admin, "/metrics"))
+        .await
+        .unwrap()
+        .expect("metrics");
+    assert_eq!(status, 200);
+    let text = body_of(&text).to_owned();
+    (
+        weft_tests::mesh::sample(&text, "process_open_fds").expect("process_open_fds"),
+        weft_tests::mesh::sample(&text, "weft_runtime_alive_tasks")
+            .expect("weft_runtime_alive_tasks"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_killed_mid_traffic_fails_fast_recovers_and_leaks_nothing() {
+    let mut pair = FaultPair::start("dead-peer").await;
+    // Warm-up: the client proxy's pool holds its connection to the peer.
+    for _ in 0..3 {
+        let rsp = outcome(h1(pair.upstream).await.send_request(get("/now")).await).await;
+        assert_eq!(rsp.unwrap().status, 200);
+        let rsp = outcome(h2(pair.upstream).await.send_request(get("/now")).await).await;
+        assert_eq!(rsp.unwrap().status, 200);
+    }
+    let (fds0, tasks0) = usage(pair.client_admin).await;
+
+    // 40 requests in flight: held answers and answers cut mid-body, over
+    // HTTP/1.1 and HTTP/2.
+    let mut tasks = tokio::task::JoinSet::new();
+    let h2_tx = h2(pair.upstream).await;
+    // Streaming answers count here once their head reached the client.
+    let heads = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    for i in 0..40 {
+        let path = if i % 2 == 0 { "/held" } else { "/stream" };
+        let proto = if i < 20 { "h1" } else { "h2" };
+        let rsp = if i < 20 {
+            let mut tx = h1(pair.upstream).await;
+            Box::pin(async move { tx.send_request(get(path)).await })
+                as std::pin::Pin<Box<dyn Future<Output = _> + Send>>
+        } else {
+            let mut tx = h2_tx.clone();
+            Box::pin(async move { tx.send_request(get(path)).await })
+        };
+        let heads = heads.clone();
+        tasks.spawn(async move {
+            let rsp = rsp.await;
+            if rsp.is_ok() {
+                heads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            (proto, path, outcome(rsp).await)
+        });
+    }
+    pair.app.wait_held(40, Duration::from_secs(60)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while heads.load(std::sync::atomic::Ordering::SeqCst) < 20 {
+        assert!(
+            Instant::now() < deadline,
+            "the streaming heads did not reach the client"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    pair.server.0.kill().unwrap();
+    let killed = Instant::now();
+    let _ = pair.server.0.wait();
+    let mut slowest = Duration::ZERO;
+    while let Some(done) = tokio::time::timeout(Duration::from_secs(15), tasks.join_next())
+        .await
+        .expect("a request through the killed peer hung for 15 s")
+    {
+        let (proto, path, got) = done.unwrap();
+        slowest = slowest.max(killed.elapsed());
+        match (path, got) {
+            // A held request had no answer yet: the proxy answers it.
+            ("/held", Ok(o)) => {
+                assert_eq!(o.status, 502, "{proto} {path}: {o:?}");
+                assert_eq!(
+                    o.proxy_error.as_deref(),
+                    Some("peer-unavailable"),
+                    "{proto} {path}: {o:?}"
+                );
+            }
+            // A streaming answer had its head: its body is cut, never completed.
+            ("/stream", Ok(o)) => {
+                assert_eq!(o.status, 200, "{proto} {path}: {o:?}");
+                assert!(
+                    o.body.is_err(),
+                    "{proto} {path}: the cut body completed: {o:?}"
+                );
+            }
+            // HTTP/2 may see the stream reset instead.
+            (_, Err(e)) if proto == "h2" => eprintln!("{proto} {path}: {e}"),
+            (_, Err(e)) => panic!("{proto} {path}: {e}"),
+            _ => unreachable!(),
+        }
+    }
+    eprintln!("every in-flight request ended {slowest:?} after the SIGKILL at the latest");
+
+    // While the peer is gone, a new request is refused at once, with the
+    // reason: nothing listens on the peer's port any more.
+    let asked = Instant::now();
+    let o = outcome(h1(pair.upstream).await.send_request(get("/now")).await)
+        .await
+        .unwrap();
+    assert_eq!(o.status, 502, "{o:?}");
+    assert_eq!(o.proxy_error.as_deref(), Some("connect-refused"), "{o:?}");
+    eprintln!(
+        "a request to the dead peer answered 502 connect-refused in {:?}",
+        asked.elapsed()
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        asked.elapsed()
+    );
+
+    // The peer is back on the same address: the next request succeeds.
+    pair.server = spawn(&pair.server_vars, Stdio::inherit());
+    let admin = pair.server_admin;
+    tokio::task::spawn_blocking(move || wait_ready(admin))
+        .await
+        .unwrap();
+    for (proto, o) in [
+        (
+            "h1",
+            outcome(h1(pair.upstream).await.send_request(get("/now")).await).await,
+        ),
+        (
+            "h2",
+            outcome(h2(pair.upstream).await.send_request(get("/now")).await).await,
+        ),
+    ] {
+        let o = o.unwrap();
+        assert_eq!(
+            (o.status, o.body.as_deref()),
+            (200, Ok("now")),
+            "{proto} after the restart: {o:?}"
+        );
+    }
+    drop(h2_tx);
+
+    // Nothing leaked in the client proxy: descriptors and tasks come back to
+    // what they were before the fault.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (fds, tasks) = usage(pair.client_admin).await;
+        if fds <= fds0 && tasks <= tasks0 {
+            eprintln!(
+                "client proxy: {fds0} fds and {tasks0} tasks before, {fds} and {tasks} after"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "client proxy: {fds0} fds and {tasks0} tasks before the fault, still {fds} and {tasks} 30 s after"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -293,3 +293,123 @@ where
         .await?;
     Ok(rsp.into_inner())
 }
+
+/// An app whose answers wait for the test: `GET /held` answers `held` once
+/// [`HeldApp::release`] is called, `GET /stream` sends `first\n` at once and
+/// `second\n` and `third\n` after the release (a response mid-body), any
+/// other path answers `now` at once. It counts the requests it holds, so a
+/// test can act while exactly N are in flight.
+pub struct HeldApp {
+    pub addr: SocketAddr,
+    held: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    release: tokio::sync::watch::Sender<bool>,
+}
+
+/// The whole body of a `/stream` answer of [`HeldApp`].
+pub const HELD_STREAM_BODY: &str = "first\nsecond\nthird\n";
+
+impl HeldApp {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind held app");
+        let addr = listener.local_addr().expect("local addr");
+        let held = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (release, released) = tokio::sync::watch::channel(false);
+        let counter = held.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (held, released) = (counter.clone(), released.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        held_answer(req, held.clone(), released.clone())
+                    });
+                    let mut builder = auto::Builder::new(TokioExecutor::new());
+                    builder.http2().max_concurrent_streams(1_000);
+                    let _ = builder.serve_connection(TokioIo::new(tcp), svc).await;
+                });
+            }
+        });
+        Self {
+            addr,
+            held,
+            release,
+        }
+    }
+
+    /// Requests waiting for the release now.
+    pub fn held(&self) -> usize {
+        self.held.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits (at most `timeout`) until `n` requests are held.
+    pub async fn wait_held(&self, n: usize, timeout: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.held() < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} of {n} requests reached the app after {timeout:?}",
+                self.held()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Lets every held answer, and every later one, finish.
+    pub fn release(&self) {
+        let _ = self.release.send(true);
+    }
+}
+
+async fn held_answer(
+    req: Request<Incoming>,
+    held: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    mut released: tokio::sync::watch::Receiver<bool>,
+) -> Result<Response<EchoBody>, Infallible> {
+    use std::sync::atomic::Ordering;
+    let stream = match req.uri().path() {
+        "/stream" => true,
+        "/held" => false,
+        _ => {
+            return Ok(Response::new(
+                Full::new(Bytes::from_static(b"now"))
+                    .map_err(|never| match never {})
+                    .boxed(),
+            ));
+        }
+    };
+    held.fetch_add(1, Ordering::SeqCst);
+    if !stream {
+        let _ = released.wait_for(|r| *r).await;
+        held.fetch_sub(1, Ordering::SeqCst);
+        return Ok(Response::new(
+            Full::new(Bytes::from_static(b"held"))
+                .map_err(|never| match never {})
+                .boxed(),
+        ));
+    }
+    let chunks = futures::stream::unfold(0u8, move |step| {
+        let mut released = released.clone();
+        let held = held.clone();
+        async move {
+            let chunk: &'static [u8] = match step {
+                0 => b"first\n",
+                1 => {
+                    let _ = released.wait_for(|r| *r).await;
+                    held.fetch_sub(1, Ordering::SeqCst);
+                    b"second\n"
+                }
+                2 => b"third\n",
+                _ => return None,
+            };
+            let frame = hyper::body::Frame::data(Bytes::from_static(chunk));
+            Some((Ok::<_, hyper::Error>(frame), step + 1))
+        }
+    });
+    Ok(Response::new(BodyExt::boxed(
+        http_body_util::StreamBody::new(chunks),
+    )))
+}
