@@ -257,6 +257,30 @@ pub async fn admin_get(addr: SocketAddr, path: &str) -> u16 {
     admin_request(addr, http::Method::GET, path).await
 }
 
+/// A GET of an admin server's `/metrics`: the text, empty when unreachable.
+pub async fn admin_metrics(addr: SocketAddr) -> String {
+    let Ok(stream) = tokio::net::TcpStream::connect(addr).await else {
+        return String::new();
+    };
+    let Ok((mut tx, conn)) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await
+    else {
+        return String::new();
+    };
+    tokio::spawn(conn);
+    let req = http::Request::get("/metrics")
+        .header("host", "admin")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .expect("a request");
+    let Ok(rsp) = tx.send_request(req).await else {
+        return String::new();
+    };
+    match http_body_util::BodyExt::collect(rsp.into_body()).await {
+        Ok(body) => String::from_utf8_lossy(&body.to_bytes()).into_owned(),
+        Err(_) => String::new(),
+    }
+}
+
 /// A POST on an admin server; returns the status code (0 when unreachable).
 pub async fn admin_post(addr: SocketAddr, path: &str) -> u16 {
     admin_request(addr, http::Method::POST, path).await

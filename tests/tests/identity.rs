@@ -514,3 +514,161 @@ async fn the_proxy_binary_never_writes_a_file() {
         tally.sent
     );
 }
+
+/// A proxy binary certified by the controller at `control`'s address.
+fn certified_proxy(
+    control: &TestControl,
+    identity: &str,
+    extra: &[(&str, String)],
+) -> (tokio::process::Child, std::net::SocketAddr) {
+    use weft_api::consts::env;
+    let bin = weft_tests::netns::workspace_binary("weft-proxy").unwrap();
+    let dir = control.state.path();
+    let id: Identity = identity.parse().unwrap();
+    let anchors = dir.join(format!("{}-anchors.pem", id.service_account()));
+    std::fs::write(&anchors, control.anchors_pem()).unwrap();
+    let admin = weft_tests::control::free_port();
+    let mut cmd = tokio::process::Command::new(bin);
+    cmd.env_clear()
+        .env(env::CONTROLLER_ADDR, control.grpc_addr().to_string())
+        .env(env::IDENTITY, identity)
+        .env(env::IDENTITY_TOKEN_FILE, control.token_file(&id))
+        .env(env::TRUST_ANCHORS_FILE, &anchors)
+        .env(env::ADMIN_ADDR, admin.to_string())
+        .env(env::SHUTDOWN_GRACE, "1")
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true);
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    (cmd.spawn().unwrap(), admin)
+}
+
+/// The controller binary serving `control`'s state on its reserved address.
+fn controller_binary(control: &TestControl, cert_lifetime: &str) -> tokio::process::Child {
+    let bin = weft_tests::netns::workspace_binary("weft-controller").unwrap();
+    tokio::process::Command::new(bin)
+        .arg("serve")
+        .arg("--state-dir")
+        .arg(control.state.path())
+        .args(["--grpc-addr", &control.grpc_addr().to_string()])
+        .args([
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--cert-lifetime",
+            cert_lifetime,
+        ])
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// `weft_identity_certify_total{result}` of a proxy.
+async fn certified(admin: std::net::SocketAddr, result: &str) -> f64 {
+    let text = weft_tests::control::admin_metrics(admin).await;
+    weft_tests::mesh::sample(
+        &text,
+        &format!("weft_identity_certify_total{{result=\"{result}\"}}"),
+    )
+    .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_killed_with_sigkill_under_load_comes_back_and_the_proxies_renew_without_a_failed_request()
+ {
+    use weft_api::consts::env;
+    // 10 s certificates: renewal is due 6-7 s after issuance.
+    let control = TestControl::prepare(Duration::from_secs(10));
+    let mut controller = controller_binary(&control, "10s");
+    let app = apps::http_echo().await;
+    let server_inbound = weft_tests::control::free_port();
+    let upstream = weft_tests::control::free_port();
+    let (_server, server_admin) = certified_proxy(
+        &control,
+        SERVER_ID,
+        &[
+            (env::INBOUND_ADDR, server_inbound.to_string()),
+            (env::APP_ADDR, app.to_string()),
+        ],
+    );
+    let (_client, client_admin) = certified_proxy(
+        &control,
+        CLIENT_ID,
+        &[
+            (
+                env::INBOUND_ADDR,
+                weft_tests::control::free_port().to_string(),
+            ),
+            (env::APP_ADDR, "127.0.0.1:9".into()),
+            (
+                env::UPSTREAMS,
+                format!("checkout,{upstream},{server_inbound},{SERVER_ID}"),
+            ),
+        ],
+    );
+    let admins = [server_admin, client_admin];
+    for admin in admins {
+        wait_for("the proxy is ready", Duration::from_secs(60), async || {
+            weft_tests::control::admin_get(admin, "/ready").await == 200
+        })
+        .await;
+    }
+    let load = Load::start(upstream);
+    load.wait_answered(100, Duration::from_secs(60)).await;
+
+    // SIGKILL: no goodbye, connections cut.
+    controller.start_kill().unwrap();
+    let _ = controller.wait().await;
+    let killed = Instant::now();
+    let mut failed = [0.0; 2];
+    for (i, admin) in admins.iter().enumerate() {
+        failed[i] = certified(*admin, "error").await;
+    }
+    eprintln!("controller killed; renewal errors so far {failed:?}");
+    // Both proxies try to renew while it is dead, fail, and keep serving.
+    for (i, admin) in admins.iter().enumerate() {
+        let before = failed[i];
+        wait_for("a failed renewal", Duration::from_secs(15), async || {
+            certified(*admin, "error").await > before
+        })
+        .await;
+    }
+    let (sent, fails) = load.progress();
+    eprintln!(
+        "{sent} requests, {fails} failed; both proxies failed to renew {:?} after the kill",
+        killed.elapsed()
+    );
+    assert_eq!(fails, 0, "a request failed while the controller was dead");
+
+    // Back on the same state and address: both renew.
+    let ok_before = [
+        certified(server_admin, "ok").await,
+        certified(client_admin, "ok").await,
+    ];
+    let _controller = controller_binary(&control, "10s");
+    let restarted = Instant::now();
+    for (i, admin) in admins.iter().enumerate() {
+        wait_for(
+            "a renewal after the restart",
+            Duration::from_secs(30),
+            async || certified(*admin, "ok").await > ok_before[i],
+        )
+        .await;
+    }
+    eprintln!(
+        "both proxies renewed {:?} after the restart",
+        restarted.elapsed()
+    );
+    // Traffic goes on with the renewed certificates past the old ones' expiry
+    // (issued before the kill, valid for 10 s).
+    let past = (killed + Duration::from_secs(11)).saturating_duration_since(Instant::now());
+    keep_sending(&load, "after the restart", past).await;
+    let tally = load.finish().await;
+    eprintln!(
+        "{} requests in all, the controller dead for {:?}",
+        tally.sent,
+        restarted.duration_since(killed)
+    );
+    assert_all_ok("across the controller's SIGKILL and restart", &tally);
+}
