@@ -122,6 +122,10 @@ pub mod env {
     pub const TRUST_ANCHORS_FILE: &str = "WEFT_PROXY_TRUST_ANCHORS_FILE";
     /// Seconds to wait for the first bytes when detecting a protocol. Default 10.
     pub const DETECT_TIMEOUT: &str = "WEFT_PROXY_DETECT_TIMEOUT";
+    /// Seconds an HTTP/1 client may take to send a request's head, counted
+    /// from its first byte (idle keep-alive connections are not timed out).
+    /// Default 10.
+    pub const HEADER_TIMEOUT: &str = "WEFT_PROXY_HEADER_TIMEOUT";
     /// Seconds in-flight work may take to drain at shutdown. Default 30.
     pub const SHUTDOWN_GRACE: &str = "WEFT_PROXY_SHUTDOWN_GRACE";
     /// Threads that run the proxy's work. Default 1: one thread runs every

@@ -368,6 +368,7 @@ pub fn config_json(admin: &Admin) -> Value {
         "transparent": transparent,
         "timeouts_seconds": {
             "detect": s.detect_timeout.as_secs_f64(),
+            "header": s.header_timeout.as_secs_f64(),
             "connect": s.connect_timeout.as_secs_f64(),
             "shutdown_grace": s.shutdown_grace.as_secs_f64(),
         },

@@ -318,6 +318,16 @@ impl Config {
         if let Some(d) = p.seconds(env::DETECT_TIMEOUT) {
             proxy.detect_timeout = d;
         }
+        if let Some(d) = p.seconds(env::HEADER_TIMEOUT) {
+            if d.is_zero() {
+                p.error(
+                    env::HEADER_TIMEOUT,
+                    "must be more than 0 seconds; use e.g. 10".to_owned(),
+                );
+            } else {
+                proxy.header_timeout = d;
+            }
+        }
         if let Some(d) = p.seconds(env::SHUTDOWN_GRACE) {
             proxy.shutdown_grace = d;
         }
@@ -897,6 +907,26 @@ mod tests {
             let text = Config::from_env(&v).unwrap_err().to_string();
             assert!(
                 text.contains(env::METRICS_IDLE_EXPIRY) && text.contains(why),
+                "{bad}: {text}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_header_timeout_is_a_positive_number_of_seconds() {
+        let c = Config::from_env(&vars(&FILES)).unwrap();
+        assert_eq!(c.proxy.header_timeout, crate::http::HEADER_READ_TIMEOUT);
+        let mut v = vars(&FILES);
+        v.insert(env::HEADER_TIMEOUT.into(), "2.5".into());
+        assert_eq!(
+            Config::from_env(&v).unwrap().proxy.header_timeout,
+            Duration::from_millis(2500)
+        );
+        for (bad, why) in [("0", "more than 0"), ("10s", "number of seconds")] {
+            v.insert(env::HEADER_TIMEOUT.into(), bad.into());
+            let text = Config::from_env(&v).unwrap_err().to_string();
+            assert!(
+                text.contains(env::HEADER_TIMEOUT) && text.contains(why),
                 "{bad}: {text}"
             );
         }
