@@ -506,8 +506,9 @@ impl Parser<'_> {
 
     fn seconds(&mut self, var: &'static str) -> Option<Duration> {
         let v = self.get(var)?.to_owned();
-        match v.parse::<f64>() {
-            Ok(s) if s.is_finite() && s >= 0.0 => Some(Duration::from_secs_f64(s)),
+        // try_from: a value too large for a Duration (1e30) is an error, not a panic.
+        match v.parse::<f64>().map(Duration::try_from_secs_f64) {
+            Ok(Ok(d)) => Some(d),
             _ => {
                 self.error(
                     var,
@@ -846,6 +847,18 @@ fn parse_upstream(entry: &str) -> Result<Upstream, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the env_config fuzz target: `from_secs_f64` panicked on 1e30.
+    #[test]
+    fn seconds_too_large_for_a_duration_are_an_error() {
+        let mut v = vars(&[]);
+        v.insert(env::DETECT_TIMEOUT.to_owned(), "1e30".to_owned());
+        let text = Config::from_env(&v).unwrap_err().to_string();
+        assert!(
+            text.contains("WEFT_PROXY_DETECT_TIMEOUT: \"1e30\" is not a number of seconds"),
+            "{text}"
+        );
+    }
 
     fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs
