@@ -848,7 +848,7 @@ fn parse_upstream(entry: &str) -> Result<Upstream, String> {
 mod tests {
     use super::*;
 
-    /// Found by the env_config fuzz target: `from_secs_f64` panicked on 1e30.
+    /// `from_secs_f64` panicked on 1e30 (seen while writing the env_config fuzz target).
     #[test]
     fn seconds_too_large_for_a_duration_are_an_error() {
         let mut v = vars(&[]);
