@@ -94,7 +94,7 @@ impl Inbound {
             app,
             detect_timeout,
             header_timeout,
-            app_http1: Arc::default(),
+            app_http1: Http1Pool::new(),
             app_http2: H2Pool::default(),
             own_ports,
         })

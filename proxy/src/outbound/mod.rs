@@ -85,7 +85,7 @@ impl Outbound {
             tls,
             metrics,
             pool: pool::H2Pool::default(),
-            plain_http1: Arc::default(),
+            plain_http1: pool::Http1Pool::new(),
             plain_http2: pool::H2Pool::default(),
             connect_timeout,
             detect_timeout,

@@ -150,12 +150,25 @@ pub enum Http1Error {
 /// list is closed.
 const MAX_IDLE_PER_ADDR: usize = 512;
 
+/// How long a connection may stay idle in an [`Http1Pool`] before it is
+/// closed: a burst of concurrent requests leaves as many connections to the
+/// app, and they must not stay open (descriptors, a task each) once the burst
+/// is over.
+pub const HTTP1_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// HTTP/1.1 connections to local apps, by address: each carries one request
 /// at a time and goes back to the pool as soon as its response body has been
-/// read to the end.
+/// read to the end. Connections idle for [`HTTP1_IDLE_TIMEOUT`] are closed
+/// (at the next checkout, and by the sweep [`Http1Pool::new`] starts).
 #[derive(Debug, Default)]
 pub struct Http1Pool {
-    idle: Mutex<HashMap<SocketAddr, Vec<http1::SendRequest<Body>>>>,
+    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+}
+
+#[derive(Debug)]
+struct Idle {
+    tx: http1::SendRequest<Body>,
+    since: tokio::time::Instant,
 }
 
 /// A connection taken from an [`Http1Pool`] for one request: an idle one, or
@@ -166,6 +179,41 @@ pub struct Http1Conn {
 }
 
 impl Http1Pool {
+    /// A pool whose idle connections are swept every
+    /// `HTTP1_IDLE_TIMEOUT / 2` by a task that ends with the pool (it holds
+    /// only a weak reference). Must be called on a tokio runtime.
+    pub fn new() -> Arc<Self> {
+        let pool = Arc::new(Self::default());
+        let weak = Arc::downgrade(&pool);
+        tokio::spawn(async move {
+            let period = HTTP1_IDLE_TIMEOUT / 2;
+            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let Some(pool) = weak.upgrade() else {
+                    return;
+                };
+                pool.expire_idle(tokio::time::Instant::now());
+            }
+        });
+        pool
+    }
+
+    /// Closes the connections idle for [`HTTP1_IDLE_TIMEOUT`] at `now`;
+    /// how many.
+    pub fn expire_idle(&self, now: tokio::time::Instant) -> usize {
+        let mut idle = lock(&self.idle);
+        let mut closed = 0;
+        idle.retain(|_, list| {
+            let before = list.len();
+            list.retain(|c| now.duration_since(c.since) < HTTP1_IDLE_TIMEOUT);
+            closed += before - list.len();
+            !list.is_empty()
+        });
+        closed
+    }
+
     /// Sends `req` to `addr` on an idle connection, or a new one. A request
     /// that a reused connection could not write (the app closed it while it
     /// was idle) is sent once more on a new connection. A connection whose
@@ -221,10 +269,12 @@ impl Http1Pool {
     fn checkout(&self, addr: SocketAddr) -> Option<http1::SendRequest<Body>> {
         let mut idle = lock(&self.idle);
         let list = idle.get_mut(&addr)?;
-        // Connections the app closed while idle are dropped here.
-        while let Some(tx) = list.pop() {
-            if tx.is_ready() {
-                return Some(tx);
+        // Connections the app closed while idle, or idle too long, are
+        // dropped here.
+        let now = tokio::time::Instant::now();
+        while let Some(c) = list.pop() {
+            if c.tx.is_ready() && now.duration_since(c.since) < HTTP1_IDLE_TIMEOUT {
+                return Some(c.tx);
             }
         }
         None
@@ -234,7 +284,10 @@ impl Http1Pool {
         let mut idle = lock(&self.idle);
         let list = idle.entry(addr).or_default();
         if list.len() < MAX_IDLE_PER_ADDR {
-            list.push(tx);
+            list.push(Idle {
+                tx,
+                since: tokio::time::Instant::now(),
+            });
         }
     }
 }
