@@ -92,7 +92,11 @@ pub fn classify(buf: &[u8]) -> Option<Protocol> {
             Some(_) => Some(Protocol::Opaque),
         };
     }
-    match buf.iter().position(|&b| b == b'\n') {
+    // Only the first MAX_REQUEST_LINE bytes count: a line end beyond them
+    // must not turn a decided "too long" into HTTP/1.1 when the same bytes
+    // arrive in one read instead of several (found by the detect fuzz target).
+    let head = &buf[..buf.len().min(MAX_REQUEST_LINE)];
+    match head.iter().position(|&b| b == b'\n') {
         Some(end) => {
             let line = &buf[..end];
             let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -226,6 +230,22 @@ mod tests {
         assert_eq!(classify(b"hello world\n"), Some(Protocol::Opaque));
         assert_eq!(classify(b"GET / SMTP/1.1\r\n"), Some(Protocol::Opaque));
         assert_eq!(classify(b"\x00\x01"), Some(Protocol::Opaque));
+    }
+
+    #[test]
+    fn a_request_line_longer_than_the_limit_is_opaque_however_it_was_read() {
+        let mut line = b"GET /".to_vec();
+        line.resize(MAX_REQUEST_LINE + 100, b'a');
+        line.extend_from_slice(b" HTTP/1.1\r\n\r\n");
+        // In one read, and as a client sending a byte at a time sees it.
+        assert_eq!(classify(&line), Some(Protocol::Opaque));
+        let first = (1..=line.len()).find_map(|n| classify(&line[..n]));
+        assert_eq!(first, Some(Protocol::Opaque));
+        // A line that ends within the limit is still HTTP/1.1.
+        let mut line = b"GET /".to_vec();
+        line.resize(MAX_REQUEST_LINE - 20, b'a');
+        line.extend_from_slice(b" HTTP/1.1\r\n");
+        assert_eq!(classify(&line), Some(Protocol::Http1));
     }
 
     #[tokio::test]
