@@ -163,7 +163,7 @@ impl Capture {
                 "-w",
             ])
             .arg(&file)
-            .arg("tcp")
+            .arg("tcp or udp port 9")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -179,14 +179,34 @@ impl Capture {
         Capture { child, file }
     }
 
-    /// Stops the capture; returns the raw pcap bytes.
-    fn stop(mut self) -> Vec<u8> {
-        // Packets are handed to tcpdump at once (--immediate-mode) and written
-        // at once (-U); leave it a moment for the last ones.
-        std::thread::sleep(Duration::from_millis(300));
+    /// Stops the capture once it holds everything that crossed the bridge
+    /// before this call, and returns the raw pcap bytes. tcpdump writes packets
+    /// in the order they were tapped (--immediate-mode, -U), so a UDP datagram
+    /// sent from `from` to `to` now (not intercepted: the mesh takes TCP only)
+    /// appears in the file after every packet before it.
+    fn stop(mut self, from: &Pod, to: std::net::Ipv4Addr) -> Vec<u8> {
+        let marker = format!("weft-capture-end-{}", std::process::id());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let pcap = loop {
+            from.enter(|| {
+                std::net::UdpSocket::bind("0.0.0.0:0")
+                    .and_then(|udp| udp.send_to(marker.as_bytes(), (to, 9)))
+            })
+            .unwrap()
+            .unwrap();
+            let pcap = std::fs::read(&self.file).unwrap_or_default();
+            if contains(&pcap, marker.as_bytes()) {
+                break pcap;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tcpdump never wrote the end marker"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
         let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
         let _ = self.child.wait();
-        std::fs::read(&self.file).unwrap()
+        pcap
     }
 }
 
@@ -244,7 +264,7 @@ async fn curl_and_an_h2_client_reach_the_other_pod_over_mtls_with_the_client_ide
     assert_eq!(body, "h2-body-marker");
 
     // What crossed the bridge was TLS, never the plaintext.
-    let pcap = capture.stop();
+    let pcap = capture.stop(&a, b.addr());
     for marker in [
         "plaintext-path-marker",
         "plaintext-body-marker",
