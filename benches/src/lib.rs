@@ -14,6 +14,8 @@
 //! - [`certify`]: certificates signed per second through the controller.
 //! - [`webhook`]: webhook latency at 500 admissions per second over HTTPS.
 //! - [`procs`]: CPU time and memory of the proxies, from `/proc`.
+//! - [`interrupt`]: stops every process the harness started when it is
+//!   interrupted (SIGTERM, SIGINT, SIGHUP).
 //! - [`scenario`], [`figures`], [`report`]: what runs, what it measured, and
 //!   the Markdown, JSON and PNG outputs.
 
@@ -25,6 +27,7 @@ pub mod config;
 pub mod figures;
 pub mod handshake;
 pub mod idle;
+pub mod interrupt;
 pub mod load;
 pub mod pki;
 pub mod procs;

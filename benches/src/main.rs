@@ -32,6 +32,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::All(args) => {
             let settings = Settings::from_args(&args).map_err(anyhow::Error::msg)?;
+            weft_benches::interrupt::install().context("catch SIGTERM, SIGINT and SIGHUP")?;
             all(&settings)
         }
         Command::Backend { listen } => runtime()?.block_on(async {
@@ -66,6 +67,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 out: "target/weft-bench".into(),
                 systems: Vec::new(),
                 weft_proxy: None,
+                workers: None,
+                second_workers: None,
             };
             let settings = Settings::from_args(&args).map_err(anyhow::Error::msg)?;
             let figure = run::webhook(&settings);

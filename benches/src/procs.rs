@@ -28,17 +28,7 @@ pub fn sample(roots: &[u32]) -> Sample {
     let all = all_processes();
     let mut total = Sample::default();
     for &root in roots {
-        let mut pids = vec![root];
-        let mut i = 0;
-        while i < pids.len() {
-            let parent = pids[i];
-            pids.extend(
-                all.iter()
-                    .filter(|(_, ppid)| *ppid == parent)
-                    .map(|(pid, _)| *pid),
-            );
-            i += 1;
-        }
+        let pids = tree(&all, root);
         let one = sample_pids(&pids);
         total.cpu_us += one.cpu_us;
         total.rss_kb += one.rss_kb;
@@ -48,6 +38,30 @@ pub fn sample(roots: &[u32]) -> Sample {
         total.processes += one.processes;
     }
     total
+}
+
+/// Every process descended from `root` (children, their children...), not
+/// `root` itself.
+pub fn descendants(root: u32) -> Vec<u32> {
+    let mut pids = tree(&all_processes(), root);
+    pids.remove(0);
+    pids
+}
+
+/// `root` and its descendants, `root` first.
+fn tree(all: &[(u32, u32)], root: u32) -> Vec<u32> {
+    let mut pids = vec![root];
+    let mut i = 0;
+    while i < pids.len() {
+        let parent = pids[i];
+        pids.extend(
+            all.iter()
+                .filter(|(_, ppid)| *ppid == parent)
+                .map(|(pid, _)| *pid),
+        );
+        i += 1;
+    }
+    pids
 }
 
 fn sample_pids(pids: &[u32]) -> Sample {
