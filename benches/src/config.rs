@@ -97,6 +97,14 @@ pub struct AllArgs {
     /// The weft-proxy binary; default: built with cargo and found beside the harness.
     #[arg(long)]
     pub weft_proxy: Option<PathBuf>,
+    /// Threads (weft, HAProxy's nbthread) or worker processes (nginx) of
+    /// every proxy in the headline tables. Default 1.
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// The worker count of the second, closed-loop-only table; 0 leaves it
+    /// out. Default 2.
+    #[arg(long)]
+    pub second_workers: Option<usize>,
 }
 
 fn parse_system(s: &str) -> Result<SystemKind, String> {
@@ -123,6 +131,9 @@ pub struct Settings {
     pub systems: Vec<SystemKind>,
     pub out: PathBuf,
     pub weft_proxy: Option<PathBuf>,
+    pub workers: usize,
+    /// `None`: no second table.
+    pub second_workers: Option<usize>,
 }
 
 impl Settings {
@@ -154,6 +165,18 @@ impl Settings {
                 "--idle-connections must be at most 30000, got {idle_connections}"
             ));
         }
+        let workers = args.workers.unwrap_or(1);
+        if !(1..=64).contains(&workers) {
+            return Err(format!("--workers must be 1 to 64, got {workers}"));
+        }
+        let second_workers = match args.second_workers.unwrap_or(2) {
+            0 => None,
+            n if n > 64 => {
+                return Err(format!("--second-workers must be 0 to 64, got {n}"));
+            }
+            n if n == workers => None,
+            n => Some(n),
+        };
         let mut systems = if args.systems.is_empty() {
             SystemKind::ALL.to_vec()
         } else {
@@ -177,6 +200,8 @@ impl Settings {
             systems,
             out: args.out.clone(),
             weft_proxy: args.weft_proxy.clone(),
+            workers,
+            second_workers,
         })
     }
 }
@@ -222,5 +247,14 @@ mod tests {
         );
         let s = parse(&["--systems", "nginx,direct"]).expect("valid");
         assert_eq!(s.systems, vec![SystemKind::Direct, SystemKind::Nginx]);
+        assert!(
+            parse(&["--workers", "0"])
+                .unwrap_err()
+                .contains("--workers")
+        );
+        let s = parse(&[]).expect("valid");
+        assert_eq!((s.workers, s.second_workers), (1, Some(2)));
+        let s = parse(&["--second-workers", "0"]).expect("valid");
+        assert_eq!(s.second_workers, None);
     }
 }

@@ -4,8 +4,8 @@
 use serde::Serialize;
 
 use crate::handshake::HandshakeResult;
-use crate::load::{Latency, LoadResult, Mode};
-use crate::scenario::Scenario;
+use crate::load::{Latency, LoadResult};
+use crate::scenario::{Pace, Rates, Scenario};
 use crate::systems::SystemKind;
 
 /// Resident memory of a proxy pair, in KiB: both sides together, and the
@@ -59,17 +59,67 @@ pub struct ScenarioRun {
     pub proxy_rss_max: Option<Mem>,
 }
 
+impl ScenarioRun {
+    /// Requests answered per second of the pair's CPU time (warm-up included
+    /// on both sides of the division).
+    pub fn requests_per_cpu_second(&self) -> Option<f64> {
+        self.proxy_cpu_us_per_request
+            .filter(|c| *c > 0.0)
+            .map(|c| 1e6 / c)
+    }
+}
+
+/// The lowest and highest value over the repeats, beside a median.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Range {
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Range {
+    pub fn of(values: impl IntoIterator<Item = f64>) -> Option<Range> {
+        values
+            .into_iter()
+            .filter(|v| v.is_finite())
+            .fold(None, |r: Option<Range>, v| {
+                Some(match r {
+                    None => Range { min: v, max: v },
+                    Some(r) => Range {
+                        min: r.min.min(v),
+                        max: r.max.max(v),
+                    },
+                })
+            })
+    }
+}
+
+/// The spread over the repeats of a scenario's headline figures.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Spread {
+    pub p50: Option<Range>,
+    pub p99: Option<Range>,
+    pub rps: Option<Range>,
+    pub proxy_cpu_us_per_request: Option<Range>,
+    pub requests_per_cpu_second: Option<Range>,
+}
+
 /// Medians over the repeats of one scenario.
 #[derive(Debug, Clone, Serialize)]
 pub struct ScenarioFigures {
     pub id: String,
     pub title: String,
     pub scenario: Scenario,
+    /// The open-loop rate (derived from the run's maxima); none when closed loop.
+    pub rate: Option<u64>,
     pub latency_us: Latency,
     pub rps: f64,
     pub errors: u64,
     pub proxy_cpu_us_per_request: Option<f64>,
+    /// Requests answered per second of the pair's CPU time.
+    pub requests_per_cpu_second: Option<f64>,
     pub proxy_rss_max: Option<Mem>,
+    /// Lowest and highest over the repeats.
+    pub spread: Spread,
     pub runs: Vec<ScenarioRun>,
 }
 
@@ -121,8 +171,10 @@ pub struct SystemFigures {
     pub scenarios: Vec<ScenarioFigures>,
     /// Median RSS, started and idle.
     pub rss_idle: Option<Mem>,
-    /// Median of the highest RSS sampled during the first 1,000 req/s scenario.
-    pub rss_load_1k: Option<Mem>,
+    /// Median of the highest RSS sampled during the low-rate HTTP/1.1
+    /// scenario with 16 connections (`rss_load_rate`, req/s).
+    pub rss_load_low: Option<Mem>,
+    pub rss_load_rate: Option<u64>,
     /// Highest VmHWM (peak RSS) seen at the end of a repeat.
     pub rss_peak: Option<Mem>,
     pub idle: Vec<IdleFigures>,
@@ -133,6 +185,8 @@ pub struct SystemFigures {
     pub handshakes_per_second: Option<f64>,
     /// Best median requests per second over the closed-loop scenarios.
     pub max_rps: Option<f64>,
+    /// Best median requests per proxy CPU-second over the closed-loop scenarios.
+    pub max_rps_per_cpu_second: Option<f64>,
     /// CPU per request in the reference scenario (see `cpu_reference`).
     pub proxy_cpu_us_per_request: Option<f64>,
 }
@@ -155,7 +209,15 @@ pub struct Report {
     pub idle_connections: usize,
     /// The scenario whose CPU per request is the headline figure.
     pub cpu_reference: String,
+    /// Threads or worker processes of every proxy in the headline tables.
+    pub workers: usize,
+    /// The open-loop rates, derived from the closed-loop maxima of this run.
+    pub rates: Rates,
     pub systems: Vec<SystemFigures>,
+    /// The closed-loop scenarios again with `second_workers` workers per
+    /// proxy (empty when not run).
+    pub second_workers: usize,
+    pub second: Vec<SystemFigures>,
     /// Certificates signed per second through Certify: joins with the identity issue.
     pub certificates_per_second: ControlPlaneFigure,
     /// Webhook latency at 500 admissions per second.
@@ -204,7 +266,11 @@ fn median_u64(values: &[u64]) -> Option<u64> {
 }
 
 /// Folds the repeats of one scenario into medians.
-pub fn scenario_figures(scenario: Scenario, runs: Vec<ScenarioRun>) -> ScenarioFigures {
+pub fn scenario_figures(
+    scenario: Scenario,
+    rates: &Rates,
+    runs: Vec<ScenarioRun>,
+) -> ScenarioFigures {
     let pick = |f: fn(&Latency) -> f64| {
         median(
             &runs
@@ -226,16 +292,30 @@ pub fn scenario_figures(scenario: Scenario, runs: Vec<ScenarioRun>) -> ScenarioF
         .iter()
         .filter_map(|r| r.proxy_cpu_us_per_request)
         .collect();
+    let per_cpu_s: Vec<f64> = runs
+        .iter()
+        .filter_map(ScenarioRun::requests_per_cpu_second)
+        .collect();
     let rss: Vec<Mem> = runs.iter().filter_map(|r| r.proxy_rss_max).collect();
+    let spread = Spread {
+        p50: Range::of(runs.iter().map(|r| r.load.latency_us.p50)),
+        p99: Range::of(runs.iter().map(|r| r.load.latency_us.p99)),
+        rps: Range::of(runs.iter().map(|r| r.load.rps)),
+        proxy_cpu_us_per_request: Range::of(cpu.iter().copied()),
+        requests_per_cpu_second: Range::of(per_cpu_s.iter().copied()),
+    };
     ScenarioFigures {
         id: scenario.id(),
-        title: scenario.title(),
+        title: scenario.title(rates),
         scenario,
+        rate: rates.rate(&scenario),
         latency_us,
         rps: median(&runs.iter().map(|r| r.load.rps).collect::<Vec<_>>()).unwrap_or(0.0),
         errors: runs.iter().map(|r| r.load.errors).sum(),
         proxy_cpu_us_per_request: median(&cpu),
+        requests_per_cpu_second: median(&per_cpu_s),
         proxy_rss_max: Mem::median(&rss),
+        spread,
         runs,
     }
 }
@@ -255,6 +335,7 @@ pub struct Gathered {
 pub fn system_figures(
     system: SystemKind,
     scenarios: &[Scenario],
+    rates: &Rates,
     cpu_reference: &str,
     skipped: Option<String>,
     gathered: Gathered,
@@ -268,7 +349,7 @@ pub fn system_figures(
                 .filter(|(s, _)| s == scenario)
                 .map(|(_, r)| r.clone())
                 .collect();
-            (!runs.is_empty()).then(|| scenario_figures(*scenario, runs))
+            (!runs.is_empty()).then(|| scenario_figures(*scenario, rates, runs))
         })
         .collect();
     let status = match (skipped, gathered.errors.is_empty()) {
@@ -278,15 +359,18 @@ pub fn system_figures(
             errors: gathered.errors.clone(),
         },
     };
-    let max_rps = folded
-        .iter()
-        .filter(|s| s.scenario.mode == Mode::Max)
-        .map(|s| s.rps)
+    let closed = || folded.iter().filter(|s| s.scenario.pace == Pace::Max);
+    let max_rps = closed().map(|s| s.rps).max_by(f64::total_cmp);
+    let max_rps_per_cpu_second = closed()
+        .filter_map(|s| s.requests_per_cpu_second)
         .max_by(f64::total_cmp);
-    let rss_load_1k = folded
-        .iter()
-        .find(|s| s.scenario.rate() == Some(1_000))
-        .and_then(|s| s.proxy_rss_max);
+    let low = folded.iter().find(|s| {
+        s.scenario.pace == Pace::Low
+            && s.scenario.protocol == crate::client::Protocol::Http1
+            && s.scenario.connections == 16
+    });
+    let rss_load_low = low.and_then(|s| s.proxy_rss_max);
+    let rss_load_rate = low.and_then(|s| s.rate);
     let proxy_cpu_us_per_request = folded
         .iter()
         .find(|s| s.id == cpu_reference)
@@ -299,13 +383,15 @@ pub fn system_figures(
         status,
         scenarios: folded,
         rss_idle: Mem::median(&gathered.rss_idle),
-        rss_load_1k,
+        rss_load_low,
+        rss_load_rate,
         rss_peak: gathered.rss_peak.iter().copied().reduce(Mem::max),
         rss_idle_connections: Mem::median(&idle_rss),
         idle: gathered.idle,
         handshakes_per_second: median(&hs),
         handshakes: gathered.handshakes,
         max_rps,
+        max_rps_per_cpu_second,
         proxy_cpu_us_per_request,
     }
 }

@@ -17,7 +17,7 @@ use crate::handshake::HandshakeSpec;
 use crate::load::{LoadSpec, Mode};
 use crate::pki::{Pki, SERVER_ID};
 use crate::procs;
-use crate::scenario::Scenario;
+use crate::scenario::{Pace, Rates, Scenario};
 use crate::systems::{self, Running, StartEnv, SystemKind};
 use crate::workers::Workers;
 
@@ -29,6 +29,7 @@ pub fn all(settings: &Settings) -> anyhow::Result<Report> {
         .prefix("weft-bench-")
         .tempdir()
         .context("create a temp dir")?;
+    crate::interrupt::remove_on_interrupt(work.path().to_path_buf());
     let pki = Pki::generate(work.path())?;
     let workers = Workers::new()?;
     let backend = workers.backend()?;
@@ -65,11 +66,12 @@ pub fn all(settings: &Settings) -> anyhow::Result<Report> {
     } else {
         None
     };
-    let env = StartEnv {
+    let mut env = StartEnv {
         pki,
         backend: backend.addr,
         work_dir: work.path().to_path_buf(),
         weft_proxy,
+        workers: settings.workers,
     };
 
     let systems: Vec<SystemKind> = settings
@@ -78,24 +80,147 @@ pub fn all(settings: &Settings) -> anyhow::Result<Report> {
         .copied()
         .filter(|s| !skipped.contains_key(s))
         .collect();
-    let mut gathered: BTreeMap<SystemKind, Gathered> = BTreeMap::new();
+    let closed: Vec<Scenario> = settings
+        .scenarios
+        .iter()
+        .copied()
+        .filter(|s| !s.is_open_loop())
+        .collect();
+    let open: Vec<Scenario> = settings
+        .scenarios
+        .iter()
+        .copied()
+        .filter(Scenario::is_open_loop)
+        .collect();
+    // The second worker count: weft and the peers, closed loop (in quick mode,
+    // the first closed-loop scenario only).
+    let second: Vec<SystemKind> = systems
+        .iter()
+        .copied()
+        .filter(|k| settings.second_workers.is_some() && (*k == SystemKind::Weft || k.is_peer()))
+        .collect();
+    let second_closed: Vec<Scenario> = if settings.quick {
+        closed.iter().copied().take(1).collect()
+    } else {
+        closed.clone()
+    };
     let mut step = Step {
         done: 0,
-        total: settings.repeats * systems.len() * (settings.scenarios.len() + 2),
+        total: settings.repeats
+            * (systems.len() * (settings.scenarios.len() + 2) + second.len() * second_closed.len()),
         started: Instant::now(),
     };
-    for repeat in 0..settings.repeats {
-        for &kind in &systems {
-            let g = gathered.entry(kind).or_default();
-            if let Err(error) = run_system(kind, repeat, settings, &env, &workers, g, &mut step) {
-                progress(format_args!("{kind}: FAILED: {error:#}"));
-                g.errors.push(format!("repeat {}: {error:#}", repeat + 1));
+    let mut gathered: BTreeMap<SystemKind, Gathered> = BTreeMap::new();
+    let mut pass = |title: &str,
+                    kinds: &[SystemKind],
+                    scenarios: &[Scenario],
+                    rates: &Rates,
+                    extras: bool,
+                    env: &StartEnv,
+                    gathered: &mut BTreeMap<SystemKind, Gathered>| {
+        progress(format_args!("\n=== {title}"));
+        for repeat in 0..settings.repeats {
+            for &kind in kinds {
+                let g = gathered.entry(kind).or_default();
+                let what = Pass {
+                    scenarios,
+                    rates,
+                    extras,
+                };
+                if let Err(error) =
+                    run_system(kind, repeat, settings, env, &workers, &what, g, &mut step)
+                {
+                    progress(format_args!("{kind}: FAILED: {error:#}"));
+                    g.errors.push(format!("repeat {}: {error:#}", repeat + 1));
+                }
             }
         }
+    };
+
+    // 1. Closed loop first: its maxima set the open-loop rates.
+    pass(
+        &format!(
+            "closed loop, {} worker(s) per proxy, every system",
+            settings.workers
+        ),
+        &systems,
+        &closed,
+        &Rates::default(),
+        false,
+        &env,
+        &mut gathered,
+    );
+    let maxima: Vec<(SystemKind, Scenario, f64)> = gathered
+        .iter()
+        .flat_map(|(kind, g)| {
+            closed.iter().filter_map(move |sc| {
+                let rps: Vec<f64> = g
+                    .runs
+                    .iter()
+                    .filter(|(s, _)| s == sc)
+                    .map(|(_, r)| r.load.rps)
+                    .collect();
+                figures::median(&rps).map(|m| (*kind, *sc, m))
+            })
+        })
+        .collect();
+    let rates = Rates::derive(&settings.scenarios, &maxima);
+    for d in &rates.derived {
+        progress(format_args!(
+            "open-loop rates, {} with {} connections: {} and {} req/s ({:.0} % and {:.0} % of {}'s median maximum, {:.0} req/s in {})",
+            d.protocol.label(),
+            d.connections,
+            d.low,
+            d.high,
+            crate::scenario::LOW_SHARE * 100.0,
+            crate::scenario::HIGH_SHARE * 100.0,
+            d.weakest,
+            d.weakest_max_rps,
+            d.from
+        ));
+    }
+
+    // 2. Open loop at those rates, the handshakes and the idle connections.
+    pass(
+        "open loop, handshakes, idle connections",
+        &systems,
+        &open,
+        &rates,
+        true,
+        &env,
+        &mut gathered,
+    );
+
+    // 3. Closed loop again with the second worker count.
+    let mut second_gathered: BTreeMap<SystemKind, Gathered> = BTreeMap::new();
+    if let Some(n) = settings.second_workers {
+        env.workers = n;
+        pass(
+            &format!("closed loop, {n} workers per proxy, weft and the peers"),
+            &second,
+            &second_closed,
+            &rates,
+            false,
+            &env,
+            &mut second_gathered,
+        );
     }
     drop(backend);
 
     let cpu_reference = cpu_reference(&settings.scenarios);
+    let second = second
+        .iter()
+        .map(|&kind| {
+            figures::system_figures(
+                kind,
+                &second_closed,
+                &rates,
+                &cpu_reference,
+                None,
+                second_gathered.remove(&kind).unwrap_or_default(),
+            )
+        })
+        .collect();
     let systems = settings
         .systems
         .iter()
@@ -103,6 +228,7 @@ pub fn all(settings: &Settings) -> anyhow::Result<Report> {
             figures::system_figures(
                 kind,
                 &settings.scenarios,
+                &rates,
                 &cpu_reference,
                 skipped.remove(&kind),
                 gathered.remove(&kind).unwrap_or_default(),
@@ -118,7 +244,11 @@ pub fn all(settings: &Settings) -> anyhow::Result<Report> {
         duration_s: settings.duration.as_secs_f64(),
         idle_connections: settings.idle_connections,
         cpu_reference,
+        workers: settings.workers,
+        rates,
         systems,
+        second_workers: settings.second_workers.unwrap_or(0),
+        second,
         certificates_per_second: certify(settings),
         webhook: webhook(settings),
         propagation: propagation(),
@@ -225,20 +355,28 @@ pub fn webhook(settings: &Settings) -> crate::webhook::WebhookFigure {
 }
 
 /// The scenario whose CPU per request is the headline: HTTP/1.1, 16
-/// connections at the highest fixed rate.
+/// connections at the higher open-loop rate.
 fn cpu_reference(scenarios: &[Scenario]) -> String {
     scenarios
         .iter()
-        .filter(|s| s.rate().is_some())
+        .filter(|s| s.is_open_loop())
         .max_by_key(|s| {
             (
                 s.protocol == crate::client::Protocol::Http1,
                 s.connections == 16,
-                s.rate(),
+                s.pace == Pace::High,
             )
         })
         .map(Scenario::id)
         .unwrap_or_default()
+}
+
+/// What one pass runs against each system.
+struct Pass<'a> {
+    scenarios: &'a [Scenario],
+    rates: &'a Rates,
+    /// Also the idle RSS, the handshakes and the idle connections.
+    extras: bool,
 }
 
 struct Step {
@@ -259,30 +397,41 @@ impl Step {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_system(
     kind: SystemKind,
     repeat: usize,
     settings: &Settings,
     env: &StartEnv,
     workers: &Workers,
+    pass: &Pass<'_>,
     g: &mut Gathered,
     step: &mut Step,
 ) -> anyhow::Result<()> {
     progress(format_args!(
-        "== {kind} (repeat {}/{}): {}",
+        "== {kind} (repeat {}/{}, {} worker(s) per proxy): {}",
         repeat + 1,
         settings.repeats,
+        env.workers,
         kind.description()
     ));
     let mut running = systems::start(kind, env)?;
     smoke(&running, workers)?;
     let pids = running.pids();
-    std::thread::sleep(Duration::from_millis(500));
-    if !pids.is_empty() {
+    if pass.extras && !pids.is_empty() {
+        std::thread::sleep(Duration::from_millis(500));
         g.rss_idle.push(Mem::rss(&procs::sample(&pids)));
     }
 
-    for scenario in &settings.scenarios {
+    for scenario in pass.scenarios {
+        let Some(mode) = pass.rates.mode(scenario) else {
+            progress(format_args!(
+                "{} {kind:<12} {:<22} not run: no closed-loop maximum to derive its rate from",
+                step.next(),
+                scenario.id()
+            ));
+            continue;
+        };
         let addr = match scenario.protocol {
             crate::client::Protocol::Http1 => running.http1,
             crate::client::Protocol::Http2 => running.http2,
@@ -290,7 +439,7 @@ fn run_system(
         let spec = LoadSpec {
             addr,
             protocol: scenario.protocol,
-            mode: scenario.mode,
+            mode,
             connections: scenario.connections,
             warmup_ms: millis(settings.warmup),
             duration_ms: millis(settings.duration),
@@ -329,6 +478,10 @@ fn run_system(
         g.runs.push((*scenario, run));
     }
 
+    if !pass.extras {
+        running.stop();
+        return Ok(());
+    }
     if let Some(tls) = running.tls {
         let spec = HandshakeSpec {
             addr: tls,
@@ -479,14 +632,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cpu_reference_prefers_http1_16_connections_at_the_highest_rate() {
-        assert_eq!(
-            cpu_reference(&crate::scenario::full()),
-            "http1-c16-rate10000"
-        );
-        assert_eq!(
-            cpu_reference(&crate::scenario::quick()),
-            "http1-c16-rate10000"
-        );
+    fn cpu_reference_is_http1_16_connections_at_the_higher_rate() {
+        assert_eq!(cpu_reference(&crate::scenario::full()), "http1-c16-high");
+        assert_eq!(cpu_reference(&crate::scenario::quick()), "http1-c16-high");
     }
 }

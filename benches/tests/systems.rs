@@ -82,6 +82,7 @@ fn check(kind: SystemKind) {
         backend: start_backend(&rt),
         work_dir: dir.path().to_path_buf(),
         weft_proxy: None,
+        workers: 1,
     };
     let running = systems::start(kind, &env).expect("system starts");
     rt.block_on(async {

@@ -37,14 +37,20 @@ pub fn render(r: &Report) -> String {
     }
     let _ = writeln!(
         md,
-        "Latency in µs, measured from each request's intended send time (coordinated omission corrected). \
-         CPU is utime+stime of both proxies of a pair per answered request. Memory in MB (10^6 bytes): \
-         pair = both proxies, largest = the larger one.\n"
+        "Every proxy runs with {} worker(s): weft {} runtime thread(s), HAProxy `nbthread {}`, nginx \
+         `worker_processes {}`; the load generator and the backend are the same processes for all. \
+         Latency in µs, measured from each request's intended send time (coordinated omission corrected). \
+         CPU is utime+stime of both proxies of a pair per answered request; req/CPU-s is answered requests \
+         per second of that CPU time. Memory in MB (10^6 bytes): pair = both proxies, largest = the larger \
+         one. Medians over interleaved repeats; `a–b` is the lowest and highest repeat.\n",
+        r.workers, r.workers, r.workers, r.workers
     );
+    rates_section(&mut md, r);
 
     systems_table(&mut md, r);
     summary_table(&mut md, r);
     targets_section(&mut md, r);
+    second_table(&mut md, r);
     for (id, title) in scenario_ids(r) {
         scenario_table(&mut md, r, &id, &title);
     }
@@ -180,6 +186,105 @@ fn webhook_section(md: &mut String, figure: &crate::webhook::WebhookFigure) {
     }
 }
 
+fn rates_section(md: &mut String, r: &Report) {
+    if r.rates.derived.is_empty() {
+        let _ = writeln!(
+            md,
+            "No open-loop rate was derived (no closed-loop maximum was measured).\n"
+        );
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "Open-loop rates, derived from this run's closed-loop maxima (run first): {:.0} % and {:.0} % \
+         of the weakest proxy's median maximum, so that every system is below saturation.\n\n\
+         | protocol | connections | low | high | from |\n|---|---:|---:|---:|---|",
+        crate::scenario::LOW_SHARE * 100.0,
+        crate::scenario::HIGH_SHARE * 100.0
+    );
+    for d in &r.rates.derived {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} req/s | {} req/s | {} in {}: {:.0} req/s |",
+            d.protocol.label(),
+            d.connections,
+            d.low,
+            d.high,
+            d.weakest,
+            d.from,
+            d.weakest_max_rps
+        );
+    }
+    md.push('\n');
+}
+
+/// The closed-loop scenarios again with the second worker count.
+fn second_table(md: &mut String, r: &Report) {
+    if r.second.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "## {} workers per proxy (closed loop)\n\n\
+         The closed-loop scenarios again, every proxy with {} workers (weft runtime threads, HAProxy \
+         `nbthread`, nginx `worker_processes`). On this {}-CPU machine the load generator and the \
+         backend share the CPUs with both proxies of the pair.\n\n\
+         | system | scenario | req/s | req/CPU-s | CPU µs/req | errors |\n|---|---|---:|---:|---:|---:|",
+        r.second_workers, r.second_workers, r.host.cpus
+    );
+    for s in &r.second {
+        for sc in &s.scenarios {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} |",
+                s.system,
+                sc.id,
+                with_range(sc.rps, sc.spread.rps, 0),
+                opt_with_range(
+                    sc.requests_per_cpu_second,
+                    sc.spread.requests_per_cpu_second,
+                    0
+                ),
+                opt_with_range(
+                    sc.proxy_cpu_us_per_request,
+                    sc.spread.proxy_cpu_us_per_request,
+                    1
+                ),
+                sc.errors
+            );
+        }
+        if let Status::Failed { errors } = &s.status {
+            let _ = writeln!(
+                md,
+                "| {} | FAILED: {} | | | | |",
+                s.system,
+                errors.join("; ").replace('|', "/")
+            );
+        }
+    }
+    md.push('\n');
+}
+
+/// `median (min–max)` with `digits` decimals; the range only when it is one.
+fn with_range(median: f64, range: Option<crate::figures::Range>, digits: usize) -> String {
+    match range {
+        Some(r) if r.max > r.min => {
+            format!("{median:.digits$} ({:.digits$}–{:.digits$})", r.min, r.max)
+        }
+        _ => format!("{median:.digits$}"),
+    }
+}
+
+fn opt_with_range(
+    median: Option<f64>,
+    range: Option<crate::figures::Range>,
+    digits: usize,
+) -> String {
+    median
+        .map(|m| with_range(m, range, digits))
+        .unwrap_or_else(|| "-".into())
+}
+
 fn systems_table(md: &mut String, r: &Report) {
     let _ = writeln!(
         md,
@@ -203,15 +308,11 @@ fn systems_table(md: &mut String, r: &Report) {
 }
 
 fn summary_table(md: &mut String, r: &Report) {
-    let ref_ids: Vec<(String, String)> = ["http1-c16-rate1000", "http1-c16-rate10000"]
+    let ref_ids: Vec<(String, String)> = ["http1-c16-low", "http1-c16-high"]
         .iter()
         .filter(|id| r.systems.iter().any(|s| s.scenario(id).is_some()))
         .map(|id| {
-            let label = if id.ends_with("rate1000") {
-                "1k"
-            } else {
-                "10k"
-            };
+            let label = if id.ends_with("low") { "low" } else { "high" };
             (id.to_string(), label.to_string())
         })
         .collect();
@@ -221,15 +322,16 @@ fn summary_table(md: &mut String, r: &Report) {
     }
     let _ = writeln!(
         md,
-        " max req/s | CPU µs/req ({}) | RSS idle | RSS @1k/s | RSS peak | RSS {} idle conns | mTLS handshakes/s |",
+        " max req/s | max req/CPU-s | CPU µs/req ({}) | RSS idle | RSS @low | RSS peak | RSS {} idle conns | mTLS handshakes/s |",
         r.cpu_reference, r.idle_connections
     );
     let _ = write!(md, "|---|");
     for _ in &ref_ids {
         md.push_str("---:|---:|");
     }
-    let _ = writeln!(md, "---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(md, "---:|---:|---:|---:|---:|---:|---:|---:|");
     let best_rps = best_peer_value(r, |s| s.max_rps, false);
+    let best_per_cpu = best_peer_value(r, |s| s.max_rps_per_cpu_second, false);
     let best_cpu = best_peer_value(r, |s| s.proxy_cpu_us_per_request, true);
     for s in r.systems.iter().filter(|s| matches!(s.status, Status::Ran)) {
         let _ = write!(md, "| {} |", s.system);
@@ -246,6 +348,10 @@ fn summary_table(md: &mut String, r: &Report) {
         let rps = s
             .max_rps
             .map(|v| format!("{v:.0}{}", ratio(v, best_rps, s.system)))
+            .unwrap_or_else(|| "-".into());
+        let per_cpu = s
+            .max_rps_per_cpu_second
+            .map(|v| format!("{v:.0}{}", ratio(v, best_per_cpu, s.system)))
             .unwrap_or_else(|| "-".into());
         let cpu = s
             .proxy_cpu_us_per_request
@@ -267,16 +373,17 @@ fn summary_table(md: &mut String, r: &Report) {
             .unwrap_or_else(|| "-".into());
         let _ = writeln!(
             md,
-            " {rps} | {cpu} | {} | {} | {} | {} | {hs} |",
+            " {rps} | {per_cpu} | {cpu} | {} | {} | {} | {} | {hs} |",
             mem(s.rss_idle),
-            mem(s.rss_load_1k),
+            mem(s.rss_load_low),
             mem(s.rss_peak),
             mem(s.rss_idle_connections),
         );
     }
     let _ = writeln!(
         md,
-        "\n+p50/+p99: latency added over direct (µs), HTTP/1.1, 16 connections. RSS: pair (largest proxy), MB. \
+        "\n+p50/+p99: latency added over direct (µs), HTTP/1.1, 16 connections, at the low and the high \
+         open-loop rate. RSS: pair (largest proxy), MB; @low: during the low-rate HTTP/1.1 scenario. \
          `(0.80x)` after weft's figure: its ratio to the best peer.\n"
     );
 }
@@ -356,8 +463,8 @@ fn scenario_ids(r: &Report) -> Vec<(String, String)> {
 fn scenario_table(md: &mut String, r: &Report, id: &str, title: &str) {
     let _ = writeln!(
         md,
-        "### {title}\n\n| system | p50 | p90 | p99 | p99.9 | max | +p50 | +p99 | p99 vs direct | p99 vs best peer | req/s | CPU µs/req | RSS max | errors |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "### {title}\n\n| system | p50 | p90 | p99 | p99.9 | max | +p50 | +p99 | p99 vs direct | p99 vs best peer | req/s | req/CPU-s | CPU µs/req | RSS max | errors |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     let direct = r
         .system(SystemKind::Direct)
@@ -387,17 +494,24 @@ fn scenario_table(md: &mut String, r: &Report, id: &str, title: &str) {
             .unwrap_or_else(|| "-".into());
         let _ = writeln!(
             md,
-            "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {add50} | {add99} | {vs_direct} | {vs_peer} | {:.0} | {} | {} | {} |",
+            "| {} | {} | {:.0} | {} | {:.0} | {:.0} | {add50} | {add99} | {vs_direct} | {vs_peer} | {} | {} | {} | {} | {} |",
             s.system,
-            l.p50,
+            with_range(l.p50, sc.spread.p50, 0),
             l.p90,
-            l.p99,
+            with_range(l.p99, sc.spread.p99, 0),
             l.p999,
             l.max,
-            sc.rps,
-            sc.proxy_cpu_us_per_request
-                .map(|c| format!("{c:.1}"))
-                .unwrap_or_else(|| "-".into()),
+            with_range(sc.rps, sc.spread.rps, 0),
+            opt_with_range(
+                sc.requests_per_cpu_second,
+                sc.spread.requests_per_cpu_second,
+                0
+            ),
+            opt_with_range(
+                sc.proxy_cpu_us_per_request,
+                sc.spread.proxy_cpu_us_per_request,
+                1
+            ),
             sc.proxy_rss_max
                 .map(|m| format!("{:.1}", m.pair_kb as f64 * 1024.0 / MB))
                 .unwrap_or_else(|| "-".into()),

@@ -84,7 +84,7 @@ pub fn evaluate(report: &Report) -> Vec<Verdict> {
     };
 
     for sc in &weft.scenarios {
-        if !matches!(sc.scenario.rate(), Some(1_000) | Some(10_000)) {
+        if !sc.scenario.is_open_loop() {
             continue;
         }
         for (p99, name) in [(false, "p50"), (true, "p99")] {
@@ -102,7 +102,35 @@ pub fn evaluate(report: &Report) -> Vec<Verdict> {
         }
     }
 
-    let target = "maximum req/s at least 1.3x the best peer's".to_string();
+    let target = format!(
+        "maximum req/s per proxy CPU-second at least 1.3x the best peer's ({} worker(s) each)",
+        report.workers
+    );
+    out.push(
+        match (
+            weft.max_rps_per_cpu_second,
+            best_peer(report, false, |s| s.max_rps_per_cpu_second),
+        ) {
+            (Some(own), Some((peer, best))) if best > 0.0 => verdict(
+                target,
+                Some(own >= 1.3 * best),
+                format!(
+                    "weft {own:.0} req/CPU-s; best peer {peer} {best:.0} req/CPU-s ({:.2}x)",
+                    own / best
+                ),
+            ),
+            _ => verdict(
+                target,
+                None,
+                "no closed-loop CPU figure for weft or the peers".into(),
+            ),
+        },
+    );
+
+    let target = format!(
+        "maximum req/s at least 1.3x the best peer's ({} worker(s) each)",
+        report.workers
+    );
     out.push(
         match (weft.max_rps, best_peer(report, false, |s| s.max_rps)) {
             (Some(own), Some((peer, best))) if best > 0.0 => verdict(
@@ -193,7 +221,7 @@ pub fn evaluate(report: &Report) -> Vec<Verdict> {
             .map(|t| {
                 t.scenarios
                     .iter()
-                    .filter(|sc| sc.scenario.rate().is_some())
+                    .filter(|sc| sc.scenario.is_open_loop())
                     .filter_map(|sc| {
                         let plain = added(report, weft, &sc.id, false)?;
                         let with = added(report, t, &sc.id, false)?;
@@ -230,18 +258,22 @@ pub fn evaluate(report: &Report) -> Vec<Verdict> {
         );
     }
 
+    let at_rate = match weft.rss_load_rate {
+        Some(r) => format!("RSS at the low rate ({r} req/s) at most 15 MB per proxy"),
+        None => "RSS at the low rate at most 15 MB per proxy".to_string(),
+    };
     let mem_targets = [
-        ("RSS idle at most 10 MB per proxy", weft.rss_idle, 10.0),
         (
-            "RSS at 1,000 req/s at most 15 MB per proxy",
-            weft.rss_load_1k,
-            15.0,
+            "RSS idle at most 10 MB per proxy".to_string(),
+            weft.rss_idle,
+            10.0,
         ),
+        (at_rate, weft.rss_load_low, 15.0),
     ];
     for (target, mem, limit) in mem_targets {
         out.push(match mem {
             Some(m) => verdict(
-                target.into(),
+                target,
                 Some(mb(m.largest_kb) <= limit),
                 format!(
                     "largest proxy {:.1} MB (pair {:.1} MB)",
@@ -249,23 +281,34 @@ pub fn evaluate(report: &Report) -> Vec<Verdict> {
                     mb(m.pair_kb)
                 ),
             ),
-            None => verdict(target.into(), None, "not sampled".into()),
+            None => verdict(target, None, "not sampled".into()),
         });
     }
 
-    let target = "RSS with 10,000 idle connections below 60 MB per proxy".to_string();
+    let target =
+        "RSS with 10,000 idle connections: the larger proxy below the best peer's".to_string();
     let opened = weft.idle.iter().map(|i| i.opened).max().unwrap_or(0);
-    out.push(match weft.rss_idle_connections {
-        Some(m) if report.idle_connections >= 10_000 && opened >= 10_000 => verdict(
-            target,
-            Some(mb(m.largest_kb) < 60.0),
-            format!(
-                "largest proxy {:.1} MB (pair {:.1} MB)",
-                mb(m.largest_kb),
-                mb(m.pair_kb)
-            ),
-        ),
-        Some(m) => verdict(
+    let best = best_peer(report, true, |s| {
+        s.rss_idle_connections.map(|m| mb(m.largest_kb))
+    });
+    out.push(match (weft.rss_idle_connections, best) {
+        (Some(m), Some((peer, best)))
+            if report.idle_connections >= 10_000 && opened >= 10_000 =>
+        {
+            verdict(
+                target,
+                Some(mb(m.largest_kb) < best),
+                format!(
+                    "weft's largest proxy {:.1} MB (pair {:.1} MB); best peer {peer} {best:.1} MB ({:.2}x)",
+                    mb(m.largest_kb),
+                    mb(m.pair_kb),
+                    mb(m.largest_kb) / best
+                ),
+            )
+        }
+        (None, _) => verdict(target, None, "not sampled".into()),
+        (_, None) => verdict(target, None, "no peer was sampled".into()),
+        (Some(m), Some(_)) => verdict(
             target,
             None,
             format!(
@@ -274,7 +317,6 @@ pub fn evaluate(report: &Report) -> Vec<Verdict> {
                 mb(m.largest_kb)
             ),
         ),
-        None => verdict(target, None, "not sampled".into()),
     });
 
     let target = "certificates signed per second through Certify at least 5,000".to_string();

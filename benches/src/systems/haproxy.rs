@@ -23,10 +23,16 @@ pub(super) fn start(env: &StartEnv, dir: &Path, mode: Mode) -> anyhow::Result<Ru
     let tls = free_addr()?;
     let client_cfg = dir.join("client.cfg");
     let server_cfg = dir.join("server.cfg");
-    fs::write(&client_cfg, client_config(mode, listen, tls, &env.pki))
-        .with_context(|| format!("write {}", client_cfg.display()))?;
-    fs::write(&server_cfg, server_config(mode, tls, env.backend, &env.pki))
-        .with_context(|| format!("write {}", server_cfg.display()))?;
+    fs::write(
+        &client_cfg,
+        client_config(mode, listen, tls, &env.pki, env.workers),
+    )
+    .with_context(|| format!("write {}", client_cfg.display()))?;
+    fs::write(
+        &server_cfg,
+        server_config(mode, tls, env.backend, &env.pki, env.workers),
+    )
+    .with_context(|| format!("write {}", server_cfg.display()))?;
     let run = |cfg: &Path| {
         let mut command = Command::new("haproxy");
         command.arg("-db").arg("-f").arg(cfg);
@@ -43,7 +49,7 @@ fn maxconn() -> u64 {
     (super::nofile_limit().saturating_sub(200) / 2).clamp(1_000, 30_000)
 }
 
-fn global(mode: Mode) -> String {
+fn global(mode: Mode, workers: usize) -> String {
     let maxconn = maxconn();
     let mode = match mode {
         Mode::Http => "http",
@@ -52,7 +58,7 @@ fn global(mode: Mode) -> String {
     format!(
         "global
     maxconn {maxconn}
-    nbthread 2
+    nbthread {workers}
     ssl-default-bind-options ssl-min-ver TLSv1.3
     ssl-default-server-options ssl-min-ver TLSv1.3
 
@@ -66,7 +72,13 @@ defaults
     )
 }
 
-fn client_config(mode: Mode, listen: SocketAddr, tls: SocketAddr, pki: &Pki) -> String {
+fn client_config(
+    mode: Mode,
+    listen: SocketAddr,
+    tls: SocketAddr,
+    pki: &Pki,
+    workers: usize,
+) -> String {
     let (reuse, alpn) = match mode {
         Mode::Http => ("    http-reuse always\n", " alpn h2"),
         Mode::Tcp => ("", ""),
@@ -80,13 +92,19 @@ frontend app_side
 backend server_side
 {reuse}    server peer {tls} ssl crt {crt} ca-file {ca} verify required{alpn}
 ",
-        global = global(mode),
+        global = global(mode, workers),
         crt = pki.client.combined.display(),
         ca = pki.root.display(),
     )
 }
 
-fn server_config(mode: Mode, tls: SocketAddr, backend: SocketAddr, pki: &Pki) -> String {
+fn server_config(
+    mode: Mode,
+    tls: SocketAddr,
+    backend: SocketAddr,
+    pki: &Pki,
+    workers: usize,
+) -> String {
     let (reuse, alpn) = match mode {
         Mode::Http => ("    http-reuse always\n", " alpn h2,http/1.1"),
         Mode::Tcp => ("", ""),
@@ -100,7 +118,7 @@ frontend mesh_side
 backend app
 {reuse}    server app {backend}
 ",
-        global = global(mode),
+        global = global(mode, workers),
         crt = pki.server.combined.display(),
         ca = pki.root.display(),
     )
@@ -116,11 +134,11 @@ mod tests {
         let pki = Pki::generate(dir.path()).expect("pki");
         let a: SocketAddr = "127.0.0.1:1000".parse().expect("addr");
         let b: SocketAddr = "127.0.0.1:2000".parse().expect("addr");
-        let client = client_config(Mode::Http, a, b, &pki);
+        let client = client_config(Mode::Http, a, b, &pki, 1);
         assert!(client.contains("mode http"));
         assert!(client.contains("server peer 127.0.0.1:2000 ssl crt"));
         assert!(client.contains("verify required alpn h2\n"));
-        let server = server_config(Mode::Tcp, b, a, &pki);
+        let server = server_config(Mode::Tcp, b, a, &pki, 1);
         assert!(server.contains("mode tcp"));
         assert!(server.contains("bind 127.0.0.1:2000 ssl crt"));
         assert!(!server.contains("alpn"));

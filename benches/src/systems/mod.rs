@@ -120,6 +120,9 @@ pub struct StartEnv {
     /// A directory for configuration files and logs.
     pub work_dir: PathBuf,
     pub weft_proxy: Option<WeftProxy>,
+    /// Threads or worker processes of each proxy, the same for every system:
+    /// weft's runtime threads, HAProxy's `nbthread`, nginx's `worker_processes`.
+    pub workers: usize,
 }
 
 /// A started system. Dropping it stops its processes.

@@ -21,11 +21,11 @@ pub(super) fn start(env: &StartEnv, dir: &Path) -> anyhow::Result<Running> {
     for (name, config) in [
         (
             "nginx-server",
-            server_config(dir, tls, env.backend, &env.pki),
+            server_config(dir, tls, env.backend, &env.pki, env.workers),
         ),
         (
             "nginx-client",
-            client_config(dir, http1, http2, tls, &env.pki),
+            client_config(dir, http1, http2, tls, &env.pki, env.workers),
         ),
     ] {
         let prefix = dir.join(name);
@@ -45,14 +45,14 @@ pub(super) fn start(env: &StartEnv, dir: &Path) -> anyhow::Result<Running> {
     Ok(Running::pair(http1, http2, tls, processes))
 }
 
-fn main_block(prefix: &Path) -> String {
+fn main_block(prefix: &Path, workers: usize) -> String {
     let p = prefix.display();
     // Each worker preallocates its connection table: size it to the limit.
     let connections = super::nofile_limit().clamp(1_024, 30_000);
     format!(
         "daemon off;
 master_process on;
-worker_processes 2;
+worker_processes {workers};
 user root;
 pid {p}/nginx.pid;
 error_log {p}/error.log warn;
@@ -82,6 +82,7 @@ fn client_config(
     http2: SocketAddr,
     tls: SocketAddr,
     pki: &Pki,
+    workers: usize,
 ) -> String {
     let prefix = dir.join("nginx-client");
     format!(
@@ -113,7 +114,7 @@ http {{
     }}
 }}
 ",
-        main = main_block(&prefix),
+        main = main_block(&prefix, workers),
         common = http_common(&prefix),
         crt = pki.client.chain.display(),
         key = pki.client.key.display(),
@@ -121,7 +122,13 @@ http {{
     )
 }
 
-fn server_config(dir: &Path, tls: SocketAddr, backend: SocketAddr, pki: &Pki) -> String {
+fn server_config(
+    dir: &Path,
+    tls: SocketAddr,
+    backend: SocketAddr,
+    pki: &Pki,
+    workers: usize,
+) -> String {
     let prefix = dir.join("nginx-server");
     format!(
         "{main}
@@ -149,7 +156,7 @@ http {{
     }}
 }}
 ",
-        main = main_block(&prefix),
+        main = main_block(&prefix, workers),
         common = http_common(&prefix),
         crt = pki.server.chain.display(),
         key = pki.server.key.display(),
@@ -168,10 +175,10 @@ mod tests {
         let a: SocketAddr = "127.0.0.1:1000".parse().expect("addr");
         let b: SocketAddr = "127.0.0.1:2000".parse().expect("addr");
         let c: SocketAddr = "127.0.0.1:3000".parse().expect("addr");
-        let server = server_config(dir.path(), c, a, &pki);
+        let server = server_config(dir.path(), c, a, &pki, 1);
         assert!(server.contains("ssl_verify_client on;"));
         assert!(server.contains("ssl_protocols TLSv1.3;"));
-        let client = client_config(dir.path(), a, b, c, &pki);
+        let client = client_config(dir.path(), a, b, c, &pki, 1);
         assert!(client.contains("listen 127.0.0.1:2000 http2;"));
         assert!(client.contains("proxy_ssl_certificate "));
         assert!(client.contains("proxy_ssl_verify on;"));

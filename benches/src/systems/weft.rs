@@ -111,6 +111,7 @@ pub(super) fn start(env: &StartEnv, dir: &Path, extra: &[(&str, &str)]) -> anyho
             .env(var::OUTBOUND_ADDR, free_addr()?.to_string())
             .env(var::SHUTDOWN_GRACE, "1")
             .env(var::LOG, "warn")
+            .env(var::WORKER_THREADS, env.workers.to_string())
             .envs(extra.iter().copied());
         Ok(())
     };

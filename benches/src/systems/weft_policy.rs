@@ -175,7 +175,8 @@ pub(super) fn start(env: &StartEnv, dir: &Path) -> anyhow::Result<Running> {
             .env(var::ADMIN_ADDR, free_addr()?.to_string())
             .env(var::OUTBOUND_ADDR, free_addr()?.to_string())
             .env(var::SHUTDOWN_GRACE, "1")
-            .env(var::LOG, "warn");
+            .env(var::LOG, "warn")
+            .env(var::WORKER_THREADS, env.workers.to_string());
         Ok(command)
     };
     let mut server = command(SERVER_ID)?;
