@@ -240,16 +240,8 @@ fn second_table(md: &mut String, r: &Report) {
                 s.system,
                 sc.id,
                 with_range(sc.rps, sc.spread.rps, 0),
-                opt_with_range(
-                    sc.requests_per_cpu_second,
-                    sc.spread.requests_per_cpu_second,
-                    0
-                ),
-                opt_with_range(
-                    sc.proxy_cpu_us_per_request,
-                    sc.spread.proxy_cpu_us_per_request,
-                    1
-                ),
+                per_cpu_cell(sc),
+                cpu_cell(sc),
                 sc.errors
             );
         }
@@ -273,6 +265,24 @@ fn with_range(median: f64, range: Option<crate::figures::Range>, digits: usize) 
         }
         _ => format!("{median:.digits$}"),
     }
+}
+
+/// A scenario's req/CPU-s cell, with its range.
+fn per_cpu_cell(sc: &crate::figures::ScenarioFigures) -> String {
+    opt_with_range(
+        sc.requests_per_cpu_second,
+        sc.spread.requests_per_cpu_second,
+        0,
+    )
+}
+
+/// A scenario's CPU µs/req cell, with its range.
+fn cpu_cell(sc: &crate::figures::ScenarioFigures) -> String {
+    opt_with_range(
+        sc.proxy_cpu_us_per_request,
+        sc.spread.proxy_cpu_us_per_request,
+        1,
+    )
 }
 
 fn opt_with_range(
@@ -502,16 +512,8 @@ fn scenario_table(md: &mut String, r: &Report, id: &str, title: &str) {
             l.p999,
             l.max,
             with_range(sc.rps, sc.spread.rps, 0),
-            opt_with_range(
-                sc.requests_per_cpu_second,
-                sc.spread.requests_per_cpu_second,
-                0
-            ),
-            opt_with_range(
-                sc.proxy_cpu_us_per_request,
-                sc.spread.proxy_cpu_us_per_request,
-                1
-            ),
+            per_cpu_cell(sc),
+            cpu_cell(sc),
             sc.proxy_rss_max
                 .map(|m| format!("{:.1}", m.pair_kb as f64 * 1024.0 / MB))
                 .unwrap_or_else(|| "-".into()),
